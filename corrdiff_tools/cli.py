@@ -1,0 +1,582 @@
+"""Argument parsing, logging, exit codes and the error surface of both tools.
+
+Exit codes: 0 done, 2 bad input (nothing written), 1 runtime failure, 130 on Ctrl-C.
+A failure prints one line on stderr; ``--debug`` adds the traceback. Nothing heavy
+(torch, earth2studio, matplotlib) is imported before the arguments are parsed, so
+``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time as clock
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+from corrdiff_tools import __version__
+from corrdiff_tools import times as times_mod
+from corrdiff_tools.errors import RunError, UsageError
+
+logger = logging.getLogger("corrdiff_tools")
+
+RUN_EXAMPLES = """\
+examples:
+  run_corrdiff.py 2024-07-24T12:00 --samples 4
+      the blog's job: GFS analysis of Typhoon Gaemi, 4 ensemble members
+  run_corrdiff.py 2024-07-24T00/2024-07-25T00 --samples 8 --seed 1
+      every 6 h from 00Z on the 24th to 00Z on the 25th (5 times), one model load
+  run_corrdiff.py 2024-07-24T12 --source gfs-forecast --lead-time 0 6 12
+      a GFS forecast initialised at 12Z, downscaled at three lead times
+  run_corrdiff.py 2024-07-24T12 --prefetch gaemi.nc
+      download inputs (and the model) now; later, offline:
+  run_corrdiff.py 2024-07-24T12 --source gaemi.nc --model-package ~/corrdiff
+  run_corrdiff.py 2024-07-24T00/2024-07-31T18 --samples 16 --resume
+      continue an interrupted run, computing only what is missing
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line through our error surface."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``run_corrdiff.py``."""
+    from corrdiff_tools.model import DEFAULT_PACKAGE
+    from corrdiff_tools.sources import SOURCE_NAMES
+
+    parser = _Parser(
+        prog="run_corrdiff.py",
+        description=(
+            "Downscale low-resolution weather over Taiwan to a 448x448 km-scale grid with "
+            "NVIDIA CorrDiff, drawing an ensemble per time and writing it to Zarr."
+        ),
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "times",
+        nargs="+",
+        metavar="TIME",
+        help="UTC time (2024-07-24T12:00, 2024-07-24T12, '2024-07-24 12:00Z'), or a range "
+        "START/END (every 6 h, inclusive) or START/END/12h",
+    )
+    parser.add_argument(
+        "--samples", type=_positive_int("--samples"), default=1, help="ensemble size (default 1)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=_positive_int("--seed", minimum=0),
+        default=0,
+        help="base random seed; sample i of time t always gets the same noise (default 0)",
+    )
+    parser.add_argument(
+        "--source",
+        default="gfs",
+        help=f"input data: {', '.join(SOURCE_NAMES)}, or a NetCDF/Zarr DataArray file with "
+        "dims (time, variable, lat, lon) (default gfs)",
+    )
+    parser.add_argument(
+        "--lead-time",
+        nargs="+",
+        metavar="H",
+        help="forecast lead times in hours, with --source gfs-forecast (default 0)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="Zarr store to write (default outputs/corrdiff-<YYYY-MM-DDTHH>.zarr, or "
+        "outputs/corrdiff-<first>_<last>.zarr for several times)",
+    )
+    exists = parser.add_mutually_exclusive_group()
+    exists.add_argument(
+        "--overwrite", action="store_true", help="replace an existing store at --output"
+    )
+    exists.add_argument(
+        "--resume",
+        action="store_true",
+        help="fill in what an interrupted run with the same settings left missing",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int("--batch-size"),
+        help="most samples per diffusion batch, bounds memory (default: all on CPU; on a GPU, "
+        "what fits in free memory, halved on out-of-memory)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int("--steps", minimum=2),
+        default=8,
+        help="diffusion sampler steps (default 8, as published)",
+    )
+    parser.add_argument(
+        "--solver", choices=("euler", "heun"), default="euler", help="sampler (default euler)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (ROCm GPUs are cuda)"
+    )
+    parser.add_argument(
+        "--model-package",
+        default=DEFAULT_PACKAGE,
+        metavar="PATH_OR_URL",
+        help="CorrDiff package: a directory holding corrdiff_inference_package.zip or its "
+        "extracted folder, or a URL (default: NVIDIA's NGC package)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=Path,
+        metavar="FILE",
+        help="download the inputs for TIME into FILE (.nc for NetCDF, else Zarr) and the "
+        "model package into the cache, then stop",
+    )
+    _add_common_options(parser)
+    return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log only problems")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Send our log records to stderr at the level -v/-q asks for."""
+    level = logging.DEBUG if args.verbose or args.debug else logging.INFO
+    if args.quiet:
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+
+
+def tame_library_logging(args: argparse.Namespace) -> None:
+    """Quieten earth2studio's loguru sink (it is reconfigured at import, so call after)."""
+    try:
+        from loguru import logger as loguru_logger
+    except ImportError:  # pragma: no cover - loguru comes with earth2studio
+        return
+    loguru_logger.remove()
+    level = "DEBUG" if args.debug else "WARNING" if args.verbose else "ERROR"
+    loguru_logger.add(sys.stderr, level=level, format="{level}: {message}")
+
+
+@contextlib.contextmanager
+def quiet_native_output(enabled: bool) -> Iterator[None]:
+    """Silence stdout and stderr at the C level while heavy libraries import.
+
+    warp (imported by physicsnemo) prints "Could not find or load the NVIDIA CUDA driver"
+    from native code on every machine without an NVIDIA driver, ROCm ones included.
+    It is harmless and unrelated to the user's run, so it is hidden unless --debug.
+    Python exceptions raised by the import still propagate and are reported.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def import_model_stack(args: argparse.Namespace) -> None:
+    """Import earth2studio's CorrDiff (15-25 s) once, quietly, then tame its logging."""
+    with quiet_native_output(not args.debug):
+        import earth2studio.models.dx  # noqa: F401
+    tame_library_logging(args)
+
+
+def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser) -> Callable[
+    [Sequence[str] | None], int
+]:
+    """Wrap a tool's body in the one error surface: exit codes, one-line messages."""
+
+    def run(argv: Sequence[str] | None = None) -> int:
+        prog = parser.prog
+        debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+        try:
+            args = parser.parse_args(argv)
+            configure_logging(args)
+            return main(args)
+        except UsageError as err:
+            _report(prog, err, debug)
+            return UsageError.exit_code
+        except RunError as err:
+            _report(prog, err, debug)
+            return RunError.exit_code
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)  # noqa: T201
+            return 130
+        except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
+            _report(prog, f"unexpected {type(err).__name__}: {err} (rerun with --debug)", debug)
+            return 1
+
+    return run
+
+
+def _report(prog: str, err: object, debug: bool) -> None:
+    if debug and isinstance(err, BaseException):
+        import traceback
+
+        traceback.print_exc()
+    elif debug:
+        import traceback
+
+        traceback.print_exc()
+    message = " ".join(str(err).split())
+    print(f"{prog}: error: {message}", file=sys.stderr)  # noqa: T201
+
+
+# --------------------------------------------------------------------------- run tool
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything a run needs, validated."""
+
+    times: list[datetime]
+    lead_times: list[int] | None
+    source: Any
+    lowres_variables: list[str]
+    output: Path
+    settings: dict[str, Any]
+
+
+def default_output(times: Sequence[datetime]) -> Path:
+    """``outputs/corrdiff-<first>[_<last>].zarr``."""
+    first = times_mod.time_label(times[0])
+    if len(times) == 1:
+        return Path("outputs") / f"corrdiff-{first}.zarr"
+    return Path("outputs") / f"corrdiff-{first}_{times_mod.time_label(times[-1])}.zarr"
+
+
+def _check_writable_location(path: Path, flag: str) -> None:
+    """Refuse a path whose nearest existing parent cannot be written."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot write in {parent} (choose another location)")
+
+
+def validate_run(args: argparse.Namespace) -> RunRequest:
+    """Check every argument before anything is fetched, loaded or written."""
+    from corrdiff_tools import model as model_mod
+    from corrdiff_tools import sources, store
+
+    times = times_mod.parse_times(args.times)
+    source = sources.parse_source(args.source)
+    if args.lead_time is not None and not source.is_forecast:
+        raise UsageError(
+            f"--lead-time needs --source gfs-forecast (got --source {args.source}); "
+            "analyses have no lead time"
+        )
+    lead_times = None
+    if source.is_forecast:
+        lead_times = times_mod.parse_lead_times(args.lead_time or ["0"])
+    file_variables = None
+    if source.kind in ("gfs", "gfs-forecast"):
+        for time in times:
+            times_mod.check_gfs_time(time)
+    elif source.kind == "era5":
+        for time in times:
+            times_mod.check_era5_time(time)
+    else:
+        file_variables = sources.check_file_source(source.path, times)
+    model_mod.check_package_spec(args.model_package)
+
+    settings = {
+        "times": [times_mod.format_time(t) for t in times],
+        "lead_times": lead_times,
+        "samples": args.samples,
+        "seed": args.seed,
+        "steps": args.steps,
+        "solver": args.solver,
+        "source": source.label,
+        "model_package": args.model_package,
+    }
+    output = args.output or default_output(times)
+    if args.prefetch is not None:
+        if source.kind not in ("gfs", "era5"):
+            raise UsageError(
+                f"--prefetch downloads from --source gfs or era5, not {args.source}: "
+                "forecasts and files cannot be prefetched into an analysis file"
+            )
+        if args.prefetch.exists():
+            raise UsageError(f"--prefetch {args.prefetch} already exists: remove it or pick another name")
+        _check_writable_location(args.prefetch, "--prefetch")
+    else:
+        _check_output(output, args, settings)
+    return RunRequest(
+        times=times,
+        lead_times=lead_times,
+        source=source,
+        lowres_variables=sources.lowres_variables(source, file_variables),
+        output=output,
+        settings=settings,
+    )
+
+
+def _check_output(output: Path, args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    from corrdiff_tools import store
+
+    _check_writable_location(output, "--output")
+    if not output.exists():
+        return
+    if not store.is_store(output):
+        raise UsageError(
+            f"--output {output} exists and is not a corrdiff-tools store; refusing to touch it: "
+            "choose another --output"
+        )
+    if args.overwrite:
+        return
+    if not args.resume:
+        raise UsageError(
+            f"--output {output} already exists: pass --resume to complete it, --overwrite to "
+            "replace it, or choose another --output"
+        )
+    mismatch = store.settings_mismatch(store.read_settings(output) or {}, settings)
+    if mismatch:
+        raise UsageError(
+            f"--resume: {output} was made with other settings ({'; '.join(mismatch)}): "
+            "rerun with the same settings, or use --overwrite or another --output"
+        )
+
+
+def _provenance(args: argparse.Namespace, request: RunRequest, device: str, precision: str) -> dict[
+    str, Any
+]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    argv = args.argv if hasattr(args, "argv") else sys.argv[1:]
+    return {
+        "Conventions": "CF-1.10",
+        "title": "CorrDiff Taiwan km-scale downscaled ensemble",
+        "institution": "produced with corrdiff-tools",
+        "source": "NVIDIA CorrDiff Taiwan (Mardani et al. 2024, arXiv:2309.15214)",
+        "references": "https://arxiv.org/abs/2309.15214",
+        "history": f"{now} run_corrdiff.py {shlex.join(argv)}",
+        "corrdiff_tools_version": __version__,
+        "earth2studio_version": ver("earth2studio"),
+        "physicsnemo_version": ver("nvidia-physicsnemo"),
+        "torch_version": ver("torch"),
+        "model_package": args.model_package,
+        "input_source": request.source.label,
+        "seed": args.seed,
+        "steps": args.steps,
+        "solver": args.solver,
+        "device": device,
+        "precision": precision,
+        "conditioning": "diffusion: [noisy(4), input(12), grid(4)], no regression-mean "
+        "conditioning (as the checkpoint was trained)",
+    }
+
+
+def _default_batch_size(args: argparse.Namespace, device: Any) -> tuple[int, bool]:
+    """``--batch-size``, or all samples on CPU / what fits in free GPU memory."""
+    if args.batch_size is not None:
+        return args.batch_size, False
+    if not device.is_gpu:
+        return args.samples, False
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device.device)
+    # About 1.7 GiB per sample in float16 at full width (the blog's 7.5 GB for 4 samples,
+    # weights included); keep a quarter of free memory in reserve.
+    per_sample = int(1.7 * 2**30)
+    return max(1, min(args.samples, int(free * 0.75) // per_sample)), True
+
+
+def _run(args: argparse.Namespace) -> int:
+    from corrdiff_tools import model as model_mod
+
+    request = validate_run(args)
+    device = model_mod.resolve_device(args.device)
+    wall_start = clock.perf_counter()
+    logger.info("device: %s", device.description)
+    import_model_stack(args)
+
+    from corrdiff_tools import sources
+
+    source = sources.build_source(request.source)
+    extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
+
+    if args.prefetch is not None:
+        return _prefetch(args, request, source, extras)
+
+    load_start = clock.perf_counter()
+    corrdiff, precision = model_mod.load_corrdiff(args.model_package, device)
+    load_time = clock.perf_counter() - load_start
+    logger.info("model loaded in %.1f s (%s)", load_time, precision)
+
+    from corrdiff_tools import downscale, store
+
+    sampler = downscale.CorrDiffSampler(corrdiff, steps=args.steps, solver=args.solver)
+    layout = store.StoreLayout(
+        times=request.times,
+        samples=args.samples,
+        lat=sampler.lat,
+        lon=sampler.lon,
+        lead_times=request.lead_times,
+        lowres_variables=request.lowres_variables,
+    )
+    output = request.output
+    resuming = args.resume and output.exists()
+    done = store.StoreWriter(output).completed() if resuming else None
+    leads = request.lead_times or [0]
+    jobs = []
+    for ti, time in enumerate(request.times):
+        for li, lead in enumerate(leads):
+            index = (ti,) if request.lead_times is None else (ti, li)
+            todo = tuple(
+                s for s in range(args.samples) if done is None or not bool(done[(*index, s)])
+            )
+            if todo:
+                jobs.append(downscale.Job(index, time, lead, todo))
+    total = sum(len(job.samples) for job in jobs)
+    if resuming:
+        logger.info("resuming %s: %d sample(s) left to compute", output, total)
+        if total == 0:
+            logger.info("nothing to do: %s is complete", output)
+            return 0
+
+    attrs = _provenance(args, request, device.description, precision)
+
+    def open_writer() -> store.StoreWriter:
+        if resuming:
+            return store.StoreWriter(output)
+        if output.exists() and args.overwrite:
+            logger.info("replacing %s (--overwrite)", output)
+            shutil.rmtree(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        store.create_store(output, layout, attrs, request.settings)
+        return store.StoreWriter(output)
+
+    def fetch(job: downscale.Job) -> dict[str, Any]:
+        return sources.fetch_inputs(source, request.source, job.time, job.lead_hours, extras)
+
+    batch_size, adaptive = _default_batch_size(args, device)
+    if device.is_gpu:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device.device)
+    with _progress(total, args) as bar:
+        timings = downscale.downscale(
+            jobs,
+            fetch,
+            sampler,
+            open_writer,
+            seed=args.seed,
+            batch_size=batch_size,
+            adaptive_batch=adaptive,
+            progress=bar.update,
+        )
+    wall = clock.perf_counter() - wall_start
+    logger.info(
+        "done: %d sample(s) for %d time(s) in %.1f s (fetch %.1f s, load %.1f s, inference "
+        "%.1f s, write %.1f s); peak %s memory %s; wrote %s",
+        timings.samples,
+        len(jobs),
+        wall,
+        timings.fetch,
+        load_time,
+        timings.inference,
+        timings.write,
+        "device" if device.is_gpu else "host",
+        _peak_memory(device),
+        output,
+    )
+    return 0
+
+
+def _prefetch(args: argparse.Namespace, request: RunRequest, source: Any, extras: list[str]) -> int:
+    from corrdiff_tools import model as model_mod
+    from corrdiff_tools import sources
+
+    fields = []
+    for time in request.times:
+        logger.info("fetching %s", times_mod.format_time(time))
+        fields.append(sources.fetch_inputs(source, request.source, time, 0, extras))
+    args.prefetch.parent.mkdir(parents=True, exist_ok=True)
+    sources.write_input_file(args.prefetch, request.times, fields)
+    logger.info("inputs for %d time(s) written to %s", len(request.times), args.prefetch)
+    directory = model_mod.prepare_package(args.model_package)
+    logger.info("model package cached in %s", directory)
+    return 0
+
+
+def _peak_memory(device: Any) -> str:
+    if device.is_gpu:
+        import torch
+
+        return f"{torch.cuda.max_memory_allocated(device.device) / 2**30:.2f} GiB"
+    import resource
+
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+
+
+@contextlib.contextmanager
+def _progress(total: int, args: argparse.Namespace) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    disable = (
+        args.quiet or not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    )
+    with tqdm(total=total, unit="sample", disable=disable, file=sys.stderr) as bar:
+        yield bar
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``run_corrdiff.py``; returns the exit code."""
+    parser = build_run_parser()
+
+    def body(args: argparse.Namespace) -> int:
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        return _run(args)
+
+    return guarded(body, parser)(argv)

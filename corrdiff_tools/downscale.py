@@ -1,0 +1,303 @@
+"""The core loop: inputs -> CorrDiff -> store. Everything is injected; nothing is invented here.
+
+The forward pass, and why we own it
+-----------------------------------
+Since earth2studio 0.10 (PR #455), ``CorrDiffTaiwan`` conditions the published diffusion
+checkpoint (``corrdiff_inference_package@1``) on ``[noisy x, regression mean, ERA5]``.
+That checkpoint was trained (physicsnemo v0.5.0 CorrDiff with ``add_grid``, and
+``hr_mean_conditioning: false`` in physicsnemo's ``config_generate_taiwan.yaml``) on
+``[noisy x (4), ERA5 normalised (12), sin/cos grid (4)]``. The channel count is the same,
+so nothing fails, but the 4 backbone channels trained on the positional grid receive
+v850/t2m/u10m/v10m and the 4 trained on tcwv..v500 receive the regression mean.
+
+Here the regression net gets ``[zeros(4), ERA5n(12), grid(4)]`` (as earth2studio does)
+and the diffusion net ``[noisy(4), ERA5n(12), grid(4)]``, with no mean conditioning.
+We reuse earth2studio's interpolation, normalisation statistics and grid formula, and
+physicsnemo's networks and deterministic EDM sampler unchanged.
+
+Other differences from ``CorrDiffTaiwan.__call__``: the initial noise of sample ``i`` at
+time ``t`` comes from a generator seeded by ``(seed, t, lead, i)`` alone (earth2studio
+draws one random seed per call), so an ensemble does not depend on batch size, device
+count or which other times are in the run; samples go through the diffusion net in
+batches of at most ``batch_size`` (earth2studio sends all at once, so memory grows with
+the ensemble); the regression mean is computed once per time and broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as clock
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
+
+logger = logging.getLogger(__name__)
+
+#: Minutes between this epoch and a valid time enter the noise seed (non-negative for ERA5).
+SEED_EPOCH = datetime(1900, 1, 1)
+
+
+def sample_seed(seed: int, time: datetime, lead_hours: int, sample: int) -> int:
+    """The noise seed of one ensemble member: a function of (seed, time, lead, sample) alone.
+
+    Parameters
+    ----------
+    seed : int
+        The run's ``--seed``.
+    time : datetime
+        Valid (analysis or initialisation) time.
+    lead_hours : int
+        Forecast lead time, 0 for analyses.
+    sample : int
+        Ensemble member index.
+
+    Returns
+    -------
+    int
+        A 64-bit seed for ``torch.Generator.manual_seed``.
+    """
+    minutes = int((time - SEED_EPOCH).total_seconds() // 60)
+    sequence = np.random.SeedSequence([seed, minutes, lead_hours, sample])
+    return int(sequence.generate_state(1, dtype=np.uint64)[0])
+
+
+def grid_channels(shape: tuple[int, int] = HR_SHAPE) -> np.ndarray:
+    """The 4 sin/cos positional channels CorrDiff Taiwan was trained with, shape (4, H, W).
+
+    Same formula (and channel order) as earth2studio's ``CorrDiffTaiwan._forward``.
+    """
+    rows = np.linspace(0, 2 * np.pi, shape[0])
+    cols = np.linspace(0, 2 * np.pi, shape[1])
+    grid_x1, grid_y1 = np.meshgrid(np.sin(cols), np.sin(rows))
+    grid_x2, grid_y2 = np.meshgrid(np.cos(cols), np.cos(rows))
+    return np.stack((grid_x1, grid_y1, grid_x2, grid_y2)).astype("float32")
+
+
+class CorrDiffSampler:
+    """CorrDiff Taiwan's forward pass with the conditioning the checkpoint was trained on.
+
+    Parameters
+    ----------
+    model : earth2studio.models.dx.CorrDiffTaiwan
+        A loaded model (weights, normalisation and grids are read from it).
+    steps : int
+        Deterministic EDM sampler steps (published: 8).
+    solver : str
+        ``euler`` (published) or ``heun``.
+    """
+
+    def __init__(self, model: Any, steps: int = 8, solver: str = "euler") -> None:
+        import torch
+
+        self.model = model
+        self.steps = steps
+        self.solver = solver
+        self.device = model.in_center.device
+        self._grid = torch.as_tensor(grid_channels(), device=self.device)[None]
+
+    def condition(self, inputs: np.ndarray) -> Any:
+        """Interpolate, normalise and add the grid: (12, 36, 40) -> (1, 16, 448, 448)."""
+        import torch
+
+        x = torch.as_tensor(np.asarray(inputs, dtype="float32"), device=self.device)
+        x = self.model._interpolate(x)[None]  # earth2studio's bilinear interpolation
+        x = (x - self.model.in_center) / self.model.in_scale
+        return torch.cat((x, self._grid), dim=1)
+
+    def regression_mean(self, condition: Any) -> Any:
+        """The regression net's mean, normalised, shape (1, 4, 448, 448)."""
+        import torch
+
+        zeros = torch.zeros(
+            (1, len(OUTPUT_VARIABLES), *HR_SHAPE), dtype=torch.float32, device=self.device
+        )
+        with torch.inference_mode():
+            return self.model.regression_model(x=zeros, img_lr=condition)
+
+    def residuals(self, condition: Any, seeds: Sequence[int]) -> Any:
+        """Diffusion residuals for one batch of samples, normalised, shape (B, 4, 448, 448).
+
+        The initial noise is drawn on the CPU from one generator per sample, so it is the
+        same on every device and for every batch size.
+        """
+        import torch
+        from physicsnemo.diffusion.samplers.legacy_deterministic_sampler import (
+            deterministic_sampler,
+        )
+
+        latents = torch.stack(
+            [
+                torch.randn(
+                    (len(OUTPUT_VARIABLES), *HR_SHAPE),
+                    generator=torch.Generator().manual_seed(seed),
+                )
+                for seed in seeds
+            ]
+        ).to(self.device)
+        with torch.inference_mode():
+            return deterministic_sampler(
+                self.model.residual_model,
+                latents,
+                condition.expand(len(seeds), -1, -1, -1),
+                num_steps=self.steps,
+                solver=self.solver,
+            )
+
+    def denormalise(self, x: Any) -> np.ndarray:
+        """Normalised model output -> physical units on the host, float32."""
+        out = x.float() * self.model.out_scale + self.model.out_center
+        return out.cpu().numpy().astype("float32")
+
+    @property
+    def lat(self) -> np.ndarray:
+        """Output latitudes (448, 448)."""
+        return np.asarray(self.model.out_lat.cpu().numpy())
+
+    @property
+    def lon(self) -> np.ndarray:
+        """Output longitudes (448, 448)."""
+        return np.asarray(self.model.out_lon.cpu().numpy())
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (time, lead) of the run and the samples still to compute there."""
+
+    index: tuple[int, ...]
+    time: datetime
+    lead_hours: int
+    samples: tuple[int, ...]
+
+
+class Writer(Protocol):
+    """What the loop needs from a store (see :class:`corrdiff_tools.store.StoreWriter`)."""
+
+    def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store one time's low-resolution fields."""
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
+    ) -> None:
+        """Store a batch of samples and mark them complete."""
+
+
+@dataclass
+class Timings:
+    """Where the wall time of a run went, in seconds."""
+
+    fetch: float = 0.0
+    inference: float = 0.0
+    write: float = 0.0
+    samples: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def _batches(samples: Sequence[int], size: int) -> Iterator[tuple[int, ...]]:
+    for start in range(0, len(samples), size):
+        yield tuple(samples[start : start + size])
+
+
+def downscale(
+    jobs: Sequence[Job],
+    fetch: Callable[[Job], dict[str, np.ndarray]],
+    sampler: CorrDiffSampler,
+    open_writer: Callable[[], Writer],
+    seed: int,
+    batch_size: int,
+    adaptive_batch: bool = False,
+    progress: Callable[[int], Any] | None = None,
+) -> Timings:
+    """Downscale every job and write it, fetching the next job's inputs during compute.
+
+    Parameters
+    ----------
+    jobs : sequence of Job
+        What to compute.
+    fetch : callable
+        Job -> low-resolution fields (the 12 inputs, plus extras such as ``refc``).
+    sampler : CorrDiffSampler
+        The model.
+    open_writer : callable
+        Returns the store writer; called once, after the first inputs have arrived, so a
+        run that cannot fetch anything creates no store.
+    seed : int
+        Base seed (see :func:`sample_seed`).
+    batch_size : int
+        Most samples per diffusion batch.
+    adaptive_batch : bool
+        On running out of device memory, halve the batch and retry instead of failing.
+    progress : callable, optional
+        Called with the number of samples finished after each batch.
+
+    Returns
+    -------
+    Timings
+        Time spent fetching (not overlapped with compute), computing and writing.
+    """
+    import torch
+
+    timings = Timings()
+    writer: Writer | None = None
+    if not jobs:
+        return timings
+
+    def timed_fetch(job: Job) -> tuple[dict[str, np.ndarray], float]:
+        start = clock.perf_counter()
+        return fetch(job), clock.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch") as pool:
+        pending: Future[tuple[dict[str, np.ndarray], float]] = pool.submit(timed_fetch, jobs[0])
+        for position, job in enumerate(jobs):
+            wait_start = clock.perf_counter()
+            fields, _ = pending.result()
+            timings.fetch += clock.perf_counter() - wait_start
+            if position + 1 < len(jobs):
+                pending = pool.submit(timed_fetch, jobs[position + 1])
+            if writer is None:
+                writer = open_writer()
+
+            start = clock.perf_counter()
+            writer.write_inputs(job.index, fields)
+            timings.write += clock.perf_counter() - start
+
+            start = clock.perf_counter()
+            inputs = np.stack([fields[name] for name in INPUT_VARIABLES])
+            condition = sampler.condition(inputs)
+            mean = sampler.regression_mean(condition)
+            timings.inference += clock.perf_counter() - start
+
+            remaining = list(job.samples)
+            while remaining:
+                batch = tuple(remaining[:batch_size])
+                seeds = [sample_seed(seed, job.time, job.lead_hours, s) for s in batch]
+                start = clock.perf_counter()
+                try:
+                    fields_hr = sampler.denormalise(mean + sampler.residuals(condition, seeds))
+                except torch.OutOfMemoryError:
+                    if not adaptive_batch or batch_size == 1:
+                        raise
+                    batch_size = max(1, batch_size // 2)
+                    logger.warning("out of device memory: retrying with --batch-size %d", batch_size)
+                    torch.cuda.empty_cache()
+                    continue
+                timings.inference += clock.perf_counter() - start
+                timings.batch_sizes.append(len(batch))
+
+                start = clock.perf_counter()
+                writer.write_samples(
+                    job.index,
+                    batch,
+                    {name: fields_hr[:, i] for i, name in enumerate(OUTPUT_VARIABLES)},
+                )
+                timings.write += clock.perf_counter() - start
+                timings.samples += len(batch)
+                remaining = remaining[len(batch) :]
+                if progress is not None:
+                    progress(len(batch))
+    return timings

@@ -1,0 +1,15 @@
+"""The two kinds of failure the command-line tools report, and their exit codes."""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Something the user typed is wrong. Exit 2; nothing has been written."""
+
+    exit_code = 2
+
+
+class RunError(Exception):
+    """The run could not be completed (network, disk, model). Exit 1."""
+
+    exit_code = 1

@@ -1,0 +1,256 @@
+"""The only place that loads CorrDiff, picks the device and sets precision.
+
+Loading goes through earth2studio's own ``CorrDiffTaiwan.load_model``. What it gets
+wrong, and what we do instead:
+
+* ``load_model`` extracts ``corrdiff_inference_package.zip`` next to the zip on *every*
+  load: it pays the unzip each time and fails in a read-only directory (a shared model
+  directory on a cluster, a read-only container volume). We extract once into a cache
+  directory keyed by the zip's path, size and modification time, and hand ``load_model``
+  a directory holding the extracted folder and an *empty* stub zip, so its own
+  ``extractall`` has nothing to do.
+* ``load_model`` sets ``use_fp16=True``, which stores the weights in half precision. On
+  CUDA/ROCm that is the published setting; on a CPU the wrappers never cast inputs to
+  half, so every call re-casts all weights and computes in float32 anyway. On CPU we
+  switch the weights back to float32 once (exact: every float16 is a float32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corrdiff_tools.errors import RunError, UsageError
+
+logger = logging.getLogger(__name__)
+
+#: The published package on NVIDIA's NGC registry (needs the internet).
+DEFAULT_PACKAGE = "ngc://models/nvidia/modulus/corrdiff_inference_package@1"
+PACKAGE_ZIP = "corrdiff_inference_package.zip"
+PACKAGE_DIR = "corrdiff_inference_package"
+CHECKPOINTS = ("checkpoints/regression.mdlus", "checkpoints/diffusion.mdlus")
+DATASET = "dataset/2023-01-24-cwb-4years_5times.zarr"
+
+
+def cache_root() -> Path:
+    """Root of our caches: ``$CORRDIFF_TOOLS_CACHE``, else under earth2studio's model cache."""
+    explicit = os.environ.get("CORRDIFF_TOOLS_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get(
+        "EARTH2STUDIO_MODEL_CACHE",
+        os.environ.get("EARTH2STUDIO_CACHE", str(Path.home() / ".cache" / "earth2studio")),
+    )
+    return Path(base).expanduser() / "corrdiff_tools"
+
+
+def is_remote(spec: str) -> bool:
+    """Whether a package spec is a URL (ngc://, s3://, https://, ...) rather than a path."""
+    return "://" in spec and not spec.startswith("file://")
+
+
+def check_package_spec(spec: str) -> None:
+    """Validate ``--model-package`` without loading anything.
+
+    Raises
+    ------
+    UsageError
+        If a local path does not hold the zip or its extracted folder.
+    """
+    if is_remote(spec):
+        return
+    path = Path(spec.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise UsageError(
+            f"--model-package {spec} does not exist: give a directory holding {PACKAGE_ZIP} "
+            f"or its extracted {PACKAGE_DIR}/ folder"
+        )
+    if path.is_file() and path.suffix != ".zip":
+        raise UsageError(f"--model-package {spec} is a file but not a zip: give the {PACKAGE_ZIP}")
+    if path.is_dir() and not (path / PACKAGE_ZIP).is_file() and not _extracted_root(path):
+        raise UsageError(
+            f"--model-package {spec} holds neither {PACKAGE_ZIP} nor an extracted {PACKAGE_DIR}/ "
+            f"with {CHECKPOINTS[0]}: point it at the directory you downloaded the package to"
+        )
+
+
+def _extracted_root(path: Path) -> Path | None:
+    """The extracted package folder under (or at) ``path``, if there is one."""
+    for candidate in (path / PACKAGE_DIR, path):
+        if all((candidate / c).is_file() for c in CHECKPOINTS):
+            return candidate
+    return None
+
+
+def _cache_key(path: Path) -> str:
+    stat = path.stat()
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _write_stub_zip(directory: Path) -> None:
+    """An empty zip: ``load_model``'s ``extractall`` then extracts nothing."""
+    with zipfile.ZipFile(directory / PACKAGE_ZIP, "w"):
+        pass
+
+
+def resolve_zip(spec: str) -> Path:
+    """Local path of the package zip, downloading it (via earth2studio) if remote."""
+    if not is_remote(spec):
+        path = Path(spec.removeprefix("file://")).expanduser()
+        return path if path.is_file() else path / PACKAGE_ZIP
+    from earth2studio.models.auto import Package
+    from earth2studio.models.dx import CorrDiffTaiwan
+
+    if spec == DEFAULT_PACKAGE:
+        package = CorrDiffTaiwan.load_default_package()
+    else:
+        package = Package(spec, cache_options={"same_names": True})
+    try:
+        return Path(package.resolve(PACKAGE_ZIP))
+    except Exception as err:  # noqa: BLE001 - fsspec/ngc raise many types when offline
+        raise RunError(
+            f"could not download the model package {spec} ({type(err).__name__}: {err}); "
+            "to work offline, copy corrdiff_inference_package.zip from a machine with internet "
+            "(run_corrdiff.py --prefetch caches it) and pass --model-package DIR"
+        ) from err
+
+
+def prepare_package(spec: str) -> Path:
+    """Return a directory that ``CorrDiffTaiwan.load_model`` can load without re-extracting.
+
+    The directory holds ``corrdiff_inference_package/`` (extracted once, or a link to a
+    folder the user already extracted) and an empty stub zip.
+
+    Parameters
+    ----------
+    spec : str
+        ``--model-package``: a URL (the NGC default), a directory, or the zip itself.
+    """
+    local = None if is_remote(spec) else Path(spec.removeprefix("file://")).expanduser()
+    extracted = _extracted_root(local) if local is not None and local.is_dir() else None
+    if extracted is not None and not (local / PACKAGE_ZIP).is_file():  # type: ignore[operator]
+        target = cache_root() / "packages" / _cache_key(extracted)
+        if not (target / PACKAGE_ZIP).is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            link = target / PACKAGE_DIR
+            if not link.exists():
+                link.symlink_to(extracted.resolve(), target_is_directory=True)
+            _write_stub_zip(target)
+        return target
+
+    zip_path = resolve_zip(spec)
+    if not zip_path.is_file():
+        raise UsageError(f"--model-package: {zip_path} does not exist")
+    target = cache_root() / "packages" / _cache_key(zip_path)
+    if (target / PACKAGE_ZIP).is_file() and _extracted_root(target):
+        logger.debug("model package already extracted in %s", target)
+        return target
+    logger.info("extracting %s into %s (once)", zip_path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(staging)  # noqa: S202 - a model package the user chose to trust
+        if _extracted_root(staging) is None:
+            raise UsageError(
+                f"--model-package {zip_path} is not a CorrDiff package: it lacks "
+                f"{PACKAGE_DIR}/{CHECKPOINTS[0]}"
+            )
+        _write_stub_zip(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except zipfile.BadZipFile as err:
+        raise UsageError(f"--model-package {zip_path} is not a valid zip file ({err})") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The torch device a run uses, and how to describe it to a person."""
+
+    device: Any
+    description: str
+
+    @property
+    def is_gpu(self) -> bool:
+        """Whether this is a CUDA or ROCm device."""
+        return bool(self.device.type == "cuda")
+
+
+def resolve_device(spec: str) -> DeviceInfo:
+    """Turn ``--device auto|cpu|cuda|cuda:N`` into a device, checking that it exists.
+
+    ROCm GPUs appear to torch as ``cuda``; the description says which it really is,
+    e.g. "AMD Instinct MI300X (gfx942), ROCm/HIP 7.0" or "NVIDIA H100, CUDA 13.0".
+    """
+    import torch
+
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return DeviceInfo(torch.device("cpu"), f"CPU, {torch.get_num_threads()} threads")
+    if spec != "cuda" and not spec.startswith("cuda:"):
+        raise UsageError(f"--device {spec!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {spec}: no CUDA or ROCm GPU is visible to torch {torch.__version__} "
+            "(check the driver, HIP_VISIBLE_DEVICES/CUDA_VISIBLE_DEVICES, or use --device cpu)"
+        )
+    index = 0 if spec == "cuda" else spec.split(":", 1)[1]
+    if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {spec}: there are {torch.cuda.device_count()} GPU(s), "
+            f"numbered 0 to {torch.cuda.device_count() - 1}"
+        )
+    device = torch.device(f"cuda:{int(index)}")
+    props = torch.cuda.get_device_properties(device)
+    if torch.version.hip:
+        arch = getattr(props, "gcnArchName", "").split(":")[0]
+        description = f"{props.name} ({arch}), ROCm/HIP {torch.version.hip}"
+    else:
+        description = f"{props.name}, CUDA {torch.version.cuda}"
+    return DeviceInfo(device, description)
+
+
+def set_precision(model: Any, device: DeviceInfo) -> str:
+    """Choose the weights' precision for ``device``; return its name for provenance."""
+    half = device.is_gpu
+    for net in (model.regression_model, model.residual_model):
+        net.use_fp16 = half  # the physicsnemo setter converts the weights
+    return "float16" if half else "float32"
+
+
+def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
+    """Load CorrDiff Taiwan from ``spec`` onto ``device``.
+
+    Returns
+    -------
+    tuple
+        The earth2studio ``CorrDiffTaiwan`` module (eval mode) and the precision name.
+    """
+    from earth2studio.models.auto import Package
+    from earth2studio.models.dx import CorrDiffTaiwan
+
+    directory = prepare_package(spec)
+    try:
+        model = CorrDiffTaiwan.load_model(Package(str(directory)))
+    except Exception as err:  # noqa: BLE001 - a broken package fails in many ways
+        raise UsageError(
+            f"--model-package {spec} could not be loaded ({type(err).__name__}: {err}): "
+            "check that it is a complete CorrDiff Taiwan inference package"
+        ) from None
+    precision = set_precision(model, device)
+    model = model.to(device.device).eval()
+    return model, precision

@@ -1,0 +1,317 @@
+"""The Zarr layout both tools share: names, units, CF attributes, provenance, resume state.
+
+This module is the contract between ``run_corrdiff.py`` (which writes a store) and
+``plot_corrdiff.py`` (which reads it). Neither tool spells a variable name, unit or
+dimension anywhere else. It imports no torch and no earth2studio.
+
+Layout of a store (Zarr v3, consolidated metadata, zstd-compressed, NaN fill)::
+
+    mrr, t2m, u10m, v10m   (time, [lead_time,] sample, y, x)  float32, one chunk per 448x448 field
+    lat, lon               (y, x)                              2-D coordinates of the output grid
+    lr_<input variable>    (time, [lead_time,] lat_lr, lon_lr) the 12 low-resolution inputs fed to the
+                                                               model, plus lr_refc (GFS composite
+                                                               reflectivity) where the source has it
+    completed              (time, [lead_time,] sample)         int8, 1 once that piece is fully written
+
+Differences from earth2studio's ``ZarrBackend`` (the blog's writer), on purpose: CF
+attributes and units on every variable; 2-D lat/lon stored as coordinates (``ZarrBackend``
+writes them as data variables); NaN as fill value so unwritten pieces read as missing, not
+as 0.0; a ``completed`` record so an interrupted run can be resumed; consolidated metadata
+so ``xr.open_zarr(path)`` opens it without warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Variables CorrDiff Taiwan writes, in the model's output order.
+OUTPUT_VARIABLES: tuple[str, ...] = ("mrr", "t2m", "u10m", "v10m")
+#: Variables CorrDiff Taiwan reads, in the model's input order.
+INPUT_VARIABLES: tuple[str, ...] = (
+    "tcwv", "z500", "t500", "u500", "v500", "z850", "t850", "u850", "v850", "t2m", "u10m", "v10m",
+)  # fmt: skip
+#: Extra low-resolution fields stored for plotting when the source has them.
+EXTRA_LOWRES_VARIABLES: tuple[str, ...] = ("refc",)
+
+#: The model's low-resolution input grid (0.25 degree).
+LR_LAT = np.linspace(19.25, 28.0, 36)
+LR_LON = np.linspace(116.0, 126.0, 40, endpoint=False)
+#: The output grid is 448 x 448 (the package's 450 x 450 grid less a one-point border).
+HR_SHAPE = (448, 448)
+
+#: CF attributes of every variable a store may hold.
+VARIABLE_ATTRS: dict[str, dict[str, str]] = {
+    "mrr": {
+        "standard_name": "equivalent_reflectivity_factor",
+        "long_name": "maximum radar reflectivity in the column",
+        "units": "dBZ",
+    },
+    "t2m": {"standard_name": "air_temperature", "long_name": "2 m air temperature", "units": "K"},
+    "u10m": {"standard_name": "eastward_wind", "long_name": "10 m eastward wind", "units": "m s-1"},
+    "v10m": {
+        "standard_name": "northward_wind",
+        "long_name": "10 m northward wind",
+        "units": "m s-1",
+    },
+    "tcwv": {
+        "standard_name": "atmosphere_mass_content_of_water_vapor",
+        "long_name": "total column water vapour",
+        "units": "kg m-2",
+    },
+    "refc": {
+        "standard_name": "equivalent_reflectivity_factor",
+        "long_name": "composite radar reflectivity",
+        "units": "dBZ",
+    },
+}
+for _level in (500, 850):
+    VARIABLE_ATTRS[f"z{_level}"] = {
+        "standard_name": "geopotential",
+        "long_name": f"geopotential at {_level} hPa",
+        "units": "m2 s-2",
+    }
+    VARIABLE_ATTRS[f"t{_level}"] = {
+        "standard_name": "air_temperature",
+        "long_name": f"air temperature at {_level} hPa",
+        "units": "K",
+    }
+    VARIABLE_ATTRS[f"u{_level}"] = {
+        "standard_name": "eastward_wind",
+        "long_name": f"eastward wind at {_level} hPa",
+        "units": "m s-1",
+    }
+    VARIABLE_ATTRS[f"v{_level}"] = {
+        "standard_name": "northward_wind",
+        "long_name": f"northward wind at {_level} hPa",
+        "units": "m s-1",
+    }
+
+COORD_ATTRS: dict[str, dict[str, str]] = {
+    "lat": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
+    "lon": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"},
+    "lat_lr": {"standard_name": "latitude", "long_name": "input latitude", "units": "degrees_north"},
+    "lon_lr": {"standard_name": "longitude", "long_name": "input longitude", "units": "degrees_east"},
+    "time": {"standard_name": "time", "long_name": "valid time of the input analysis"},
+    "lead_time": {"standard_name": "forecast_period", "long_name": "forecast lead time"},
+    "sample": {"standard_name": "realization", "long_name": "ensemble member"},
+}
+
+#: Global attribute holding the settings a ``--resume`` must match (JSON).
+SETTINGS_ATTR = "corrdiff_tools_settings"
+#: Global attribute that marks a store as written by this tool.
+FORMAT_ATTR = "corrdiff_tools_format"
+FORMAT_VERSION = 1
+COMPLETED = "completed"
+
+
+def lowres_name(variable: str) -> str:
+    """Name of the stored low-resolution field of ``variable`` (``t2m`` -> ``lr_t2m``)."""
+    return f"lr_{variable}"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Shape of a store: which times, lead times and samples it holds, on which grid.
+
+    Parameters
+    ----------
+    times : sequence of datetime
+        Valid (analysis or initialisation) times, UTC.
+    samples : int
+        Ensemble size.
+    lat, lon : numpy.ndarray
+        2-D output grid, shape :data:`HR_SHAPE`.
+    lead_times : sequence of int or None
+        Forecast lead times in hours, or None for analyses (no lead_time axis).
+    lowres_variables : sequence of str
+        Low-resolution fields to store (the inputs, plus ``refc`` where available).
+    """
+
+    times: Sequence[datetime]
+    samples: int
+    lat: np.ndarray
+    lon: np.ndarray
+    lead_times: Sequence[int] | None = None
+    lowres_variables: Sequence[str] = field(default=INPUT_VARIABLES)
+
+    @property
+    def leading_dims(self) -> tuple[str, ...]:
+        """Dimensions before ``sample``: ``(time,)`` or ``(time, lead_time)``."""
+        return ("time",) if self.lead_times is None else ("time", "lead_time")
+
+    @property
+    def leading_shape(self) -> tuple[int, ...]:
+        """Lengths of :attr:`leading_dims`."""
+        if self.lead_times is None:
+            return (len(self.times),)
+        return (len(self.times), len(self.lead_times))
+
+
+def create_store(
+    path: str | Path,
+    layout: StoreLayout,
+    attrs: Mapping[str, Any],
+    settings: Mapping[str, Any],
+) -> None:
+    """Create an empty store with every array, coordinate and attribute, but no data.
+
+    All arrays exist before any sample is written, so several writers (processes or
+    ranks) can fill disjoint chunks afterwards.
+
+    Parameters
+    ----------
+    path : str or Path
+        Where to create it; must not exist.
+    layout : StoreLayout
+        What it holds.
+    attrs : mapping
+        Global attributes (provenance, history).
+    settings : mapping
+        Settings that a later ``--resume`` must match; stored as JSON.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    lead = layout.leading_dims
+    lead_shape = layout.leading_shape
+    hr_dims = (*lead, "sample", "y", "x")
+    hr_shape = (*lead_shape, layout.samples, *HR_SHAPE)
+    hr_chunks = (*(1 for _ in lead), 1, *HR_SHAPE)
+    lr_dims = (*lead, "lat_lr", "lon_lr")
+    lr_shape = (*lead_shape, LR_LAT.size, LR_LON.size)
+    lr_chunks = (*(1 for _ in lead), LR_LAT.size, LR_LON.size)
+
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, dict[str, Any]] = {}
+    for name in OUTPUT_VARIABLES:
+        data_vars[name] = (
+            hr_dims,
+            da.full(hr_shape, np.nan, dtype="float32", chunks=hr_chunks),
+            VARIABLE_ATTRS[name],
+        )
+        encoding[name] = {"_FillValue": np.nan}
+    for name in layout.lowres_variables:
+        data_vars[lowres_name(name)] = (
+            lr_dims,
+            da.full(lr_shape, np.nan, dtype="float32", chunks=lr_chunks),
+            {**VARIABLE_ATTRS[name], "long_name": f"{VARIABLE_ATTRS[name]['long_name']} (input)"},
+        )
+        encoding[lowres_name(name)] = {"_FillValue": np.nan}
+    data_vars[COMPLETED] = (
+        (*lead, "sample"),
+        da.zeros((*lead_shape, layout.samples), dtype="int8", chunks=1),
+        {"long_name": "1 where this piece of the ensemble is fully written, else 0"},
+    )
+
+    coords: dict[str, Any] = {
+        "time": ("time", np.array(layout.times, dtype="datetime64[ns]"), COORD_ATTRS["time"]),
+        "sample": ("sample", np.arange(layout.samples, dtype="int32"), COORD_ATTRS["sample"]),
+        "lat": (("y", "x"), np.asarray(layout.lat, dtype="float32"), COORD_ATTRS["lat"]),
+        "lon": (("y", "x"), np.asarray(layout.lon, dtype="float32"), COORD_ATTRS["lon"]),
+        "lat_lr": ("lat_lr", LR_LAT, COORD_ATTRS["lat_lr"]),
+        "lon_lr": ("lon_lr", LR_LON, COORD_ATTRS["lon_lr"]),
+    }
+    if layout.lead_times is not None:
+        coords["lead_time"] = (
+            "lead_time",
+            np.array(layout.lead_times, dtype="timedelta64[h]").astype("timedelta64[ns]"),
+            COORD_ATTRS["lead_time"],
+        )
+    dataset = xr.Dataset(
+        data_vars,
+        coords=coords,
+        attrs={**attrs, FORMAT_ATTR: FORMAT_VERSION, SETTINGS_ATTR: json.dumps(dict(settings))},
+    )
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not (yet) part of the v3 spec; xarray
+        # and zarr-python read it, and without it every plain xr.open_zarr(path) warns.
+        warnings.simplefilter("ignore")
+        dataset.to_zarr(str(path), mode="w-", compute=False, encoding=encoding, consolidated=True)
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is a Zarr store written by this tool."""
+    return read_attrs(path).get(FORMAT_ATTR) is not None
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """Global attributes of the Zarr group at ``path`` ({} if it is not a Zarr group)."""
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply "not a store"
+        return {}
+
+
+def read_settings(path: str | Path) -> dict[str, Any] | None:
+    """The settings a store was created with, or None if it is not one of ours."""
+    raw = read_attrs(path).get(SETTINGS_ATTR)
+    return None if raw is None else json.loads(raw)
+
+
+class StoreWriter:
+    """Write pieces of the ensemble into an existing store, one chunk per field.
+
+    Each (time, [lead,] sample) piece is a separate chunk, so concurrent writers are
+    safe as long as they write different pieces. A piece is marked complete only after
+    all its variables are written: a run killed mid-write leaves it incomplete, and a
+    ``--resume`` recomputes it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import zarr
+
+        self.path = Path(path)
+        self._group = zarr.open_group(str(path), mode="r+")
+
+    def completed(self) -> np.ndarray:
+        """Completion flags, shape ``(time, [lead_time,] sample)``, dtype bool."""
+        return np.asarray(self._group[COMPLETED][...]).astype(bool)
+
+    def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store the low-resolution fields of one (time, [lead]) at ``index``."""
+        for name, values in fields.items():
+            key = lowres_name(name)
+            if key in self._group:
+                self._group[key][index] = np.asarray(values, dtype="float32")
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
+    ) -> None:
+        """Store fields of shape ``(len(samples), 448, 448)`` and mark those samples complete.
+
+        Parameters
+        ----------
+        index : tuple of int
+            ``(time_index,)`` or ``(time_index, lead_index)``.
+        samples : sequence of int
+            Sample indices, one per leading entry of each field.
+        fields : mapping
+            Output variable name -> array in physical units.
+        """
+        for position, sample in enumerate(samples):
+            for name in OUTPUT_VARIABLES:
+                self._group[name][(*index, sample)] = np.asarray(
+                    fields[name][position], dtype="float32"
+                )
+        for sample in samples:
+            self._group[COMPLETED][(*index, sample)] = 1
+
+
+def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Describe each setting that differs between a store and a new request."""
+    keys = sorted(set(stored) | set(requested))
+    return [
+        f"{key}: store has {stored.get(key)!r}, this run asks for {requested.get(key)!r}"
+        for key in keys
+        if stored.get(key) != requested.get(key)
+    ]
