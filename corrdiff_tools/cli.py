@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time as clock
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -57,7 +58,9 @@ def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {text!r}"
+            ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {value}")
         return value
@@ -212,7 +215,7 @@ def quiet_native_output(enabled: bool) -> Iterator[None]:
             os.dup2(devnull.fileno(), 2)
             yield
     finally:
-        for fd, copy in zip((1, 2), saved):
+        for fd, copy in zip((1, 2), saved, strict=True):
             os.dup2(copy, fd)
             os.close(copy)
 
@@ -224,9 +227,9 @@ def import_model_stack(args: argparse.Namespace) -> None:
     tame_library_logging(args)
 
 
-def guarded(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser) -> Callable[
-    [Sequence[str] | None], int
-]:
+def guarded(
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser
+) -> Callable[[Sequence[str] | None], int]:
     """Wrap a tool's body in the one error surface: exit codes, one-line messages."""
 
     def run(argv: Sequence[str] | None = None) -> int:
@@ -293,14 +296,21 @@ def _check_writable_location(path: Path, flag: str) -> None:
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: cannot write in {parent} (choose another location)")
+    try:
+        # A real probe: os.access says yes to root even where writes fail (/proc, read-only
+        # mounts). The probe file is anonymous and gone when closed.
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {path}: cannot write in {parent} ({err.strerror}); choose another location"
+        ) from None
 
 
 def validate_run(args: argparse.Namespace) -> RunRequest:
     """Check every argument before anything is fetched, loaded or written."""
     from corrdiff_tools import model as model_mod
-    from corrdiff_tools import sources, store
+    from corrdiff_tools import sources
 
     times = times_mod.parse_times(args.times)
     source = sources.parse_source(args.source)
@@ -319,7 +329,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     elif source.kind == "era5":
         for time in times:
             times_mod.check_era5_time(time)
-    else:
+    elif source.path is not None:
         file_variables = sources.check_file_source(source.path, times)
     model_mod.check_package_spec(args.model_package)
 
@@ -341,7 +351,9 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
                 "forecasts and files cannot be prefetched into an analysis file"
             )
         if args.prefetch.exists():
-            raise UsageError(f"--prefetch {args.prefetch} already exists: remove it or pick another name")
+            raise UsageError(
+                f"--prefetch {args.prefetch} already exists: remove it or pick another name"
+            )
         _check_writable_location(args.prefetch, "--prefetch")
     else:
         _check_output(output, args, settings)
@@ -381,9 +393,9 @@ def _check_output(output: Path, args: argparse.Namespace, settings: dict[str, An
         )
 
 
-def _provenance(args: argparse.Namespace, request: RunRequest, device: str, precision: str) -> dict[
-    str, Any
-]:
+def _provenance(
+    args: argparse.Namespace, request: RunRequest, device: str, precision: str
+) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(name: str) -> str:

@@ -283,7 +283,9 @@ def downscale(
                     if not adaptive_batch or batch_size == 1:
                         raise
                     batch_size = max(1, batch_size // 2)
-                    logger.warning("out of device memory: retrying with --batch-size %d", batch_size)
+                    logger.warning(
+                        "out of device memory: retrying with --batch-size %d", batch_size
+                    )
                     torch.cuda.empty_cache()
                     continue
                 timings.inference += clock.perf_counter() - start

@@ -6,12 +6,13 @@ dimension anywhere else. It imports no torch and no earth2studio.
 
 Layout of a store (Zarr v3, consolidated metadata, zstd-compressed, NaN fill)::
 
-    mrr, t2m, u10m, v10m   (time, [lead_time,] sample, y, x)  float32, one chunk per 448x448 field
-    lat, lon               (y, x)                              2-D coordinates of the output grid
-    lr_<input variable>    (time, [lead_time,] lat_lr, lon_lr) the 12 low-resolution inputs fed to the
-                                                               model, plus lr_refc (GFS composite
-                                                               reflectivity) where the source has it
-    completed              (time, [lead_time,] sample)         int8, 1 once that piece is fully written
+    mrr, t2m, u10m, v10m  (time, [lead_time,] sample, y, x)   float32, a chunk per field
+    lat, lon              (y, x)                               2-D output grid coordinates
+    lr_<input>            (time, [lead_time,] lat_lr, lon_lr)  the 12 low-resolution inputs
+                                                               fed to the model, and lr_refc
+                                                               (GFS composite reflectivity)
+                                                               where the source has it
+    completed             (time, [lead_time,] sample)          int8, 1 once a piece is written
 
 Differences from earth2studio's ``ZarrBackend`` (the blog's writer), on purpose: CF
 attributes and units on every variable; 2-D lat/lon stored as coordinates (``ZarrBackend``
@@ -97,8 +98,16 @@ for _level in (500, 850):
 COORD_ATTRS: dict[str, dict[str, str]] = {
     "lat": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
     "lon": {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east"},
-    "lat_lr": {"standard_name": "latitude", "long_name": "input latitude", "units": "degrees_north"},
-    "lon_lr": {"standard_name": "longitude", "long_name": "input longitude", "units": "degrees_east"},
+    "lat_lr": {
+        "standard_name": "latitude",
+        "long_name": "input latitude",
+        "units": "degrees_north",
+    },
+    "lon_lr": {
+        "standard_name": "longitude",
+        "long_name": "input longitude",
+        "units": "degrees_east",
+    },
     "time": {"standard_name": "time", "long_name": "valid time of the input analysis"},
     "lead_time": {"standard_name": "forecast_period", "long_name": "forecast lead time"},
     "sample": {"standard_name": "realization", "long_name": "ensemble member"},
@@ -273,16 +282,19 @@ class StoreWriter:
         self.path = Path(path)
         self._group = zarr.open_group(str(path), mode="r+")
 
+    def _array(self, name: str) -> Any:
+        return self._group[name]
+
     def completed(self) -> np.ndarray:
         """Completion flags, shape ``(time, [lead_time,] sample)``, dtype bool."""
-        return np.asarray(self._group[COMPLETED][...]).astype(bool)
+        return np.asarray(self._array(COMPLETED)[...]).astype(bool)
 
     def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store the low-resolution fields of one (time, [lead]) at ``index``."""
         for name, values in fields.items():
             key = lowres_name(name)
             if key in self._group:
-                self._group[key][index] = np.asarray(values, dtype="float32")
+                self._array(key)[index] = np.asarray(values, dtype="float32")
 
     def write_samples(
         self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
@@ -300,11 +312,11 @@ class StoreWriter:
         """
         for position, sample in enumerate(samples):
             for name in OUTPUT_VARIABLES:
-                self._group[name][(*index, sample)] = np.asarray(
+                self._array(name)[(*index, sample)] = np.asarray(
                     fields[name][position], dtype="float32"
                 )
         for sample in samples:
-            self._group[COMPLETED][(*index, sample)] = 1
+            self._array(COMPLETED)[(*index, sample)] = 1
 
 
 def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,207 @@
+"""Random-weight CorrDiff packages and synthetic inputs, in the published layouts.
+
+Used by the tests (a tiny package, loaded through earth2studio's real ``load_model``) and
+by the benchmarks (the published architecture with random weights costs exactly what the
+real weights cost, so machines can be sized without downloading anything).
+
+The package layout matches ``corrdiff_inference_package.zip``::
+
+    corrdiff_inference_package/checkpoints/regression.mdlus   physicsnemo UNet (SongUNet)
+    corrdiff_inference_package/checkpoints/diffusion.mdlus    physicsnemo EDMPrecondSR
+    corrdiff_inference_package/dataset/2023-01-24-cwb-4years_5times.zarr
+        XLAT, XLONG (450 x 450), era5_center/era5_scale, cwb_center/cwb_scale (20 each)
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON
+
+#: Network widths. ``full`` is the published architecture (79,673,988 and 80,002,692
+#: parameters); ``small`` has the same depth at a quarter of the width; ``tiny`` is for
+#: tests. All keep five levels so the attention bottleneck is 28 x 28.
+WIDTHS: dict[str, dict[str, Any]] = {
+    "full": {"model_channels": 128, "channel_mult": [1, 2, 2, 2, 2], "num_blocks": 4},
+    "small": {"model_channels": 32, "channel_mult": [1, 2, 2, 2, 2], "num_blocks": 4},
+    "tiny": {"model_channels": 8, "channel_mult": [1, 1, 1, 1, 1], "num_blocks": 1},
+}
+FULL_PARAMETERS = {"regression": 79_673_988, "diffusion": 80_002_692}
+
+#: The 20 ERA5 channels of the published normalisation file; the model reads 12 of them.
+ERA5_CHANNELS = (
+    "tcwv", "z500", "t500", "u500", "v500", "z700", "t700", "u700", "v700",
+    "z850", "t850", "u850", "v850", "z925", "t925", "u925", "v925", "t2m", "u10m", "v10m",
+)  # fmt: skip
+#: Plausible (centre, scale) per channel, so synthetic outputs look like weather.
+TYPICAL = {
+    "tcwv": (45.0, 15.0), "t2m": (298.0, 4.0), "u10m": (1.0, 5.0), "v10m": (0.5, 5.0),
+    "mrr": (5.0, 12.0),
+    **{f"z{p}": (z, 120.0) for p, z in ((500, 57600.0), (700, 30800.0), (850, 14900.0),
+                                         (925, 7800.0))},
+    **{f"t{p}": (t, 3.0) for p, t in ((500, 267.0), (700, 281.0), (850, 289.0), (925, 294.0))},
+    **{f"u{p}": (3.0, 8.0) for p in (500, 700, 850, 925)},
+    **{f"v{p}": (1.0, 6.0) for p in (500, 700, 850, 925)},
+    "refc": (10.0, 12.0),
+}  # fmt: skip
+#: Published output channels 0 (mrr) and 17..19 (t2m, u10m, v10m) of 20 CWB channels.
+CWB_OUTPUTS = {0: "mrr", 17: "t2m", 18: "u10m", 19: "v10m"}
+#: The paper's domain, used for the synthetic 450 x 450 curvilinear grid.
+DOMAIN_CENTRE = (23.7, 120.97)
+GRID_SPACING_KM = 2.0
+
+
+def curvilinear_grid(shape: tuple[int, int] = (450, 450)) -> tuple[np.ndarray, np.ndarray]:
+    """A Lambert-conformal 2 km grid over Taiwan, as 2-D (lat, lon) in degrees."""
+    from pyproj import Transformer
+
+    lat0, lon0 = DOMAIN_CENTRE
+    proj = f"+proj=lcc +lat_0={lat0} +lon_0={lon0} +lat_1={lat0} +lat_2={lat0} +R=6371229"
+    to_lonlat = Transformer.from_crs(proj, "EPSG:4326", always_xy=True)
+    half_y = (shape[0] - 1) / 2 * GRID_SPACING_KM * 1000
+    half_x = (shape[1] - 1) / 2 * GRID_SPACING_KM * 1000
+    x, y = np.meshgrid(
+        np.linspace(-half_x, half_x, shape[1]), np.linspace(-half_y, half_y, shape[0])
+    )
+    lon, lat = to_lonlat.transform(x, y)
+    return lat.astype("float32"), lon.astype("float32")
+
+
+def build_networks(
+    width: str = "tiny", seed: int = 0, scale_cond_input: bool = False
+) -> tuple[Any, Any]:
+    """Random-weight regression and diffusion nets with the published wiring.
+
+    Both are SongUNets on 448 x 448 with ``img_in_channels=16`` (12 inputs + 4 grid
+    channels) and ``img_out_channels=4``; regression with ``embedding_type="zero"``,
+    diffusion with ``"positional"``.
+    """
+    import torch
+    from physicsnemo.diffusion.preconditioners.legacy import EDMPrecondSR
+    from physicsnemo.models.diffusion_unets import UNet
+
+    common = {
+        **WIDTHS[width],
+        "attn_resolutions": [28],
+        "model_type": "SongUNet",
+        "img_resolution": 448,
+        "img_in_channels": 16,
+        "img_out_channels": 4,
+    }
+    torch.manual_seed(seed)
+    regression = UNet(embedding_type="zero", **common)
+    diffusion = EDMPrecondSR(
+        img_channels=4, embedding_type="positional", scale_cond_input=scale_cond_input, **common
+    )
+    if width == "tiny":
+        # Random init of a tiny net gives near-zero outputs; widen the last layers' weights
+        # so samples differ visibly (tests check ensemble spread and plots).
+        with torch.no_grad():
+            for net in (regression, diffusion):
+                for name, param in net.named_parameters():
+                    if "out" in name and param.ndim == 4:
+                        param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
+    return regression.eval(), diffusion.eval()
+
+
+def build_package(
+    directory: str | Path,
+    width: str = "tiny",
+    seed: int = 0,
+    zipped: bool = True,
+    scale_cond_input: bool = False,
+) -> Path:
+    """Write a random-weight package in the published layout.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Created if needed; receives ``corrdiff_inference_package.zip`` (``zipped``) or the
+        extracted ``corrdiff_inference_package/`` folder.
+    width : str
+        ``tiny``, ``small`` or ``full`` (see :data:`WIDTHS`).
+    seed : int
+        Weight initialisation seed.
+    zipped : bool
+        Write the zip (as NGC ships it) instead of the folder.
+    scale_cond_input : bool
+        The legacy ``EDMPrecondSR`` input scaling flag.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
+    import zarr
+
+    directory = Path(directory)
+    staging = directory / "corrdiff_inference_package"
+    (staging / "checkpoints").mkdir(parents=True, exist_ok=True)
+    regression, diffusion = build_networks(width, seed, scale_cond_input)
+    regression.save(str(staging / "checkpoints" / "regression.mdlus"))
+    diffusion.save(str(staging / "checkpoints" / "diffusion.mdlus"))
+
+    group = zarr.open_group(
+        str(staging / "dataset" / "2023-01-24-cwb-4years_5times.zarr"), mode="w", zarr_format=2
+    )
+    lat, lon = curvilinear_grid()
+    group.create_array("XLAT", data=lat)
+    group.create_array("XLONG", data=lon)
+    era5 = np.array([TYPICAL[name] for name in ERA5_CHANNELS], dtype="float32")
+    cwb = np.tile(np.array([[0.0, 1.0]], dtype="float32"), (20, 1))
+    for index, name in CWB_OUTPUTS.items():
+        cwb[index] = TYPICAL[name]
+    group.create_array("era5_center", data=era5[:, 0].copy())
+    group.create_array("era5_scale", data=era5[:, 1].copy())
+    group.create_array("cwb_center", data=cwb[:, 0].copy())
+    group.create_array("cwb_scale", data=cwb[:, 1].copy())
+
+    if zipped:
+        with zipfile.ZipFile(directory / "corrdiff_inference_package.zip", "w") as archive:
+            for path in sorted(staging.rglob("*")):
+                archive.write(path, path.relative_to(directory))
+        shutil.rmtree(staging)
+    return directory
+
+
+def synthetic_inputs(
+    times: Sequence[datetime], seed: int = 0, with_refc: bool = True, margin: int = 8
+) -> Any:
+    """Smooth, plausible low-resolution fields on a 0.25 degree grid around the input box.
+
+    Returns an xarray DataArray with dims (time, variable, lat, lon), latitudes descending
+    as GFS stores them, which is the layout ``--source PATH`` reads.
+    """
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    lat = np.arange(LR_LAT[-1] + margin * 0.25, LR_LAT[0] - margin * 0.25 - 1e-9, -0.25)
+    lon = np.arange(LR_LON[0] - margin * 0.25, LR_LON[-1] + margin * 0.25 + 1e-9, 0.25)
+    variables = [*INPUT_VARIABLES, *(("refc",) if with_refc else ())]
+    yy, xx = np.meshgrid(np.linspace(0, 1, lat.size), np.linspace(0, 1, lon.size), indexing="ij")
+    data = np.empty((len(times), len(variables), lat.size, lon.size), dtype="float32")
+    for t in range(len(times)):
+        for v, name in enumerate(variables):
+            centre, scale = TYPICAL[name]
+            phase = rng.uniform(0, 2 * np.pi, size=2)
+            field = np.sin(2 * np.pi * xx + phase[0]) * np.cos(np.pi * yy + phase[1])
+            field += 0.3 * rng.standard_normal(field.shape)
+            data[t, v] = centre + scale * field
+    return xr.DataArray(
+        data,
+        dims=("time", "variable", "lat", "lon"),
+        coords={
+            "time": np.array(times, dtype="datetime64[ns]"),
+            "variable": np.array(variables, dtype=object),
+            "lat": lat,
+            "lon": lon,
+        },
+        name="fields",
+    )

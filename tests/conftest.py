@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny model package in the published layout and a small input file.
+
+Both are built once per session and driven through the real code: earth2studio's
+``load_model`` reads the package, earth2studio's ``DataArrayFile`` reads the inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from corrdiff_tools.synthetic import build_package, synthetic_inputs
+
+#: The times the session's input file holds.
+TIMES = [datetime(2024, 7, 24, hour) for hour in (0, 6, 12, 18)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["CORRDIFF_TOOLS_CACHE"] = str(cache / "corrdiff_tools")
+    os.environ["EARTH2STUDIO_CACHE"] = str(cache / "earth2studio")
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["MPLBACKEND"] = "Agg"
+
+
+@pytest.fixture(scope="session")
+def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a tiny corrdiff_inference_package.zip."""
+    return build_package(tmp_path_factory.mktemp("package"), width="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def input_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A NetCDF DataArray (time, variable, lat, lon) with the 12 inputs and refc at TIMES."""
+    path = tmp_path_factory.mktemp("inputs") / "inputs.nc"
+    synthetic_inputs(TIMES, seed=0).to_netcdf(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def loaded_model(package_dir: Path) -> object:
+    """The tiny package loaded through earth2studio's load_model, on CPU."""
+    from corrdiff_tools.model import load_corrdiff, resolve_device
+
+    model, _ = load_corrdiff(str(package_dir), resolve_device("cpu"))
+    return model
+
+
+@pytest.fixture
+def run_tool(
+    package_dir: Path,
+    input_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[..., tuple[int, str]]:
+    """Call run_main with the offline package and input file, from inside tmp_path.
+
+    Returns the exit code and stderr.
+    """
+    from corrdiff_tools.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str, offline: bool = True) -> tuple[int, str]:
+        base = (
+            ["--source", str(input_file), "--model-package", str(package_dir), "--device", "cpu"]
+            if offline
+            else []
+        )
+        capsys.readouterr()
+        code = run_main([*base, *args])
+        return code, capsys.readouterr().err
+
+    return run

@@ -1,0 +1,420 @@
+"""run_corrdiff.py end to end through run_main, on real Zarr in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from corrdiff_tools import store
+from corrdiff_tools.cli import run_main
+from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES, StoreWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+Run = Callable[..., tuple[int, str]]
+
+
+def open_store(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path).load()
+
+
+def test_one_time_writes_a_complete_cf_store(
+    run_tool: Run, tmp_path: Path, input_file: Path
+) -> None:
+    code, err = run_tool("2024-07-24T12:00", "--samples", "3", "--steps", "2", "--batch-size", "2")
+    assert code == 0, err
+    path = tmp_path / "outputs" / "corrdiff-2024-07-24T12.zarr"
+    assert "wrote outputs/corrdiff-2024-07-24T12.zarr" in err
+    ds = open_store(path)
+
+    for name in OUTPUT_VARIABLES:
+        assert ds[name].dims == ("time", "sample", "y", "x")
+        assert ds[name].shape == (1, 3, 448, 448)
+        assert ds[name].dtype == np.float32
+        assert np.isfinite(ds[name].values).all()
+        assert ds[name].attrs["units"] == store.VARIABLE_ATTRS[name]["units"]
+        assert ds[name].attrs["standard_name"] == store.VARIABLE_ATTRS[name]["standard_name"]
+    assert ds["t2m"].attrs["units"] == "K" and ds["mrr"].attrs["units"] == "dBZ"
+    assert 250 < float(ds["t2m"].mean()) < 350
+    # Samples differ: this is an ensemble, not one field repeated.
+    assert float(np.abs(ds["t2m"][0, 0] - ds["t2m"][0, 1]).mean()) > 0.005
+
+    assert set(ds.coords) >= {"time", "sample", "lat", "lon", "lat_lr", "lon_lr"}
+    assert ds["lat"].dims == ("y", "x") and ds["lat"].attrs["units"] == "degrees_north"
+    assert ds["lon"].attrs["units"] == "degrees_east"
+    assert ds["sample"].attrs["standard_name"] == "realization"
+    assert ds["time"].values[0] == np.datetime64("2024-07-24T12:00")
+    assert ds["completed"].values.tolist() == [[1, 1, 1]]
+
+    attrs = ds.attrs
+    assert attrs["Conventions"] == "CF-1.10"
+    assert attrs["history"].endswith(
+        "--device cpu 2024-07-24T12:00 --samples 3 --steps 2 --batch-size 2"
+    )
+    assert " run_corrdiff.py --source " in attrs["history"]
+    for key in ("earth2studio_version", "physicsnemo_version", "torch_version"):
+        assert attrs[key] and attrs[key] != "unknown"
+    assert attrs["seed"] == 0 and attrs["steps"] == 2 and attrs["solver"] == "euler"
+    assert attrs["input_source"] == str(input_file) and attrs["device"].startswith("CPU")
+    assert json.loads(attrs[store.SETTINGS_ATTR])["samples"] == 3
+
+    # The inputs actually fed to the model are stored, equal to the file's values.
+    source = xr.open_dataarray(input_file).sel(time="2024-07-24T12:00", lat=LR_LAT, lon=LR_LON)
+    for name in INPUT_VARIABLES:
+        np.testing.assert_array_equal(ds[f"lr_{name}"].values[0], source.sel(variable=name).values)
+    np.testing.assert_array_equal(ds["lr_refc"].values[0], source.sel(variable="refc").values)
+    assert ds["lr_t2m"].attrs["units"] == "K"
+
+
+def test_several_times_from_a_range_share_one_store(run_tool: Run, tmp_path: Path) -> None:
+    code, err = run_tool("2024-07-24T00/2024-07-24T12/12h", "--samples", "1", "--steps", "2")
+    assert code == 0, err
+    ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T00_2024-07-24T12.zarr")
+    assert ds["t2m"].shape == (2, 1, 448, 448)
+    assert ds["completed"].values.all()
+    assert "for 2 time(s)" in err
+    # Different inputs at different times give different fields.
+    assert not np.allclose(ds["t2m"][0, 0], ds["t2m"][1, 0])
+
+
+def test_same_seed_gives_identical_bytes(run_tool: Run, tmp_path: Path) -> None:
+    for name in ("a.zarr", "b.zarr"):
+        code, err = run_tool("2024-07-24T06", "--samples", "2", "--steps", "2", "--output", name)
+        assert code == 0, err
+    for variable in OUTPUT_VARIABLES:
+        chunks_a = sorted((tmp_path / "a.zarr" / variable / "c").rglob("*"))
+        assert len([c for c in chunks_a if c.is_file()]) == 2
+        for chunk in chunks_a:
+            if chunk.is_file():
+                twin = tmp_path / "b.zarr" / chunk.relative_to(tmp_path / "a.zarr")
+                assert chunk.read_bytes() == twin.read_bytes()
+
+
+def test_other_seed_other_ensemble_and_batch_size_does_not_matter(
+    run_tool: Run, tmp_path: Path
+) -> None:
+    args = ("2024-07-24T06", "--samples", "3", "--steps", "2")
+    assert run_tool(*args, "--batch-size", "1", "--output", "one.zarr")[0] == 0
+    assert run_tool(*args, "--batch-size", "3", "--output", "all.zarr")[0] == 0
+    assert run_tool(*args, "--seed", "7", "--output", "seven.zarr")[0] == 0
+    one, together, seven = (
+        open_store(tmp_path / n) for n in ("one.zarr", "all.zarr", "seven.zarr")
+    )
+    for name in OUTPUT_VARIABLES:
+        np.testing.assert_allclose(one[name].values, together[name].values, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(one["t2m"].values, seven["t2m"].values)
+
+
+def test_sample_noise_does_not_depend_on_the_other_times(run_tool: Run, tmp_path: Path) -> None:
+    assert (
+        run_tool("2024-07-24T06", "--samples", "2", "--steps", "2", "--output", "alone.zarr")[0]
+        == 0
+    )
+    code, _ = run_tool(
+        "2024-07-24T00/2024-07-24T12", "--samples", "2", "--steps", "2", "--output", "many.zarr"
+    )
+    assert code == 0
+    alone = open_store(tmp_path / "alone.zarr")
+    many = open_store(tmp_path / "many.zarr").sel(time=["2024-07-24T06"])
+    for name in OUTPUT_VARIABLES:
+        np.testing.assert_allclose(alone[name].values, many[name].values, rtol=1e-5, atol=1e-4)
+
+
+def test_existing_store_is_never_touched_without_a_flag(run_tool: Run, tmp_path: Path) -> None:
+    args = ("2024-07-24T12", "--samples", "1", "--steps", "2", "--output", "keep.zarr")
+    assert run_tool(*args)[0] == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "keep.zarr").rglob("*") if p.is_file()}
+    code, err = run_tool(*args)
+    assert code == 2
+    assert "already exists: pass --resume to complete it, --overwrite to replace it" in err
+    assert len(err.strip().splitlines()) == 1
+    after = {p: p.read_bytes() for p in (tmp_path / "keep.zarr").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_overwrite_replaces_and_refuses_foreign_directories(run_tool: Run, tmp_path: Path) -> None:
+    args = ("2024-07-24T12", "--samples", "1", "--steps", "2")
+    assert run_tool(*args, "--output", "x.zarr")[0] == 0
+    assert run_tool(*args, "--seed", "5", "--output", "x.zarr", "--overwrite")[0] == 0
+    assert open_store(tmp_path / "x.zarr").attrs["seed"] == 5
+
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("do not delete")
+    code, err = run_tool(*args, "--output", str(precious), "--overwrite")
+    assert code == 2 and "is not a corrdiff-tools store; refusing to touch it" in err
+    assert (precious / "chapter1.tex").read_text() == "do not delete"
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("2024-07-24T00/2024-07-24T06", "--samples", "3", "--steps", "2", "--batch-size", "2")
+    assert run_tool(*args, "--output", "whole.zarr")[0] == 0
+
+    original = StoreWriter.write_samples
+    calls = []
+
+    def interrupted(self: StoreWriter, *a: object, **k: object) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # the third batch: time 1, samples 0 and 1
+            raise KeyboardInterrupt
+        original(self, *a, **k)
+
+    monkeypatch.setattr(StoreWriter, "write_samples", interrupted)
+    code, err = run_tool(*args, "--output", "part.zarr")
+    assert code == 130 and "interrupted" in err
+    monkeypatch.setattr(StoreWriter, "write_samples", original)
+    partial = open_store(tmp_path / "part.zarr")
+    assert partial["completed"].values.tolist() == [[1, 1, 1], [0, 0, 0]]
+    assert np.isnan(partial["t2m"].values[1]).all()  # unwritten pieces read as missing
+
+    code, err = run_tool(*args, "--output", "part.zarr", "--resume")
+    assert code == 0, err
+    assert "3 sample(s) left to compute" in err
+    whole, resumed = open_store(tmp_path / "whole.zarr"), open_store(tmp_path / "part.zarr")
+    for name in [*OUTPUT_VARIABLES, "completed", "lr_t2m"]:
+        xr.testing.assert_identical(whole[name], resumed[name])
+
+    code, err = run_tool(*args, "--output", "part.zarr", "--resume")
+    assert code == 0 and "nothing to do" in err
+
+
+def test_resume_refuses_other_settings(run_tool: Run, tmp_path: Path) -> None:
+    assert run_tool("2024-07-24T12", "--steps", "2", "--output", "r.zarr")[0] == 0
+    code, err = run_tool(
+        "2024-07-24T12", "--steps", "2", "--seed", "3", "--output", "r.zarr", "--resume"
+    )
+    assert code == 2
+    assert (
+        "--resume: r.zarr was made with other settings (seed: store has 0, this run asks for 3)"
+        in err
+    )
+
+
+def test_model_zip_is_extracted_once_and_never_beside_it(
+    run_tool: Run, package_dir: Path, tmp_path: Path
+) -> None:
+    listing = sorted(p.name for p in package_dir.iterdir())
+    assert listing == ["corrdiff_inference_package.zip"]
+    assert run_tool("2024-07-24T12", "--steps", "2", "--output", "a.zarr")[0] == 0
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "b.zarr", "-v")
+    assert code == 0
+    assert "extracting" not in err and "already extracted" in err
+    assert sorted(p.name for p in package_dir.iterdir()) == listing
+
+
+BAD_INPUTS = [
+    (["2024-07-24T13:00"], "2024-07-24T13:00 is not a GFS analysis time: use 00, 06, 12 or 18 UTC"),
+    (["2024-07-24"], "is not an ISO 8601 UTC time"),
+    (["2020-06-01T00"], "before the GFS archive starts"),
+    (["2099-01-01T00"], "is in the future"),
+    (["2024-07-24T12", "--samples", "0"], "--samples must be at least 1, got 0"),
+    (["2024-07-24T12", "--samples", "four"], "--samples must be a whole number, got 'four'"),
+    (["2024-07-24T12", "--seed", "-1"], "--seed must be at least 0"),
+    (["2024-07-24T12", "--steps", "1"], "--steps must be at least 2"),
+    (["2024-07-24T12", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["2024-07-24T12", "--solver", "rk4"], "invalid choice: 'rk4'"),
+    (["2024-07-24T12", "--source", "ecmwf"], "neither a known source (gfs, gfs-forecast, era5)"),
+    (["2024-07-24T12", "--lead-time", "6"], "--lead-time needs --source gfs-forecast"),
+    (["2024-07-24T12", "--source", "gfs-forecast", "--lead-time", "121"], "3-hourly"),
+    (["2024-07-24T12", "--device", "cuda"], "no CUDA or ROCm GPU is visible"),
+    (["2024-07-24T12", "--device", "tpu"], "--device 'tpu' is not a device"),
+    (
+        ["2024-07-24T12", "--model-package", "/nonexistent/pkg"],
+        "--model-package /nonexistent/pkg does not exist",
+    ),
+    (["2024-07-24T12", "--overwrite", "--resume"], "not allowed with argument"),
+    (["2024-07-24T12", "--output", "/proc/forbidden.zarr"], "cannot write in /proc"),
+    (["2024-07-24T12", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "the following arguments are required: TIME"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), BAD_INPUTS, ids=[" ".join(a) or "none" for a, _ in BAD_INPUTS]
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    argv: list[str],
+    message: str,
+    package_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if "--model-package" not in argv:
+        argv = [*argv, "--model-package", str(package_dir)]
+    code = run_main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("run_corrdiff.py: error: ")
+    assert message in lines[0]
+    assert captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+FILE_PROBLEMS = [
+    ("2024-07-25T00", "2024-07-25T00:00 is not in --source"),
+    ("2024-07-24T03", "2024-07-24T03:00 is not in --source"),
+]
+
+
+@pytest.mark.parametrize(("time_arg", "message"), FILE_PROBLEMS)
+def test_file_source_time_must_be_in_the_file(
+    run_tool: Run, tmp_path: Path, time_arg: str, message: str
+) -> None:
+    code, err = run_tool(time_arg)
+    assert code == 2 and message in err and "it holds 2024-07-24T00:00" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_file_source_must_hold_every_input(run_tool: Run, tmp_path: Path, input_file: Path) -> None:
+    xr.open_dataarray(input_file).drop_sel(variable=["tcwv"]).to_netcdf(tmp_path / "short.nc")
+    code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "short.nc"))
+    assert code == 2 and "lacks the input variable(s) tcwv" in err
+
+
+def test_file_source_must_cover_the_input_grid(
+    run_tool: Run, tmp_path: Path, input_file: Path
+) -> None:
+    xr.open_dataarray(input_file).sel(lon=slice(118, 130)).to_netcdf(tmp_path / "east.nc")
+    code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "east.nc"))
+    assert code == 2 and "does not contain the model's 0.25 degree input grid" in err
+
+
+def test_nan_input_is_refused_naming_variable_and_time(
+    run_tool: Run, tmp_path: Path, input_file: Path
+) -> None:
+    array = xr.open_dataarray(input_file).load()
+    array.loc[{"variable": "z500", "time": "2024-07-24T12:00"}] = np.nan
+    array.to_netcdf(tmp_path / "holes.nc")
+    code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "holes.nc"), "--steps", "2")
+    assert code == 1
+    assert "input z500 at 2024-07-24T12:00" in err and "NaN/inf" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_network_failure_is_one_line_with_the_offline_options(
+    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package_dir: Path
+) -> None:
+    from corrdiff_tools import sources
+
+    class Unreachable:
+        def __call__(self, time: object, variable: object) -> None:
+            raise OSError("Temporary failure in name resolution: noaa-gfs-bdp-pds.s3.amazonaws.com")
+
+    monkeypatch.setattr(sources, "build_source", lambda spec: Unreachable())
+    code, err = run_tool(
+        "2024-07-24T12",
+        "--source",
+        "gfs",
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+        offline=False,
+    )
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("run_corrdiff.py: error: could not fetch")
+    assert "noaa-gfs-bdp-pds" in lines[-1] and "--prefetch FILE" in lines[-1]
+    assert "--source FILE" in lines[-1] and "--model-package DIR" in lines[-1]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_prefetch_writes_a_file_the_run_can_use(
+    run_tool: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    input_file: Path,
+    package_dir: Path,
+) -> None:
+    from earth2studio.data import DataArrayFile
+
+    from corrdiff_tools import sources
+
+    # The GFS seam, fed from the local file: the real prefetch path runs offline.
+    real_build_source = sources.build_source
+    monkeypatch.setattr(sources, "build_source", lambda spec: DataArrayFile(str(input_file)))
+    code, err = run_tool(
+        "2024-07-24T00/2024-07-24T06",
+        "--source",
+        "gfs",
+        "--prefetch",
+        "pre.nc",
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+        offline=False,
+    )
+    assert code == 0, err
+    fetched = xr.open_dataarray(tmp_path / "pre.nc")
+    assert fetched.dims == ("time", "variable", "lat", "lon")
+    assert list(fetched["variable"].values) == [*INPUT_VARIABLES, "refc"]
+    assert fetched.sizes == {"time": 2, "variable": 13, "lat": 36, "lon": 40}
+    monkeypatch.setattr(sources, "build_source", real_build_source)
+    code, err = run_tool(
+        "2024-07-24T06",
+        "--source",
+        "pre.nc",
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        offline=False,
+    )
+    assert code == 0, err
+    ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06.zarr")
+    original = xr.open_dataarray(input_file).sel(time="2024-07-24T06", lat=LR_LAT, lon=LR_LON)
+    np.testing.assert_array_equal(ds["lr_u850"].values[0], original.sel(variable="u850").values)
+
+    code, err = run_tool(
+        "2024-07-24T06",
+        "--source",
+        "gfs",
+        "--prefetch",
+        "pre.nc",
+        "--model-package",
+        str(package_dir),
+        offline=False,
+    )
+    assert code == 2 and "--prefetch pre.nc already exists" in err
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter(); from corrdiff_tools.cli import run_main\n"
+        "try:\n    run_main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "heavy = [m for m in ('torch', 'earth2studio', 'matplotlib', 'xarray') if m in sys.modules]\n"
+        "print(heavy, time.perf_counter() - t)"
+    )
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    elapsed = time.perf_counter() - start
+    heavy, _ = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert heavy == "[]"
+    assert "examples:" in result.stdout and "--samples" in result.stdout
+    assert elapsed < 5  # the whole interpreter; the import itself is ~0.1 s
+
+
+def test_script_entry_point_and_version() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run_corrdiff.py"), "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == "run_corrdiff.py 0.1.0"

@@ -1,0 +1,201 @@
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from corrdiff_tools.downscale import CorrDiffSampler, Job, downscale, grid_channels, sample_seed
+from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
+from corrdiff_tools.synthetic import synthetic_inputs
+
+TIME = datetime(2024, 7, 24, 12)
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    array = synthetic_inputs([TIME], seed=3)
+    return array.sel(variable=list(INPUT_VARIABLES), lat=LR_LAT, lon=LR_LON).values[0]
+
+
+@pytest.fixture(scope="module")
+def sampler(loaded_model: Any) -> CorrDiffSampler:
+    return CorrDiffSampler(loaded_model, steps=2)
+
+
+class Capture:
+    """Record the first positional argument every call of a module receives."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.seen: list[torch.Tensor] = []
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self.seen.append(args[0].detach().clone())
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+def test_grid_matches_earth2studios_formula() -> None:
+    # The formula from CorrDiffTaiwan._forward, spelled out independently.
+    x1 = np.sin(np.linspace(0, 2 * np.pi, 448))
+    x2 = np.cos(np.linspace(0, 2 * np.pi, 448))
+    grid_x1, grid_y1 = np.meshgrid(x1, x1)
+    grid_x2, grid_y2 = np.meshgrid(x2, x2)
+    expected = np.stack((grid_x1, grid_y1, grid_x2, grid_y2)).astype("float32")
+    np.testing.assert_array_equal(grid_channels(), expected)
+
+
+def test_condition_is_normalised_inputs_then_grid(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    model = sampler.model
+    condition = sampler.condition(inputs)
+    assert condition.shape == (1, 16, 448, 448)
+    interpolated = model._interpolate(torch.as_tensor(inputs))
+    expected = (interpolated - model.in_center) / model.in_scale
+    torch.testing.assert_close(condition[0, :12], expected, rtol=0, atol=0)
+    np.testing.assert_array_equal(condition[0, 12:].numpy(), grid_channels())
+    # Normalisation really happened: inputs are O(1e4) for geopotential, condition is O(1).
+    assert float(condition[0, :12].abs().max()) < 10
+
+
+def test_diffusion_backbone_receives_noise_inputs_and_grid_not_the_mean(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    """The published checkpoint was trained on [noisy x (4), ERA5n (12), grid (4)]."""
+    condition = sampler.condition(inputs)
+    mean = sampler.regression_mean(condition)
+    with Capture(sampler.model.residual_model.model) as capture:
+        sampler.residuals(condition, [sample_seed(0, TIME, 0, 0)])
+    assert len(capture.seen) == 2  # 2 Euler steps, one network call each
+    for seen in capture.seen:
+        assert seen.shape == (1, 20, 448, 448)
+        torch.testing.assert_close(seen[0, 4:16], condition[0, :12], rtol=0, atol=0)
+        np.testing.assert_array_equal(seen[0, 16:20].numpy(), grid_channels())
+        assert not torch.allclose(seen[0, 4:8], mean[0])
+
+
+def test_regression_backbone_receives_zeros_inputs_and_grid(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    condition = sampler.condition(inputs)
+    with Capture(sampler.model.regression_model.model) as capture:
+        mean = sampler.regression_mean(condition)
+    (seen,) = capture.seen
+    assert seen.shape == (1, 20, 448, 448)
+    assert float(seen[0, :4].abs().max()) == 0.0
+    torch.testing.assert_close(seen[0, 4:], condition[0], rtol=0, atol=0)
+    assert mean.shape == (1, 4, 448, 448)
+
+
+def test_earth2studio_call_conditions_on_the_mean(loaded_model: Any) -> None:
+    """Pins the upstream behaviour we work around: if this fails, earth2studio changed."""
+    from collections import OrderedDict
+
+    loaded_model.number_of_samples, loaded_model.number_of_steps, loaded_model.seed = 1, 2, 0
+    x = torch.as_tensor(
+        synthetic_inputs([TIME], seed=3)
+        .sel(variable=list(INPUT_VARIABLES), lat=LR_LAT, lon=LR_LON)
+        .values
+    )
+    coords = OrderedDict(
+        batch=np.array([0]), variable=np.array(INPUT_VARIABLES), lat=LR_LAT, lon=LR_LON
+    )
+    with Capture(loaded_model.residual_model.model) as capture:
+        loaded_model(x, coords)
+    seen = capture.seen[0]
+    sampler = CorrDiffSampler(loaded_model, steps=2)
+    condition = sampler.condition(x[0].numpy())
+    mean = sampler.regression_mean(condition)
+    # Channels 4..8 carry the regression mean, and the grid never reaches the net.
+    torch.testing.assert_close(seen[0, 4:8], mean[0], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(seen[0, 16:20].numpy(), grid_channels())
+
+
+def test_sample_seed_depends_on_seed_time_lead_and_sample_only() -> None:
+    base = sample_seed(0, TIME, 0, 3)
+    assert base == sample_seed(0, TIME, 0, 3)
+    others = {
+        sample_seed(1, TIME, 0, 3),
+        sample_seed(0, datetime(2024, 7, 24, 18), 0, 3),
+        sample_seed(0, TIME, 6, 3),
+        sample_seed(0, TIME, 0, 4),
+    }
+    assert base not in others and len(others) == 4
+    assert 0 <= base < 2**64
+    assert sample_seed(0, datetime(1940, 1, 1), 0, 0) >= 0
+
+
+def test_batch_size_does_not_change_the_ensemble(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    condition = sampler.condition(inputs)
+    seeds = [sample_seed(0, TIME, 0, i) for i in range(3)]
+    together = sampler.residuals(condition, seeds)
+    alone = torch.cat([sampler.residuals(condition, [s]) for s in seeds])
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(together[0], together[1])
+
+
+class ListWriter:
+    def __init__(self) -> None:
+        self.inputs: list[tuple[tuple[int, ...], list[str]]] = []
+        self.samples: dict[tuple[int, ...], np.ndarray] = {}
+
+    def write_inputs(self, index: tuple[int, ...], fields: dict[str, np.ndarray]) -> None:
+        self.inputs.append((index, sorted(fields)))
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Any, fields: dict[str, np.ndarray]
+    ) -> None:
+        for position, sample in enumerate(samples):
+            self.samples[(*index, sample)] = np.stack(
+                [fields[v][position] for v in OUTPUT_VARIABLES]
+            )
+
+
+def test_downscale_loop_batches_and_opens_the_writer_once(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    jobs = [Job((0,), TIME, 0, (0, 1, 2)), Job((1,), datetime(2024, 7, 24, 18), 0, (1,))]
+    writer, opened, progressed = ListWriter(), [], []
+
+    def open_writer() -> ListWriter:
+        opened.append(1)
+        return writer
+
+    timings = downscale(
+        jobs,
+        lambda job: fields,
+        sampler,
+        open_writer,
+        seed=0,
+        batch_size=2,
+        progress=progressed.append,
+    )
+    assert opened == [1]
+    assert timings.samples == 4 and timings.batch_sizes == [2, 1, 1]
+    assert progressed == [2, 1, 1]
+    assert sorted(writer.samples) == [(0, 0), (0, 1), (0, 2), (1, 1)]
+    assert [index for index, _ in writer.inputs] == [(0,), (1,)]
+    t2m = writer.samples[(0, 0)][1]
+    assert t2m.shape == (448, 448) and 250 < float(t2m.mean()) < 350  # kelvin, denormalised
+
+
+def test_downscale_creates_no_store_when_the_first_fetch_fails(sampler: CorrDiffSampler) -> None:
+    opened = []
+
+    def failing_fetch(job: Job) -> dict[str, np.ndarray]:
+        raise ConnectionError("no route to host")
+
+    with pytest.raises(ConnectionError):
+        downscale(
+            [Job((0,), TIME, 0, (0,))], failing_fetch, sampler, lambda: opened.append(1), 0, 1
+        )
+    assert opened == []
