@@ -455,7 +455,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from corrdiff_tools import sources
 
-    source = sources.build_source(request.source)
+    source = sources.build_source(request.source, request.times)
     extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
 
     if args.prefetch is not None:
@@ -527,6 +527,7 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=batch_size,
             adaptive_batch=adaptive,
             progress=bar.update,
+            overlap_fetch=request.source.kind != "file",
         )
     wall = clock.perf_counter() - wall_start
     logger.info(

@@ -25,6 +25,7 @@ the ensemble); the regression mean is computed once per time and broadcast.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time as clock
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -212,6 +213,7 @@ def downscale(
     batch_size: int,
     adaptive_batch: bool = False,
     progress: Callable[[int], Any] | None = None,
+    overlap_fetch: bool = True,
 ) -> Timings:
     """Downscale every job and write it, fetching the next job's inputs during compute.
 
@@ -234,11 +236,15 @@ def downscale(
         On running out of device memory, halve the batch and retry instead of failing.
     progress : callable, optional
         Called with the number of samples finished after each batch.
+    overlap_fetch : bool
+        Fetch the next job's inputs in a background thread while this one computes. Off
+        for local files: they are read in milliseconds, and HDF5 (NetCDF) is not
+        thread-safe.
 
     Returns
     -------
     Timings
-        Time spent fetching (not overlapped with compute), computing and writing.
+        Time spent waiting for inputs (not overlapped with compute), computing and writing.
     """
     import torch
 
@@ -247,18 +253,21 @@ def downscale(
     if not jobs:
         return timings
 
-    def timed_fetch(job: Job) -> tuple[dict[str, np.ndarray], float]:
-        start = clock.perf_counter()
-        return fetch(job), clock.perf_counter() - start
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch") as pool:
-        pending: Future[tuple[dict[str, np.ndarray], float]] = pool.submit(timed_fetch, jobs[0])
+    with contextlib.ExitStack() as stack:
+        pool = (
+            stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch"))
+            if overlap_fetch
+            else None
+        )
+        pending: Future[dict[str, np.ndarray]] | None = (
+            pool.submit(fetch, jobs[0]) if pool is not None else None
+        )
         for position, job in enumerate(jobs):
             wait_start = clock.perf_counter()
-            fields, _ = pending.result()
+            fields = pending.result() if pending is not None else fetch(job)
             timings.fetch += clock.perf_counter() - wait_start
-            if position + 1 < len(jobs):
-                pending = pool.submit(timed_fetch, jobs[position + 1])
+            if pool is not None and position + 1 < len(jobs):
+                pending = pool.submit(fetch, jobs[position + 1])
             if writer is None:
                 writer = open_writer()
 

@@ -120,7 +120,11 @@ def check_file_source(path: Path, requested: Sequence[datetime]) -> list[str]:
     list of str
         The low-resolution variables to store (the inputs, plus ``refc`` if present).
     """
-    array = open_file_source(path)
+    with open_file_source(path) as array:
+        return _check_file_contents(path, array, requested)
+
+
+def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) -> list[str]:
     variables = [str(v) for v in array["variable"].values]
     missing = [v for v in INPUT_VARIABLES if v not in variables]
     if missing:
@@ -160,8 +164,15 @@ def lowres_variables(spec: SourceSpec, file_variables: Sequence[str] | None = No
     return list(INPUT_VARIABLES)
 
 
-def build_source(spec: SourceSpec) -> Any:
-    """Construct the earth2studio data source for ``spec``."""
+def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> Any:
+    """Construct the earth2studio data source for ``spec``.
+
+    For a file, earth2studio's ``DataArrayFile`` is used, but only the requested times on
+    the model's input box are read, into memory, and the file is closed at once. A
+    long-lived handle is fragile: netCDF-C shares one HDF5 file among all handles to a
+    path, and closing any of them (garbage collection, xarray's file cache) can break
+    reads through the others ("NetCDF: HDF error").
+    """
     from earth2studio import data
 
     if spec.kind == "gfs":
@@ -171,7 +182,18 @@ def build_source(spec: SourceSpec) -> Any:
     if spec.kind == "era5":
         return data.ARCO()
     assert spec.path is not None  # noqa: S101 - guaranteed by parse_source
-    return data.DataArrayFile(str(spec.path))
+    source = data.DataArrayFile(str(spec.path))
+    full = source.da
+    lon = np.asarray(full["lon"].values, dtype=float) % 360.0
+    lat = np.asarray(full["lat"].values, dtype=float)
+    lat_index = [int(np.argmin(np.abs(lat - value))) for value in LR_LAT]
+    lon_index = [int(np.argmin(np.abs(lon - value))) for value in LR_LON]
+    window = full.isel(lat=lat_index, lon=lon_index)
+    if times:
+        window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
+    source.da = window.load().assign_coords(lat=LR_LAT, lon=LR_LON)
+    full.close()
+    return source
 
 
 def fetch_fields(

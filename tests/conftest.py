@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,11 @@ def run_tool(
         return code, capsys.readouterr().err
 
     return run
+
+
+def load_inputs(path: Path) -> Any:
+    """Read an input file fully and close it (HDF5 dislikes handles left open across runs)."""
+    import xarray as xr
+
+    with xr.open_dataarray(path) as array:
+        return array.load()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import load_inputs
 
 from corrdiff_tools import store
 from corrdiff_tools.cli import run_main
@@ -66,7 +67,7 @@ def test_one_time_writes_a_complete_cf_store(
     assert json.loads(attrs[store.SETTINGS_ATTR])["samples"] == 3
 
     # The inputs actually fed to the model are stored, equal to the file's values.
-    source = xr.open_dataarray(input_file).sel(time="2024-07-24T12:00", lat=LR_LAT, lon=LR_LON)
+    source = load_inputs(input_file).sel(time="2024-07-24T12:00", lat=LR_LAT, lon=LR_LON)
     for name in INPUT_VARIABLES:
         np.testing.assert_array_equal(ds[f"lr_{name}"].values[0], source.sel(variable=name).values)
     np.testing.assert_array_equal(ds["lr_refc"].values[0], source.sel(variable="refc").values)
@@ -279,7 +280,7 @@ def test_file_source_time_must_be_in_the_file(
 
 
 def test_file_source_must_hold_every_input(run_tool: Run, tmp_path: Path, input_file: Path) -> None:
-    xr.open_dataarray(input_file).drop_sel(variable=["tcwv"]).to_netcdf(tmp_path / "short.nc")
+    load_inputs(input_file).drop_sel(variable=["tcwv"]).to_netcdf(tmp_path / "short.nc")
     code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "short.nc"))
     assert code == 2 and "lacks the input variable(s) tcwv" in err
 
@@ -287,7 +288,7 @@ def test_file_source_must_hold_every_input(run_tool: Run, tmp_path: Path, input_
 def test_file_source_must_cover_the_input_grid(
     run_tool: Run, tmp_path: Path, input_file: Path
 ) -> None:
-    xr.open_dataarray(input_file).sel(lon=slice(118, 130)).to_netcdf(tmp_path / "east.nc")
+    load_inputs(input_file).sel(lon=slice(118, 130)).to_netcdf(tmp_path / "east.nc")
     code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "east.nc"))
     assert code == 2 and "does not contain the model's 0.25 degree input grid" in err
 
@@ -295,7 +296,7 @@ def test_file_source_must_cover_the_input_grid(
 def test_nan_input_is_refused_naming_variable_and_time(
     run_tool: Run, tmp_path: Path, input_file: Path
 ) -> None:
-    array = xr.open_dataarray(input_file).load()
+    array = load_inputs(input_file).load()
     array.loc[{"variable": "z500", "time": "2024-07-24T12:00"}] = np.nan
     array.to_netcdf(tmp_path / "holes.nc")
     code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "holes.nc"), "--steps", "2")
@@ -313,7 +314,7 @@ def test_network_failure_is_one_line_with_the_offline_options(
         def __call__(self, time: object, variable: object) -> None:
             raise OSError("Temporary failure in name resolution: noaa-gfs-bdp-pds.s3.amazonaws.com")
 
-    monkeypatch.setattr(sources, "build_source", lambda spec: Unreachable())
+    monkeypatch.setattr(sources, "build_source", lambda spec, times: Unreachable())
     code, err = run_tool(
         "2024-07-24T12",
         "--source",
@@ -339,13 +340,15 @@ def test_prefetch_writes_a_file_the_run_can_use(
     input_file: Path,
     package_dir: Path,
 ) -> None:
-    from earth2studio.data import DataArrayFile
-
     from corrdiff_tools import sources
 
     # The GFS seam, fed from the local file: the real prefetch path runs offline.
     real_build_source = sources.build_source
-    monkeypatch.setattr(sources, "build_source", lambda spec: DataArrayFile(str(input_file)))
+    monkeypatch.setattr(
+        sources,
+        "build_source",
+        lambda spec, times: real_build_source(sources.SourceSpec("file", input_file), times),
+    )
     code, err = run_tool(
         "2024-07-24T00/2024-07-24T06",
         "--source",
@@ -359,7 +362,7 @@ def test_prefetch_writes_a_file_the_run_can_use(
         offline=False,
     )
     assert code == 0, err
-    fetched = xr.open_dataarray(tmp_path / "pre.nc")
+    fetched = load_inputs(tmp_path / "pre.nc")
     assert fetched.dims == ("time", "variable", "lat", "lon")
     assert list(fetched["variable"].values) == [*INPUT_VARIABLES, "refc"]
     assert fetched.sizes == {"time": 2, "variable": 13, "lat": 36, "lon": 40}
@@ -378,7 +381,7 @@ def test_prefetch_writes_a_file_the_run_can_use(
     )
     assert code == 0, err
     ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06.zarr")
-    original = xr.open_dataarray(input_file).sel(time="2024-07-24T06", lat=LR_LAT, lon=LR_LON)
+    original = load_inputs(input_file).sel(time="2024-07-24T06", lat=LR_LAT, lon=LR_LON)
     np.testing.assert_array_equal(ds["lr_u850"].values[0], original.sel(variable="u850").values)
 
     code, err = run_tool(
@@ -418,3 +421,82 @@ def test_script_entry_point_and_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == "run_corrdiff.py 0.1.0"
+
+
+class FileForecast:
+    """A forecast source (time, lead_time, variable) read from the session's input file.
+
+    The field at init time t and lead L is the file's analysis at t + L, so the test can
+    check which inputs reached which lead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.array = load_inputs(path).load()
+
+    def __call__(
+        self, time: np.ndarray, lead_time: np.ndarray, variable: np.ndarray
+    ) -> xr.DataArray:
+        frames = [
+            self.array.sel(time=[t + lead for lead in lead_time], variable=list(variable))
+            .rename(time="lead_time")
+            .assign_coords(lead_time=np.asarray(lead_time))
+            for t in time
+        ]
+        return xr.concat(frames, "time").assign_coords(time=np.asarray(time))
+
+
+def test_forecast_source_adds_a_lead_time_axis(
+    run_tool: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    input_file: Path,
+    package_dir: Path,
+) -> None:
+    from corrdiff_tools import sources
+
+    monkeypatch.setattr(sources, "build_source", lambda spec, times: FileForecast(input_file))
+    code, err = run_tool(
+        "2024-07-24T06",
+        "--source",
+        "gfs-forecast",
+        "--lead-time",
+        "6",
+        "0",
+        "--samples",
+        "2",
+        "--steps",
+        "2",
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+        offline=False,
+    )
+    assert code == 0, err
+    ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06.zarr")
+    assert ds["t2m"].dims == ("time", "lead_time", "sample", "y", "x")
+    assert ds["t2m"].shape == (1, 2, 2, 448, 448)
+    assert ds["lead_time"].values.astype("timedelta64[h]").astype(int).tolist() == [0, 6]
+    assert ds["completed"].values.all() and np.isfinite(ds["t2m"].values).all()
+    analysis = load_inputs(input_file).sel(lat=LR_LAT, lon=LR_LON, variable="t2m")
+    np.testing.assert_array_equal(
+        ds["lr_t2m"].values[0, 1], analysis.sel(time="2024-07-24T12").values
+    )
+    np.testing.assert_array_equal(
+        ds["lr_t2m"].values[0, 0], analysis.sel(time="2024-07-24T06").values
+    )
+    assert not np.allclose(ds["t2m"].values[0, 0], ds["t2m"].values[0, 1])
+    assert json.loads(ds.attrs[store.SETTINGS_ATTR])["lead_times"] == [0, 6]
+
+
+def test_quiet_run_prints_nothing_and_verbose_says_more(run_tool: Run) -> None:
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "-q", "--output", "q.zarr")
+    assert code == 0 and err == ""
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "-v", "--output", "v.zarr")
+    assert code == 0
+    assert (
+        "device: CPU" in err
+        and "model loaded in" in err
+        and "model package already extracted" in err
+    )
+    assert "(fetch " in err and " load " in err and " inference " in err and " write " in err

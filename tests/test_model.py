@@ -1,0 +1,95 @@
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from corrdiff_tools import model
+from corrdiff_tools.errors import UsageError
+from corrdiff_tools.synthetic import FULL_PARAMETERS, build_networks, build_package
+
+
+def test_prepare_package_extracts_once_into_the_cache(package_dir: Path) -> None:
+    first = model.prepare_package(str(package_dir))
+    assert first.parent == model.cache_root() / "packages"
+    assert (first / "corrdiff_inference_package" / "checkpoints" / "diffusion.mdlus").is_file()
+    with zipfile.ZipFile(first / model.PACKAGE_ZIP) as stub:
+        assert stub.namelist() == []  # load_model's extractall has nothing to do
+    marker = first / "corrdiff_inference_package" / "marker"
+    marker.write_text("still here")
+    assert model.prepare_package(str(package_dir)) == first
+    assert marker.read_text() == "still here"  # not re-extracted
+    marker.unlink()
+    assert sorted(p.name for p in package_dir.iterdir()) == [model.PACKAGE_ZIP]
+
+
+def test_extracted_folder_is_used_in_place(tmp_path: Path) -> None:
+    build_package(tmp_path / "pkg", zipped=False)
+    directory = model.prepare_package(str(tmp_path / "pkg"))
+    link = directory / "corrdiff_inference_package"
+    assert link.is_symlink()
+    assert link.resolve() == (tmp_path / "pkg" / "corrdiff_inference_package").resolve()
+
+
+def test_zip_given_directly(package_dir: Path) -> None:
+    assert model.prepare_package(str(package_dir / model.PACKAGE_ZIP)) == model.prepare_package(
+        str(package_dir)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: p, "holds neither corrdiff_inference_package.zip nor an extracted"),
+        (
+            lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt",
+            "is a file but not a zip",
+        ),
+    ],
+)
+def test_check_package_spec_rejects(tmp_path: Path, make, fragment: str) -> None:
+    target = make(tmp_path)
+    with pytest.raises(UsageError, match=fragment):
+        model.check_package_spec(str(target))
+
+
+def test_a_zip_that_is_not_a_package_is_a_usage_error(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / model.PACKAGE_ZIP, "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    with pytest.raises(UsageError, match="is not a CorrDiff package"):
+        model.prepare_package(str(tmp_path))
+    (tmp_path / model.PACKAGE_ZIP).write_bytes(b"truncated")
+    with pytest.raises(UsageError, match="is not a valid zip file"):
+        model.prepare_package(str(tmp_path))
+
+
+def test_remote_specs_are_not_checked_locally() -> None:
+    assert model.is_remote(model.DEFAULT_PACKAGE)
+    model.check_package_spec(model.DEFAULT_PACKAGE)
+    assert not model.is_remote("file:///data/pkg")
+
+
+def test_cpu_runs_in_float32_and_describes_itself(loaded_model: object) -> None:
+    assert next(loaded_model.residual_model.parameters()).dtype == torch.float32
+    assert next(loaded_model.regression_model.parameters()).dtype == torch.float32
+    info = model.resolve_device("cpu")
+    assert info.description == f"CPU, {torch.get_num_threads()} threads" and not info.is_gpu
+
+
+def test_gpu_request_without_gpu_is_a_usage_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UsageError, match="no CUDA or ROCm GPU is visible"):
+        model.resolve_device("cuda:0")
+
+
+def test_published_architecture_parameter_counts() -> None:
+    regression, diffusion = build_networks("full")
+    assert sum(p.numel() for p in regression.parameters()) == FULL_PARAMETERS["regression"]
+    assert sum(p.numel() for p in diffusion.parameters()) == FULL_PARAMETERS["diffusion"]
+
+
+@pytest.mark.network
+def test_default_ngc_package_loads() -> None:
+    loaded, precision = model.load_corrdiff(model.DEFAULT_PACKAGE, model.resolve_device("auto"))
+    assert loaded.out_lat.shape == (448, 448)
