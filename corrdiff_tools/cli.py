@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -593,3 +594,308 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
 
     return guarded(body, parser)(argv)
+
+
+# --------------------------------------------------------------------------- plot tool
+
+PLOT_EXAMPLES = """\
+examples:
+  plot_corrdiff.py outputs/corrdiff-2024-07-24T12.zarr --plot-lowres
+      every sample, plus the low-resolution input, into outputs/corrdiff-2024-07-24T12-plots/
+  plot_corrdiff.py STORE --sample 0-3 --time 2024-07-24T12 --gif --fps 2
+      four samples of one time, and an animation through them
+  plot_corrdiff.py STORE --stats --threshold mrr=40 --threshold wind=25 --sample 0
+      ensemble mean, spread and P(mrr >= 40 dBZ), P(wind >= 25 m/s), plus one sample
+"""
+
+
+def build_plot_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``plot_corrdiff.py``."""
+    from corrdiff_tools.render import FORMATS
+
+    parser = _Parser(
+        prog="plot_corrdiff.py",
+        description="Draw maps of a CorrDiff ensemble stored by run_corrdiff.py (or the blog's "
+        "script): one figure per time and sample, the low-resolution input, ensemble "
+        "statistics and an animation through the samples. Works offline.",
+        epilog=PLOT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("store", type=Path, metavar="STORE", help="Zarr store to plot")
+    parser.add_argument(
+        "--sample", default="all", help="all (default), N, N,M or A-B (inclusive), e.g. 0-3,7"
+    )
+    parser.add_argument(
+        "--time", default="all", help="all (default), an ISO time, or an index into the store"
+    )
+    parser.add_argument(
+        "--lead-time", default="all", help="all (default) or hours, e.g. 6 or 0,6 (forecast stores)"
+    )
+    parser.add_argument(
+        "--plot-lowres", action="store_true", help="also draw the low-resolution input"
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="also draw ensemble mean, standard deviation and exceedance probabilities",
+    )
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
+        "defaults mrr=35, wind=17.2",
+    )
+    parser.add_argument(
+        "--gif",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="write an animation through the samples of each time (default name in --outdir)",
+    )
+    parser.add_argument("--fps", type=float, default=1.0, help="GIF frames per second (default 1)")
+    parser.add_argument(
+        "--outdir", type=Path, help="where to write (default <store name>-plots/ beside the store)"
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default="jpg", help="image format (default jpg)"
+    )
+    parser.add_argument("--dpi", type=_positive_int("--dpi", minimum=20), default=100)
+    parser.add_argument("--colormap", help="one matplotlib colormap for every map panel")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace images that already exist in --outdir"
+    )
+    parser.add_argument("--show", action="store_true", help="also open the figures in a window")
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int("--jobs"),
+        help="render in this many processes (default: the cores available)",
+    )
+    _add_common_options(parser)
+    return parser
+
+
+def parse_selection(text: str, size: int, flag: str) -> list[int]:
+    """Parse ``all``, ``N``, ``N,M`` and ``A-B`` (inclusive) into sorted indices < size."""
+    if text.strip().lower() == "all":
+        return list(range(size))
+    chosen: set[int] = set()
+    for part in text.split(","):
+        bounds = part.strip().split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise UsageError(f"{flag} {text!r}: use all, N, N,M or A-B (e.g. 0-3,7)")
+        low, high = int(bounds[0]), int(bounds[-1])
+        if low > high:
+            raise UsageError(f"{flag} {text!r}: range {part.strip()} runs backwards")
+        if high >= size:
+            raise UsageError(f"{flag} {text!r}: the store has {size}, numbered 0 to {size - 1}")
+        chosen.update(range(low, high + 1))
+    return sorted(chosen)
+
+
+def _select_times(text: str, dataset: Any) -> list[int]:
+    import numpy as np
+
+    size = dataset.sizes["time"]
+    if text.strip().lower() == "all" or text.strip().isdigit():
+        return parse_selection(text, size, "--time")
+    wanted = np.datetime64(times_mod.parse_time(text), "ns")
+    matches = np.flatnonzero(dataset["time"].values == wanted)
+    if matches.size == 0:
+        held = ", ".join(
+            times_mod.format_time(np.datetime64(t, "s").astype(datetime))
+            for t in dataset["time"].values[:6]
+        )
+        raise UsageError(f"--time {text}: not in the store, which holds {held}")
+    return [int(matches[0])]
+
+
+def _select_leads(text: str, dataset: Any) -> list[int | None]:
+    if "lead_time" not in dataset.dims:
+        if text.strip().lower() != "all":
+            raise UsageError(f"--lead-time {text}: this store has no lead times (an analysis)")
+        return [None]
+    hours = [int(h) for h in dataset["lead_time"].values.astype("timedelta64[h]").astype(int)]
+    if text.strip().lower() == "all":
+        return list(range(len(hours)))
+    chosen: list[int | None] = []
+    for part in text.split(","):
+        value = part.strip().removesuffix("h")
+        if not value.isdigit() or int(value) not in hours:
+            raise UsageError(
+                f"--lead-time {text}: {part.strip()} is not in the store, which holds "
+                f"{', '.join(str(h) for h in hours)} h"
+            )
+        chosen.append(hours.index(int(value)))
+    return chosen
+
+
+def parse_thresholds(values: Sequence[str]) -> dict[str, float]:
+    """``VAR=VALUE`` pairs over the defaults (mrr=35 dBZ, wind=17.2 m/s)."""
+    from corrdiff_tools.plotting import DEFAULT_THRESHOLDS, THRESHOLD_VARIABLES
+
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for text in values:
+        name, sep, value = text.partition("=")
+        name = name.strip()
+        if not sep or name not in THRESHOLD_VARIABLES:
+            raise UsageError(
+                f"--threshold {text!r}: use VAR=VALUE with VAR one of "
+                f"{', '.join(THRESHOLD_VARIABLES)}, e.g. --threshold mrr=40"
+            )
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--threshold {text!r}: {value!r} is not a number") from None
+        if not math.isfinite(thresholds[name]):
+            raise UsageError(f"--threshold {text!r}: the value must be finite")
+    return thresholds
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from corrdiff_tools import render, store
+
+    if not args.store.exists():
+        raise UsageError(f"STORE {args.store} does not exist: give the path of a .zarr store")
+    try:
+        dataset = store.open_store(args.store)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    times = _select_times(args.time, dataset)
+    leads = _select_leads(args.lead_time, dataset)
+    samples = parse_selection(args.sample, dataset.sizes["sample"], "--sample")
+    thresholds = parse_thresholds(args.threshold)
+    if not (args.fps > 0 and math.isfinite(args.fps)):
+        raise UsageError(f"--fps {args.fps:g}: must be a positive number of frames per second")
+    if args.colormap is not None:
+        import matplotlib
+
+        if args.colormap not in matplotlib.colormaps:
+            raise UsageError(
+                f"--colormap {args.colormap!r} is not a matplotlib colormap (e.g. viridis, "
+                "turbo, RdYlBu_r)"
+            )
+    if args.plot_lowres and "lr_t2m" not in dataset:
+        raise UsageError(
+            f"--plot-lowres: {args.store} holds no low-resolution inputs (made by the blog's "
+            "script?); rerun it with run_corrdiff.py, or drop --plot-lowres"
+        )
+    outdir = args.outdir or args.store.absolute().parent / f"{args.store.absolute().stem}-plots"
+    if "completed" in dataset:
+        samples_ok = dataset["completed"].values.astype(bool)
+    else:
+        samples_ok = None
+    tasks = render.plan(
+        dataset, times, leads, samples, outdir, args.format, args.plot_lowres, args.stats
+    )
+    if samples_ok is not None:
+        kept = []
+        for task in tasks:
+            index = (
+                (task.time_index,)
+                if task.lead_index is None
+                else (task.time_index, task.lead_index)
+            )
+            if task.kind == "sample" and not samples_ok[(*index, task.sample)]:
+                logger.warning(
+                    "skipping %s: that sample is not complete in the store", task.path.name
+                )
+                continue
+            if task.kind == "stats" and not samples_ok[index].all():
+                logger.warning("skipping %s: the ensemble is not complete", task.path.name)
+                continue
+            kept.append(task)
+        tasks = kept
+    gifs = _gif_paths(args, dataset, times, leads, outdir)
+    targets = [task.path for task in tasks] + list(gifs.values())
+    existing = [path for path in targets if path.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(
+            f"{len(existing)} output file(s) already exist, e.g. {existing[0]}: pass --overwrite "
+            "to replace them, or choose another --outdir"
+        )
+    _check_writable_location(outdir / "probe", "--outdir")
+    if not tasks:
+        raise UsageError("nothing to draw: every selected sample is incomplete in the store")
+
+    from corrdiff_tools.coastlines import load_coastlines
+
+    coastlines = load_coastlines()
+    context = render.RenderContext(
+        store_path=args.store.absolute(),
+        scales=render.colour_scales(dataset, args.plot_lowres, args.colormap),
+        coastlines=coastlines.segments,
+        thresholds=thresholds,
+        fmt=args.format,
+        dpi=args.dpi,
+        frames=bool(gifs),
+    )
+    outdir.mkdir(parents=True, exist_ok=True)
+    jobs = min(args.jobs or _available_cores(), len(tasks))
+    with _progress(len(tasks), args) as bar:
+        frames = render.render_all(tasks, context, jobs, progress=bar.update)
+    from corrdiff_tools.animation import write_gif
+
+    for key, path in gifs.items():
+        sequence = [
+            frame
+            for task, frame in zip(tasks, frames, strict=True)
+            if frame is not None and (task.time_index, task.lead_index) == key
+        ]
+        if sequence:
+            write_gif(sequence, path, args.fps)
+    logger.info(
+        "wrote %d figure(s)%s to %s (coastlines: %s)",
+        len(tasks),
+        f" and {len(gifs)} animation(s)" if gifs else "",
+        outdir,
+        coastlines.origin,
+    )
+    if args.show:
+        _show(tasks, context)
+    return 0
+
+
+def _gif_paths(
+    args: argparse.Namespace, dataset: Any, times: list[int], leads: list[int | None], outdir: Path
+) -> dict[tuple[int, int | None], Path]:
+    from corrdiff_tools.render import stem
+
+    if args.gif is None:
+        return {}
+    keys = [(t, lead) for t in times for lead in leads]
+    if args.gif is True:
+        return {key: outdir / f"{stem(dataset, *key)}.gif" for key in keys}
+    path = Path(args.gif)
+    if path.suffix.lower() != ".gif":
+        raise UsageError(f"--gif {path}: the file name must end in .gif")
+    if len(keys) == 1:
+        return {keys[0]: path}
+    return {
+        key: path.with_name(f"{path.stem}-{stem(dataset, *key).removeprefix('corrdiff-')}.gif")
+        for key in keys
+    }
+
+
+def _show(tasks: Sequence[Any], context: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    from corrdiff_tools.render import build_figure
+
+    for task in tasks:
+        build_figure(task, context, fig=plt.figure())
+    plt.show()
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``plot_corrdiff.py``; returns the exit code."""
+    return guarded(_plot, build_plot_parser())(argv)

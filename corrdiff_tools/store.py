@@ -327,3 +327,42 @@ def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -
         for key in keys
         if stored.get(key) != requested.get(key)
     ]
+
+
+def open_store(path: str | Path) -> Any:
+    """Open a store for reading, ours or the blog's, in our layout.
+
+    The blog's ``ZarrBackend`` stores have dims (time, sample, ilat, ilon), 2-D ``lat`` /
+    ``lon`` as data variables and no attributes; they are renamed to (time, sample, y, x)
+    with lat/lon as coordinates and given our CF attributes, so both read the same way.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a Zarr store holding CorrDiff output (the message says why).
+    """
+    import xarray as xr
+
+    try:
+        dataset = xr.open_zarr(str(path), consolidated=None)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a readable store"
+        raise ValueError(f"{path} is not a readable Zarr store ({type(err).__name__})") from None
+    missing = [name for name in OUTPUT_VARIABLES if name not in dataset]
+    if missing:
+        raise ValueError(
+            f"{path} is not CorrDiff output: it lacks {', '.join(missing)} "
+            f"(expected {', '.join(OUTPUT_VARIABLES)})"
+        )
+    dataset = dataset.rename({k: v for k, v in (("ilat", "y"), ("ilon", "x")) if k in dataset.dims})
+    dataset = dataset.set_coords([name for name in ("lat", "lon") if name in dataset.data_vars])
+    if "lat" not in dataset.coords or dataset["lat"].dims != ("y", "x"):
+        raise ValueError(f"{path} is not CorrDiff output: it has no 2-D lat/lon grid")
+    for name in OUTPUT_VARIABLES:
+        if "time" not in dataset[name].dims or "sample" not in dataset[name].dims:
+            raise ValueError(
+                f"{path} is not CorrDiff output: {name} has dims {dataset[name].dims}, "
+                "expected (time, [lead_time,] sample, y, x)"
+            )
+        for key, value in VARIABLE_ATTRS[name].items():
+            dataset[name].attrs.setdefault(key, value)
+    return dataset

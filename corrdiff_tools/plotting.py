@@ -1,0 +1,279 @@
+"""Pure figure builders: take data, return a Figure. No savefig, no show, no globals.
+
+Figures are ``matplotlib.figure.Figure`` objects not registered with pyplot, so nothing
+leaks between calls; a caller that wants a window passes a pyplot figure in ``fig``.
+Differences from the blog's plotting, on purpose: colour limits are fixed by the caller
+across a whole run (the blog autoscaled each sample, so animations showed scale changes
+instead of ensemble spread); each variable has a colormap suited to it; temperature is in
+deg C; coastlines come as data (see :mod:`corrdiff_tools.coastlines`), never downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: The paper's domain (Mardani et al. 2024), which the map projection is centred on.
+PAPER_LAT = (19.5483, 27.8446)
+PAPER_LON = (116.371, 125.568)
+KELVIN = 273.15
+#: Panels of a sample figure, in order.
+SAMPLE_PANELS = ("mrr", "t2m", "wind")
+#: Panels of a low-resolution input figure: GFS composite reflectivity replaces mrr.
+LOWRES_PANELS = ("refc", "t2m", "wind")
+TITLES = {
+    "mrr": "Maximum radar reflectivity",
+    "refc": "Composite reflectivity (input)",
+    "t2m": "2 m temperature",
+    "wind": "10 m wind speed",
+}
+UNITS = {"mrr": "dBZ", "refc": "dBZ", "t2m": "°C", "wind": "m/s"}
+LABELS = {
+    "mrr": "Radar reflectivity [dBZ]",
+    "refc": "Composite reflectivity [dBZ]",
+    "t2m": "Temperature at 2 m [°C]",
+    "wind": "Wind speed at 10 m [m/s]",
+}
+#: A colormap per quantity: reflectivity (a perceptual rainbow reads like radar scales),
+#: temperature (diverging), wind speed (sequential); spread and probability panels.
+COLORMAPS = {"mrr": "turbo", "refc": "turbo", "t2m": "RdYlBu_r", "wind": "viridis"}
+SPREAD_COLORMAP = "magma"
+PROBABILITY_COLORMAP = "Blues"
+#: Colour scale shared by mrr and refc (both dBZ).
+SCALE_KEY = {"mrr": "mrr", "refc": "mrr", "t2m": "t2m", "wind": "wind"}
+#: Default exceedance thresholds for --stats (17.2 m/s is gale force, 35 dBZ heavy rain).
+DEFAULT_THRESHOLDS = {"mrr": 35.0, "wind": 17.2}
+THRESHOLD_VARIABLES = ("mrr", "t2m", "wind")
+#: One wind arrow every this many grid points (448 / 16 = 28 arrows a row).
+ARROW_STEP = 16
+SAMPLE_FIGSIZE = (15.0, 5.5)
+STATS_FIGSIZE = (15.0, 15.0)
+COASTLINE_STYLE = {"color": "black", "linewidth": 0.6}
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """Fixed colour limits and colormap for one quantity."""
+
+    vmin: float
+    vmax: float
+    cmap: str
+
+
+@dataclass(frozen=True)
+class Fields:
+    """One map's worth of data, in plotting units.
+
+    ``values`` maps a panel key (mrr, refc, t2m, wind) to a 2-D array; ``u``/``v`` are the
+    10 m wind components for the arrows; ``lat``/``lon`` are 2-D (or 1-D for a regular grid).
+    """
+
+    values: Mapping[str, np.ndarray]
+    u: np.ndarray
+    v: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+
+def to_plot_units(
+    mrr_or_refc: np.ndarray | None, t2m_kelvin: np.ndarray, u: np.ndarray, v: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Convert stored fields to what the panels show: dBZ, deg C, wind speed in m/s."""
+    out = {"t2m": np.asarray(t2m_kelvin, dtype="float64") - KELVIN, "wind": np.hypot(u, v)}
+    if mrr_or_refc is not None:
+        out["mrr"] = np.asarray(mrr_or_refc, dtype="float64")
+    return out
+
+
+def projection() -> Any:
+    """Lambert conformal projection centred on the paper's domain."""
+    import cartopy.crs as ccrs
+
+    return ccrs.LambertConformal(
+        central_longitude=0.5 * (PAPER_LON[0] + PAPER_LON[1]),
+        central_latitude=0.5 * (PAPER_LAT[0] + PAPER_LAT[1]),
+    )
+
+
+def _new_figure(figsize: tuple[float, float], fig: Any | None) -> Any:
+    from matplotlib.figure import Figure
+
+    if fig is None:
+        return Figure(figsize=figsize, layout="compressed")
+    fig.set_size_inches(*figsize)
+    fig.set_layout_engine("compressed")
+    return fig
+
+
+def _map_axes(fig: Any, rows: int, cols: int, index: int) -> Any:
+    import cartopy.crs as ccrs
+
+    ax = fig.add_subplot(rows, cols, index, projection=projection())
+    ax.set_extent([*PAPER_LON, *PAPER_LAT], crs=ccrs.PlateCarree())
+    return ax
+
+
+def _decorate(ax: Any, coastlines: Sequence[np.ndarray]) -> None:
+    import cartopy.crs as ccrs
+
+    for segment in coastlines:
+        ax.plot(segment[:, 0], segment[:, 1], transform=ccrs.PlateCarree(), **COASTLINE_STYLE)
+    gridlines = ax.gridlines(draw_labels=True, dms=True, x_inline=False, y_inline=False, alpha=0.5)
+    gridlines.top_labels = gridlines.right_labels = False
+    gridlines.xlabel_style = gridlines.ylabel_style = {"size": 8, "rotation": 0}
+
+
+def _mesh(
+    fig: Any,
+    ax: Any,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    values: np.ndarray,
+    scale: ColourScale,
+    label: str,
+) -> Any:
+    import cartopy.crs as ccrs
+
+    mesh = ax.pcolormesh(
+        lon,
+        lat,
+        values,
+        transform=ccrs.PlateCarree(),
+        cmap=scale.cmap,
+        vmin=scale.vmin,
+        vmax=scale.vmax,
+        shading="auto",
+        rasterized=True,
+    )
+    fig.colorbar(mesh, ax=ax, label=label, shrink=0.85)
+    return mesh
+
+
+def _arrows(ax: Any, fields: Fields) -> None:
+    import cartopy.crs as ccrs
+
+    step = ARROW_STEP if fields.lat.ndim == 2 else max(1, ARROW_STEP // 8)
+    lon, lat = fields.lon, fields.lat
+    if lat.ndim == 1:
+        lon, lat = np.meshgrid(lon, lat)
+    ax.quiver(
+        lon[::step, ::step],
+        lat[::step, ::step],
+        fields.u[::step, ::step],
+        fields.v[::step, ::step],
+        transform=ccrs.PlateCarree(),
+        width=1.5e-3,
+        color="white",
+        edgecolor="black",
+        linewidth=0.3,
+    )
+
+
+def map_figure(
+    fields: Fields,
+    panels: Sequence[str],
+    scales: Mapping[str, ColourScale],
+    coastlines: Sequence[np.ndarray],
+    title: str,
+    fig: Any | None = None,
+) -> Any:
+    """One row of map panels (the blog's three: reflectivity, temperature, wind with arrows).
+
+    Parameters
+    ----------
+    fields : Fields
+        Data in plotting units.
+    panels : sequence of str
+        Panel keys, e.g. :data:`SAMPLE_PANELS` or :data:`LOWRES_PANELS`.
+    scales : mapping
+        Colour scale per scale key (see :data:`SCALE_KEY`), fixed across the run.
+    coastlines : sequence of ndarray
+        (lon, lat) line segments.
+    title : str
+        Figure title.
+    fig : Figure, optional
+        Draw into this figure (e.g. a pyplot one, for ``--show``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = _new_figure(SAMPLE_FIGSIZE, fig)
+    for index, key in enumerate(panels, start=1):
+        ax = _map_axes(fig, 1, len(panels), index)
+        _mesh(
+            fig, ax, fields.lon, fields.lat, fields.values[key], scales[SCALE_KEY[key]], LABELS[key]
+        )
+        if key == "wind":
+            _arrows(ax, fields)
+        ax.set_title(TITLES[key])
+        _decorate(ax, coastlines)
+    fig.suptitle(title)
+    return fig
+
+
+@dataclass(frozen=True)
+class EnsembleStats:
+    """Ensemble mean, standard deviation and exceedance probabilities for one time."""
+
+    mean: Mapping[str, np.ndarray]
+    std: Mapping[str, np.ndarray]
+    probability: Mapping[str, np.ndarray]
+    thresholds: Mapping[str, float]
+    members: int
+
+
+def ensemble_stats(
+    members: Mapping[str, np.ndarray], thresholds: Mapping[str, float]
+) -> EnsembleStats:
+    """Mean, std (ddof=0) and P(x >= threshold) over axis 0 of each panel quantity.
+
+    Parameters
+    ----------
+    members : mapping
+        Panel key (mrr, t2m, wind) -> array (sample, y, x) in plotting units.
+    thresholds : mapping
+        Panel key -> threshold, in plotting units.
+    """
+    mean = {key: np.mean(values, axis=0) for key, values in members.items()}
+    std = {key: np.std(values, axis=0) for key, values in members.items()}
+    probability = {key: np.mean(members[key] >= value, axis=0) for key, value in thresholds.items()}
+    size = next(iter(members.values())).shape[0]
+    return EnsembleStats(mean, std, probability, dict(thresholds), size)
+
+
+def stats_figure(
+    stats: EnsembleStats,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    scales: Mapping[str, ColourScale],
+    coastlines: Sequence[np.ndarray],
+    title: str,
+    fig: Any | None = None,
+) -> Any:
+    """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities."""
+    fig = _new_figure(STATS_FIGSIZE, fig)
+    for column, key in enumerate(SAMPLE_PANELS, start=1):
+        ax = _map_axes(fig, 3, 3, column)
+        _mesh(fig, ax, lon, lat, stats.mean[key], scales[SCALE_KEY[key]], LABELS[key])
+        ax.set_title(f"Ensemble mean: {TITLES[key].lower()}")
+        _decorate(ax, coastlines)
+
+        ax = _map_axes(fig, 3, 3, 3 + column)
+        spread = stats.std[key]
+        top = float(np.nanmax(spread)) if np.isfinite(spread).any() else 1.0
+        scale = ColourScale(0.0, top if top > 0 else 1.0, SPREAD_COLORMAP)
+        _mesh(fig, ax, lon, lat, spread, scale, f"Standard deviation [{UNITS[key]}]")
+        ax.set_title(f"Ensemble spread: {TITLES[key].lower()}")
+        _decorate(ax, coastlines)
+    for column, (key, threshold) in enumerate(stats.thresholds.items(), start=1):
+        ax = _map_axes(fig, 3, 3, 6 + column)
+        scale = ColourScale(0.0, 1.0, PROBABILITY_COLORMAP)
+        _mesh(fig, ax, lon, lat, stats.probability[key], scale, "Probability")
+        ax.set_title(f"P({key} ≥ {threshold:g} {UNITS[key]})")
+        _decorate(ax, coastlines)
+    fig.suptitle(f"{title} · {stats.members} members")
+    return fig

@@ -1,0 +1,261 @@
+"""Turn a store into image files: which figures, their names, their colour scales, workers.
+
+The figures themselves come from :mod:`corrdiff_tools.plotting`; this module decides what
+to draw for a selection of times, lead times and samples, fixes one colour scale per
+quantity across the whole run, names files so that shell globs sort them (zero-padded
+sample numbers), and renders serially or in worker processes with identical results.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corrdiff_tools import plotting, store
+from corrdiff_tools.plotting import KELVIN, ColourScale, Fields
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("jpg", "png", "pdf")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One figure to draw: a sample, the low-resolution input, or ensemble statistics."""
+
+    kind: str
+    time_index: int
+    lead_index: int | None
+    sample: int | None
+    path: Path
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything a worker needs besides the store: shared by all tasks of a run."""
+
+    store_path: Path
+    scales: Mapping[str, ColourScale]
+    coastlines: Sequence[np.ndarray]
+    thresholds: Mapping[str, float]
+    fmt: str
+    dpi: int
+    frames: bool = False
+    samples_total: int = 0
+    lowres_panels: tuple[str, ...] = field(default=plotting.LOWRES_PANELS)
+
+
+def valid_time(dataset: Any, time_index: int, lead_index: int | None) -> tuple[datetime, int]:
+    """(valid time, lead hours) of one entry of the store."""
+    init = np.datetime64(dataset["time"].values[time_index], "s").astype(datetime)
+    if lead_index is None:
+        return init, 0
+    lead = dataset["lead_time"].values[lead_index].astype("timedelta64[h]").astype(int)
+    return init + np.timedelta64(int(lead), "h").astype(object), int(lead)
+
+
+def stem(dataset: Any, time_index: int, lead_index: int | None) -> str:
+    """``corrdiff-<YYYY-MM-DDTHH>[-f<lead>]``, by initialisation time and lead."""
+    init = np.datetime64(dataset["time"].values[time_index], "s").astype(datetime)
+    text = f"corrdiff-{init:%Y-%m-%dT%H}"
+    if lead_index is not None:
+        _, lead = valid_time(dataset, time_index, lead_index)
+        text += f"-f{lead:03d}"
+    return text
+
+
+def sample_label(sample: int, size: int) -> str:
+    """Sample number zero-padded to the ensemble size (at least 2 digits)."""
+    return f"{sample:0{max(2, len(str(size - 1)))}d}"
+
+
+def plan(
+    dataset: Any,
+    times: Sequence[int],
+    leads: Sequence[int | None],
+    samples: Sequence[int],
+    outdir: Path,
+    fmt: str,
+    lowres: bool,
+    stats: bool,
+) -> list[Task]:
+    """List the figures to draw, in order: per (time, lead) its samples, then extras."""
+    size = dataset.sizes["sample"]
+    tasks = []
+    for ti in times:
+        for li in leads:
+            base = stem(dataset, ti, li)
+            for sample in samples:
+                name = f"{base}-sample-{sample_label(sample, size)}.{fmt}"
+                tasks.append(Task("sample", ti, li, sample, outdir / name))
+            if lowres:
+                tasks.append(Task("lowres", ti, li, None, outdir / f"{base}-lowres.{fmt}"))
+            if stats:
+                tasks.append(Task("stats", ti, li, None, outdir / f"{base}-stats.{fmt}"))
+    return tasks
+
+
+def _select(dataset: Any, name: str, task: Task, sample: int | None = None) -> np.ndarray:
+    index: dict[str, int] = {"time": task.time_index}
+    if task.lead_index is not None:
+        index["lead_time"] = task.lead_index
+    if sample is not None:
+        index["sample"] = sample
+    return np.asarray(dataset[name].isel(index).values)
+
+
+def _finite_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float]:
+    lo = [v for v in lows if np.isfinite(v)]
+    hi = [v for v in highs if np.isfinite(v)]
+    if not lo or not hi:
+        return 0.0, 1.0
+    low, high = min(lo), max(hi)
+    return (low - 1.0, high + 1.0) if low == high else (low, high)
+
+
+def colour_scales(
+    dataset: Any, include_lowres: bool, colormap: str | None = None
+) -> dict[str, ColourScale]:
+    """One colour scale per quantity, from its extremes over every time and sample.
+
+    With ``include_lowres`` the low-resolution inputs count too, so both share scales.
+    """
+    import dask
+
+    wind = np.hypot(dataset["u10m"], dataset["v10m"])
+    reductions = {
+        "mrr": [dataset["mrr"].min(), dataset["mrr"].max()],
+        "t2m": [dataset["t2m"].min() - KELVIN, dataset["t2m"].max() - KELVIN],
+        "wind": [wind.min(), wind.max()],
+    }
+    if include_lowres:
+        lr_wind = np.hypot(dataset[store.lowres_name("u10m")], dataset[store.lowres_name("v10m")])
+        reductions["t2m"] += [dataset["lr_t2m"].min() - KELVIN, dataset["lr_t2m"].max() - KELVIN]
+        reductions["wind"] += [lr_wind.min(), lr_wind.max()]
+        if "lr_refc" in dataset:
+            reductions["mrr"] += [dataset["lr_refc"].min(), dataset["lr_refc"].max()]
+    computed = dask.compute({k: [r.data for r in v] for k, v in reductions.items()})[0]
+    scales = {}
+    for key, values in computed.items():
+        values = [float(v) for v in values]
+        low, high = _finite_limits(values[0::2], values[1::2])
+        if key == "wind":
+            low = 0.0
+        scales[key] = ColourScale(low, high, colormap or plotting.COLORMAPS[key])
+    return scales
+
+
+@functools.lru_cache(maxsize=4)
+def _open(path: Path) -> Any:
+    return store.open_store(path)
+
+
+def build_figure(task: Task, context: RenderContext, fig: Any | None = None) -> Any:
+    """Draw one task's figure (not saved)."""
+    dataset = _open(context.store_path)
+    when, lead = valid_time(dataset, task.time_index, task.lead_index)
+    title = f"valid {when:%Y-%m-%d %H:%M} UTC"
+    if task.lead_index is not None:
+        title += f" (+{lead} h)"
+    if task.kind == "sample":
+        assert task.sample is not None  # noqa: S101 - by construction in plan()
+        values = plotting.to_plot_units(
+            _select(dataset, "mrr", task, task.sample),
+            _select(dataset, "t2m", task, task.sample),
+            u := _select(dataset, "u10m", task, task.sample),
+            v := _select(dataset, "v10m", task, task.sample),
+        )
+        fields = Fields(values, u, v, dataset["lat"].values, dataset["lon"].values)
+        size = dataset.sizes["sample"]
+        return plotting.map_figure(
+            fields,
+            plotting.SAMPLE_PANELS,
+            context.scales,
+            context.coastlines,
+            f"CorrDiff sample {task.sample} of {size} · {title}",
+            fig,
+        )
+    if task.kind == "lowres":
+        has_refc = "lr_refc" in dataset
+        values = plotting.to_plot_units(
+            None,
+            _select(dataset, "lr_t2m", task),
+            u := _select(dataset, "lr_u10m", task),
+            v := _select(dataset, "lr_v10m", task),
+        )
+        if has_refc:
+            values["refc"] = _select(dataset, "lr_refc", task)
+        panels = plotting.LOWRES_PANELS if has_refc else plotting.LOWRES_PANELS[1:]
+        fields = Fields(values, u, v, dataset["lat_lr"].values, dataset["lon_lr"].values)
+        return plotting.map_figure(
+            fields,
+            panels,
+            context.scales,
+            context.coastlines,
+            f"Low-resolution input · {title}",
+            fig,
+        )
+    members = plotting.to_plot_units(
+        _select(dataset, "mrr", task),
+        _select(dataset, "t2m", task),
+        _select(dataset, "u10m", task),
+        _select(dataset, "v10m", task),
+    )
+    stats = plotting.ensemble_stats(members, context.thresholds)
+    return plotting.stats_figure(
+        stats,
+        dataset["lat"].values,
+        dataset["lon"].values,
+        context.scales,
+        context.coastlines,
+        f"CorrDiff ensemble statistics · {title}",
+        fig,
+    )
+
+
+def render_task(task: Task, context: RenderContext) -> np.ndarray | None:
+    """Draw and save one figure; return its RGB pixels if GIF frames are wanted."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = build_figure(task, context)
+    canvas = FigureCanvasAgg(fig)
+    metadata = {"CreationDate": None} if context.fmt == "pdf" else None
+    fig.savefig(task.path, dpi=context.dpi, format=context.fmt, metadata=metadata)
+    if not (context.frames and task.kind == "sample"):
+        return None
+    fig.set_dpi(context.dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def render_all(
+    tasks: Sequence[Task],
+    context: RenderContext,
+    jobs: int,
+    progress: Callable[[int], Any] | None = None,
+) -> list[np.ndarray | None]:
+    """Render every task, in ``jobs`` worker processes (1: in this process), in order."""
+    if jobs <= 1 or len(tasks) <= 1:
+        results = []
+        for task in tasks:
+            results.append(render_task(task, context))
+            if progress is not None:
+                progress(1)
+        return results
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(render_task, task, context) for task in tasks]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            if progress is not None:
+                progress(1)
+        return results

@@ -1,0 +1,354 @@
+"""plot_corrdiff.py end to end through plot_main, on stores written by the run tool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image, ImageSequence
+
+from corrdiff_tools import render, store
+from corrdiff_tools.cli import plot_main, run_main
+from corrdiff_tools.plotting import KELVIN
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--dpi", "30", "-q"]
+
+
+@pytest.fixture(scope="session")
+def ensemble(package_dir: Path, input_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run-tool store: 2 times x 3 samples."""
+    path = tmp_path_factory.mktemp("ensemble") / "gaemi.zarr"
+    code = run_main(
+        ["2024-07-24T06/2024-07-24T12", "--samples", "3", "--steps", "2", "--source", str(input_file),
+         "--model-package", str(package_dir), "--device", "cpu", "--output", str(path), "-q"]
+    )  # fmt: skip
+    assert code == 0
+    return path
+
+
+def plot(*args: str) -> int:
+    return plot_main([*args])
+
+
+def test_one_file_per_time_and_sample_with_sortable_names(ensemble: Path, tmp_path: Path) -> None:
+    assert plot(str(ensemble), "--outdir", str(tmp_path / "out"), "--jobs", "1", *FAST) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [
+        f"corrdiff-2024-07-24T{hour}-sample-{sample:02d}.jpg"
+        for hour in ("06", "12")
+        for sample in range(3)
+    ]
+    with Image.open(tmp_path / "out" / names[0]) as image:
+        assert image.format == "JPEG" and image.size == (450, 165)  # 15 x 5.5 in at 30 dpi
+
+
+def test_default_outdir_is_beside_the_store(ensemble: Path) -> None:
+    outdir = ensemble.parent / "gaemi-plots"
+    assert plot(str(ensemble), "--sample", "1", "--time", "2024-07-24T12:00", *FAST) == 0
+    assert sorted(p.name for p in outdir.iterdir()) == ["corrdiff-2024-07-24T12-sample-01.jpg"]
+
+
+def test_sample_numbers_pad_to_the_ensemble_size() -> None:
+    assert render.sample_label(3, 4) == "03"
+    assert render.sample_label(7, 120) == "007"
+    names = [f"x-{render.sample_label(i, 12)}" for i in range(12)]
+    assert sorted(names) == names  # so the blog's `convert ...-sample-*.jpg` keeps the order
+
+
+def test_gif_frames_follow_sample_order(ensemble: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = plot(
+        str(ensemble),
+        "--time",
+        "1",
+        "--format",
+        "png",
+        "--gif",
+        "--fps",
+        "2",
+        "--outdir",
+        str(out),
+        *FAST,
+    )
+    assert code == 0
+    gif = out / "corrdiff-2024-07-24T12.gif"
+    stills = [
+        np.asarray(
+            Image.open(out / f"corrdiff-2024-07-24T12-sample-{s:02d}.png").convert("RGB"),
+            dtype=float,
+        )
+        for s in range(3)
+    ]
+    with Image.open(gif) as animation:
+        frames = [
+            np.asarray(f.convert("RGB"), dtype=float) for f in ImageSequence.Iterator(animation)
+        ]
+        assert animation.info["duration"] == 500
+    assert len(frames) == 3
+    for index, frame in enumerate(frames):
+        distances = [np.abs(frame - still).mean() for still in stills]
+        assert int(np.argmin(distances)) == index
+
+
+def test_gif_path_for_several_times(ensemble: Path, tmp_path: Path) -> None:
+    code = plot(
+        str(ensemble),
+        "--sample",
+        "0-1",
+        "--gif",
+        str(tmp_path / "anim.gif"),
+        "--outdir",
+        str(tmp_path / "o"),
+        *FAST,
+    )
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("anim-*.gif")) == [
+        "anim-2024-07-24T06.gif",
+        "anim-2024-07-24T12.gif",
+    ]
+
+
+def test_parallel_rendering_gives_the_same_files(ensemble: Path, tmp_path: Path) -> None:
+    args = (str(ensemble), "--time", "0", "--format", "png", "--stats", *FAST)
+    assert plot(*args, "--jobs", "1", "--outdir", str(tmp_path / "serial")) == 0
+    assert plot(*args, "--jobs", "2", "--outdir", str(tmp_path / "parallel")) == 0
+    serial = {p.name: p.read_bytes() for p in (tmp_path / "serial").iterdir()}
+    parallel = {p.name: p.read_bytes() for p in (tmp_path / "parallel").iterdir()}
+    assert len(serial) == 4 and serial == parallel
+
+
+def test_colour_scales_span_the_whole_run(ensemble: Path) -> None:
+    ds = store.open_store(ensemble).load()
+    scales = render.colour_scales(ds, include_lowres=False)
+    assert (scales["mrr"].vmin, scales["mrr"].vmax) == pytest.approx(
+        (float(ds.mrr.min()), float(ds.mrr.max())), rel=1e-6
+    )
+    assert scales["t2m"].vmin == pytest.approx(float(ds.t2m.min()) - KELVIN, rel=1e-6)
+    assert scales["wind"].vmin == 0.0
+    assert scales["wind"].vmax == pytest.approx(float(np.hypot(ds.u10m, ds.v10m).max()), rel=1e-6)
+    with_inputs = render.colour_scales(ds, include_lowres=True, colormap="cividis")
+    expected = min(scales["t2m"].vmin, float(ds.lr_t2m.min()) - KELVIN)
+    assert with_inputs["t2m"].vmin == pytest.approx(expected, abs=1e-4)
+    assert {s.cmap for s in with_inputs.values()} == {"cividis"}
+
+
+def test_stats_figure_matches_numpy_on_the_store(ensemble: Path) -> None:
+    ds = store.open_store(ensemble).load()
+    context = render.RenderContext(
+        store_path=ensemble, scales=render.colour_scales(ds, False), coastlines=[], thresholds={"mrr": 0.0, "wind": 1.0},
+        fmt="png", dpi=30,
+    )  # fmt: skip
+    fig = render.build_figure(render.Task("stats", 1, None, None, Path("x.png")), context)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_label() != "<colorbar>"}
+    t2m_mean = np.asarray(panels["Ensemble mean: 2 m temperature"].collections[0].get_array())
+    np.testing.assert_allclose(
+        t2m_mean.ravel(), (ds.t2m[1].values - KELVIN).mean(axis=0).ravel(), rtol=1e-5
+    )
+    wind = np.hypot(ds.u10m[1].values, ds.v10m[1].values)
+    prob = np.asarray(panels["P(wind ≥ 1 m/s)"].collections[0].get_array())
+    np.testing.assert_allclose(prob.ravel(), (wind >= 1.0).mean(axis=0).ravel())
+    assert "3 members" in fig.get_suptitle() and "valid 2024-07-24 12:00 UTC" in fig.get_suptitle()
+
+
+def test_lowres_and_sample_titles(ensemble: Path) -> None:
+    ds = store.open_store(ensemble)
+    context = render.RenderContext(
+        store_path=ensemble,
+        scales=render.colour_scales(ds, True),
+        coastlines=[],
+        thresholds={},
+        fmt="png",
+        dpi=30,
+    )
+    sample = render.build_figure(render.Task("sample", 0, None, 2, Path("x.png")), context)
+    assert sample.get_suptitle() == "CorrDiff sample 2 of 3 · valid 2024-07-24 06:00 UTC"
+    low = render.build_figure(render.Task("lowres", 0, None, None, Path("x.png")), context)
+    titles = [ax.get_title() for ax in low.axes if ax.get_label() != "<colorbar>"]
+    assert titles == ["Composite reflectivity (input)", "2 m temperature", "10 m wind speed"]
+    shown = np.asarray(low.axes[2].collections[0].get_array()).reshape(36, 40)
+    np.testing.assert_allclose(shown, ds.lr_t2m[0].values - KELVIN, rtol=1e-6)
+
+
+def blog_store(path: Path, samples: int = 2) -> Path:
+    """Write a store exactly as the blog's script does, with earth2studio's ZarrBackend."""
+    from earth2studio.io import ZarrBackend
+    from earth2studio.utils.coords import split_coords
+
+    from corrdiff_tools.synthetic import curvilinear_grid
+
+    lat, lon = (a[1:-1, 1:-1] for a in curvilinear_grid())
+    rng = np.random.default_rng(0)
+    import torch
+
+    x = torch.as_tensor(
+        np.stack([rng.normal(m, 3, (samples, 448, 448)) for m in (10, 300, 2, 1)], axis=1)[None]
+    )
+    coords = OrderedDict(
+        time=np.array(["2024-07-24T12:00"], dtype="datetime64[ns]"),
+        sample=np.arange(samples),
+        variable=np.array(store.OUTPUT_VARIABLES),
+        lat=lat,
+        lon=lon,
+    )
+    io = ZarrBackend(str(path))
+    total = OrderedDict(time=coords["time"], sample=coords["sample"], lat=lat, lon=lon)
+    io.add_array(total, list(store.OUTPUT_VARIABLES))
+    io.write(*split_coords(x.float(), coords))
+    return path
+
+
+def test_blog_layout_store_still_plots(tmp_path: Path) -> None:
+    path = blog_store(tmp_path / "corrdiff-2024-07-24.zarr")
+    raw = xr.open_zarr(path, consolidated=False)
+    assert "ilat" in raw.dims and "lat" in raw.data_vars  # really the blog's layout
+    opened = store.open_store(path)
+    assert opened["t2m"].dims == ("time", "sample", "y", "x") and "lat" in opened.coords
+    assert opened["t2m"].attrs["units"] == "K"
+    assert plot(str(path), "--stats", "--jobs", "1", *FAST) == 0
+    names = sorted(p.name for p in (tmp_path / "corrdiff-2024-07-24-plots").iterdir())
+    assert names == [
+        "corrdiff-2024-07-24T12-sample-00.jpg",
+        "corrdiff-2024-07-24T12-sample-01.jpg",
+        "corrdiff-2024-07-24T12-stats.jpg",
+    ]
+
+
+def test_incomplete_samples_are_skipped_with_a_warning(
+    ensemble: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    import zarr
+
+    partial = tmp_path / "partial.zarr"
+    shutil.copytree(ensemble, partial)
+    zarr.open_group(str(partial), mode="r+")["completed"][1, 2] = 0
+    assert plot(str(partial), "--time", "1", "--outdir", str(tmp_path / "o"), "--dpi", "30") == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "corrdiff-2024-07-24T12-sample-00.jpg",
+        "corrdiff-2024-07-24T12-sample-01.jpg",
+    ]
+    assert (
+        "skipping corrdiff-2024-07-24T12-sample-02.jpg: that sample is not complete"
+        in capsys.readouterr().err
+    )
+
+
+def test_existing_images_need_overwrite(ensemble: Path, tmp_path: Path, capsys) -> None:
+    args = (str(ensemble), "--sample", "0", "--time", "0", "--outdir", str(tmp_path / "o"), *FAST)
+    assert plot(*args) == 0
+    image = tmp_path / "o" / "corrdiff-2024-07-24T06-sample-00.jpg"
+    image.write_bytes(b"my annotated copy")
+    capsys.readouterr()
+    assert plot(*args) == 2
+    assert "1 output file(s) already exist" in capsys.readouterr().err
+    assert image.read_bytes() == b"my annotated copy"
+    assert plot(*args, "--overwrite") == 0 and image.read_bytes() != b"my annotated copy"
+
+
+def test_coastlines_fall_back_offline_and_prefer_natural_earth(tmp_path: Path, monkeypatch) -> None:
+    import cartopy
+    import shapefile
+
+    from corrdiff_tools import coastlines
+
+    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", str(tmp_path / "none"))
+    monkeypatch.setitem(cartopy.config, "data_dir", str(tmp_path / "none"))
+    fallback = coastlines.load_coastlines()
+    assert fallback.origin == "global-land-mask"
+    taiwan = [
+        s for s in fallback.segments if 120 < s[:, 0].mean() < 122.2 and 22 < s[:, 1].mean() < 25.5
+    ]
+    assert taiwan and max(len(s) for s in taiwan) > 100  # the island's outline
+
+    folder = tmp_path / "ne" / "shapefiles" / "natural_earth" / "physical"
+    folder.mkdir(parents=True)
+    with shapefile.Writer(str(folder / "ne_10m_coastline"), shapeType=shapefile.POLYLINE) as writer:
+        writer.field("name", "C")
+        writer.line([[[120.0, 22.0], [121.0, 25.0]], [[140.0, 40.0], [141.0, 41.0]]])
+        writer.record("test")
+    monkeypatch.setitem(cartopy.config, "pre_existing_data_dir", str(tmp_path / "ne"))
+    natural = coastlines.load_coastlines()
+    assert natural.origin == "Natural Earth 10m"
+    assert len(natural.segments) == 1  # cut to the domain
+    np.testing.assert_allclose(natural.segments[0], [[120.0, 22.0], [121.0, 25.0]])
+
+
+def test_plot_tool_never_imports_torch_or_earth2studio(ensemble: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; from corrdiff_tools.cli import plot_main\n"
+        f"rc = plot_main([{str(ensemble)!r}, '--sample', '0', '--time', '0', '--outdir', {str(tmp_path)!r}, '--dpi', '20', '-q'])\n"
+        "print(rc, [m for m in ('torch', 'earth2studio', 'physicsnemo') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "0 []"
+    assert (tmp_path / "corrdiff-2024-07-24T06-sample-00.jpg").is_file()
+
+
+def make_not_corrdiff(path: Path) -> Path:
+    xr.Dataset({"temperature": ("x", [1.0, 2.0])}).to_zarr(path)
+    return path
+
+
+BAD = [
+    (lambda s, t: [str(t / "missing.zarr")], "does not exist"),
+    (
+        lambda s, t: [str(make_not_corrdiff(t / "other.zarr"))],
+        "is not CorrDiff output: it lacks mrr, t2m, u10m, v10m",
+    ),
+    (lambda s, t: [str(t)], "is not a readable Zarr store"),
+    (lambda s, t: [str(s), "--sample", "3"], "--sample '3': the store has 3, numbered 0 to 2"),
+    (lambda s, t: [str(s), "--sample", "2-1"], "runs backwards"),
+    (lambda s, t: [str(s), "--sample", "first"], "use all, N, N,M or A-B"),
+    (
+        lambda s, t: [str(s), "--time", "2025-01-01T00"],
+        "not in the store, which holds 2024-07-24T06:00, 2024-07-24T12:00",
+    ),
+    (lambda s, t: [str(s), "--time", "5"], "--time '5': the store has 2"),
+    (lambda s, t: [str(s), "--time", "yesterday"], "is not an ISO 8601 UTC time"),
+    (lambda s, t: [str(s), "--lead-time", "6"], "this store has no lead times"),
+    (lambda s, t: [str(s), "--threshold", "rain=3"], "VAR one of mrr, t2m, wind"),
+    (lambda s, t: [str(s), "--threshold", "mrr=lots"], "'lots' is not a number"),
+    (lambda s, t: [str(s), "--threshold", "mrr=nan"], "must be finite"),
+    (lambda s, t: [str(s), "--colormap", "rainbowz"], "is not a matplotlib colormap"),
+    (lambda s, t: [str(s), "--gif", str(t / "a.png")], "must end in .gif"),
+    (lambda s, t: [str(s), "--fps", "0"], "must be a positive number"),
+    (lambda s, t: [str(s), "--format", "bmp"], "invalid choice: 'bmp'"),
+    (lambda s, t: [str(s), "--jobs", "0"], "--jobs must be at least 1"),
+    (lambda s, t: [str(s), "--outdir", "/proc/plots"], "cannot write in /proc"),
+]
+
+
+@pytest.mark.parametrize(("make_args", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    make_args, message: str, ensemble: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = make_args(ensemble, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    siblings = sorted(ensemble.parent.iterdir())
+    code = plot_main(
+        [*argv, "--outdir", str(tmp_path / "plots")] if "--outdir" not in argv else argv
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("plot_corrdiff.py: error: ")
+    assert message in lines[0]
+    assert sorted(tmp_path.rglob("*")) == before
+    assert sorted(ensemble.parent.iterdir()) == siblings
+
+
+def test_plot_lowres_needs_stored_inputs(tmp_path: Path, capsys) -> None:
+    path = blog_store(tmp_path / "blog.zarr")
+    assert plot_main([str(path), "--plot-lowres"]) == 2
+    assert "holds no low-resolution inputs" in capsys.readouterr().err
+    assert not (tmp_path / "blog-plots").exists()

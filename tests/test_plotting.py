@@ -1,0 +1,158 @@
+import numpy as np
+
+from corrdiff_tools import plotting
+from corrdiff_tools.plotting import ColourScale, Fields
+
+N = 48
+LAT, LON = np.meshgrid(np.linspace(20, 27.5, N), np.linspace(117, 125, N), indexing="ij")
+SCALES = {
+    "mrr": ColourScale(-10, 50, "turbo"),
+    "t2m": ColourScale(20, 32, "RdYlBu_r"),
+    "wind": ColourScale(0, 30, "viridis"),
+}
+COAST = [np.array([[120.0, 22.0], [121.0, 25.0], [122.0, 25.0]])]
+
+
+def fields(seed: int) -> Fields:
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(0, 8, (2, N, N))
+    values = plotting.to_plot_units(
+        rng.uniform(0, 40, (N, N)), 300 + rng.normal(0, 2, (N, N)), u, v
+    )
+    return Fields(values, u, v, LAT, LON)
+
+
+def colorbars(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def maps(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_to_plot_units_converts_kelvin_and_wind_speed() -> None:
+    out = plotting.to_plot_units(
+        np.array([10.0]), np.array([273.15, 300.0]), np.array([3.0]), np.array([4.0])
+    )
+    np.testing.assert_allclose(out["t2m"], [0.0, 26.85])
+    np.testing.assert_allclose(out["wind"], [5.0])
+    np.testing.assert_allclose(out["mrr"], [10.0])
+
+
+def test_sample_figure_has_the_blogs_three_panels_with_units() -> None:
+    fig = plotting.map_figure(
+        fields(0), plotting.SAMPLE_PANELS, SCALES, COAST, "CorrDiff sample 0 of 4"
+    )
+    assert len(maps(fig)) == 3
+    assert [ax.get_title() for ax in maps(fig)] == [
+        "Maximum radar reflectivity",
+        "2 m temperature",
+        "10 m wind speed",
+    ]
+    assert [ax.get_ylabel() for ax in colorbars(fig)] == [
+        "Radar reflectivity [dBZ]",
+        "Temperature at 2 m [°C]",
+        "Wind speed at 10 m [m/s]",
+    ]
+    assert fig.get_suptitle() == "CorrDiff sample 0 of 4"
+    meshes = [ax.collections[0] for ax in maps(fig)]
+    assert [m.get_cmap().name for m in meshes] == ["turbo", "RdYlBu_r", "viridis"]
+    # The wind panel carries arrows; every panel carries the coastline.
+    assert any(type(c).__name__ == "Quiver" for c in maps(fig)[2].collections)
+    assert all(len(ax.lines) >= 1 for ax in maps(fig))
+    assert type(maps(fig)[0].projection).__name__ == "LambertConformal"
+
+
+def test_colour_limits_are_the_given_ones_for_every_sample() -> None:
+    limits = []
+    for seed in range(3):
+        fig = plotting.map_figure(fields(seed), plotting.SAMPLE_PANELS, SCALES, COAST, "t")
+        limits.append([ax.collections[0].get_clim() for ax in maps(fig)])
+    assert limits[0] == limits[1] == limits[2] == [(-10, 50), (20, 32), (0, 30)]
+
+
+def test_temperature_panel_shows_degrees_celsius() -> None:
+    f = fields(1)
+    t2m_k = np.full((N, N), 300.0)
+    values = plotting.to_plot_units(f.values["mrr"], t2m_k, f.u, f.v)
+    fig = plotting.map_figure(
+        Fields(values, f.u, f.v, LAT, LON), plotting.SAMPLE_PANELS, SCALES, COAST, "t"
+    )
+    shown = np.asarray(maps(fig)[1].collections[0].get_array())
+    np.testing.assert_allclose(shown, 26.85)
+
+
+def test_lowres_figure_uses_composite_reflectivity() -> None:
+    f = fields(2)
+    values = {**f.values, "refc": f.values["mrr"]}
+    lat1, lon1 = np.linspace(19.25, 28, 36), np.linspace(116, 125.75, 40)
+    small = {k: v[:36, :40] for k, v in values.items()}
+    fig = plotting.map_figure(
+        Fields(small, f.u[:36, :40], f.v[:36, :40], lat1, lon1),
+        plotting.LOWRES_PANELS,
+        SCALES,
+        COAST,
+        "low",
+    )
+    assert maps(fig)[0].get_title() == "Composite reflectivity (input)"
+    assert colorbars(fig)[0].get_ylabel() == "Composite reflectivity [dBZ]"
+    assert maps(fig)[0].collections[0].get_clim() == (-10, 50)  # the same scale as mrr
+
+
+def test_ensemble_stats_match_numpy() -> None:
+    rng = np.random.default_rng(4)
+    members = {
+        "mrr": rng.uniform(0, 60, (5, 8, 8)),
+        "t2m": rng.normal(25, 2, (5, 8, 8)),
+        "wind": rng.uniform(0, 30, (5, 8, 8)),
+    }
+    stats = plotting.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2})
+    np.testing.assert_allclose(stats.mean["t2m"], members["t2m"].mean(axis=0))
+    np.testing.assert_allclose(stats.std["wind"], members["wind"].std(axis=0))
+    np.testing.assert_allclose(stats.probability["mrr"], (members["mrr"] >= 35).sum(axis=0) / 5)
+    assert set(stats.probability) == {"mrr", "wind"} and stats.members == 5
+    exact = plotting.ensemble_stats({"mrr": np.array([[[35.0]], [[34.9]]])}, {"mrr": 35.0})
+    assert float(exact.probability["mrr"][0, 0]) == 0.5  # ">=" counts the threshold itself
+
+
+def test_stats_figure_panels() -> None:
+    rng = np.random.default_rng(5)
+    members = {
+        "mrr": rng.uniform(0, 60, (4, N, N)),
+        "t2m": rng.normal(25, 2, (4, N, N)),
+        "wind": rng.uniform(0, 30, (4, N, N)),
+    }
+    stats = plotting.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2, "t2m": 30.0})
+    fig = plotting.stats_figure(stats, LAT, LON, SCALES, COAST, "stats")
+    titles = [ax.get_title() for ax in maps(fig)]
+    assert len(titles) == 9
+    assert titles[:2] == [
+        "Ensemble mean: maximum radar reflectivity",
+        "Ensemble spread: maximum radar reflectivity",
+    ]
+    assert (
+        "P(mrr ≥ 35 dBZ)" in titles
+        and "P(wind ≥ 17.2 m/s)" in titles
+        and "P(t2m ≥ 30 °C)" in titles
+    )
+    labels = [ax.get_ylabel() for ax in colorbars(fig)]
+    assert "Standard deviation [°C]" in labels and labels.count("Probability") == 3
+    prob = [ax for ax in maps(fig) if ax.get_title() == "P(mrr ≥ 35 dBZ)"][0]
+    assert prob.collections[0].get_clim() == (0.0, 1.0)
+    assert fig.get_suptitle() == "stats · 4 members"
+
+
+def test_figures_are_not_registered_with_pyplot() -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plotting.map_figure(fields(0), plotting.SAMPLE_PANELS, SCALES, COAST, "t")
+    assert plt.get_fignums() == before
+
+
+def test_input_arrays_are_not_modified() -> None:
+    f = fields(3)
+    copies = {k: v.copy() for k, v in f.values.items()}
+    plotting.map_figure(f, plotting.SAMPLE_PANELS, SCALES, COAST, "t")
+    for key, value in copies.items():
+        np.testing.assert_array_equal(f.values[key], value)
