@@ -52,6 +52,9 @@ ARROW_STEP = 16
 SAMPLE_FIGSIZE = (15.0, 5.5)
 STATS_FIGSIZE = (15.0, 15.0)
 COASTLINE_STYLE = {"color": "black", "linewidth": 0.6}
+#: Labelled gridlines, whole degrees.
+GRID_LONS = (117, 119, 121, 123, 125)
+GRID_LATS = (20, 22, 24, 26, 28)
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,14 @@ def _decorate(ax: Any, coastlines: Sequence[np.ndarray]) -> None:
 
     for segment in coastlines:
         ax.plot(segment[:, 0], segment[:, 1], transform=ccrs.PlateCarree(), **COASTLINE_STYLE)
-    gridlines = ax.gridlines(draw_labels=True, dms=True, x_inline=False, y_inline=False, alpha=0.5)
+    gridlines = ax.gridlines(
+        draw_labels=True,
+        xlocs=list(GRID_LONS),
+        ylocs=list(GRID_LATS),
+        x_inline=False,
+        y_inline=False,
+        alpha=0.5,
+    )
     gridlines.top_labels = gridlines.right_labels = False
     gridlines.xlabel_style = gridlines.ylabel_style = {"size": 8, "rotation": 0}
 
