@@ -352,3 +352,35 @@ def test_plot_lowres_needs_stored_inputs(tmp_path: Path, capsys) -> None:
     assert plot_main([str(path), "--plot-lowres"]) == 2
     assert "holds no low-resolution inputs" in capsys.readouterr().err
     assert not (tmp_path / "blog-plots").exists()
+
+
+def forecast_store(path: Path) -> Path:
+    """A small forecast store (2 lead times x 2 samples) written through the store module."""
+    from datetime import datetime
+
+    from corrdiff_tools.synthetic import curvilinear_grid
+
+    lat, lon = (a[1:-1, 1:-1] for a in curvilinear_grid())
+    layout = store.StoreLayout([datetime(2024, 7, 24, 0)], 2, lat, lon, lead_times=[6, 12])
+    store.create_store(path, layout, {}, {})
+    writer = store.StoreWriter(path)
+    rng = np.random.default_rng(1)
+    for lead in range(2):
+        fields = {
+            name: rng.normal(m, 2, (2, 448, 448))
+            for name, m in zip(store.OUTPUT_VARIABLES, (10, 300, 1, 1), strict=True)
+        }
+        writer.write_samples((0, lead), [0, 1], fields)
+    return path
+
+
+def test_forecast_store_names_files_by_lead_time(tmp_path: Path) -> None:
+    path = forecast_store(tmp_path / "fc.zarr")
+    assert plot(str(path), "--lead-time", "12", "--sample", "1", "--gif", "--jobs", "1", *FAST) == 0
+    names = sorted(p.name for p in (tmp_path / "fc-plots").iterdir())
+    assert names == ["corrdiff-2024-07-24T00-f012-sample-01.jpg", "corrdiff-2024-07-24T00-f012.gif"]
+    ds = store.open_store(path)
+    context = render.RenderContext(path, render.colour_scales(ds, False), [], {}, "png", 30)
+    fig = render.build_figure(render.Task("sample", 0, 1, 1, Path("x.png")), context)
+    assert fig.get_suptitle() == "CorrDiff sample 1 of 2 · valid 2024-07-24 12:00 UTC (+12 h)"
+    assert plot(str(path), "--lead-time", "3", *FAST) == 2

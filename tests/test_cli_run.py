@@ -412,7 +412,9 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     heavy, _ = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert heavy == "[]"
     assert "examples:" in result.stdout and "--samples" in result.stdout
-    assert elapsed < 5  # the whole interpreter; the import itself is ~0.1 s
+    heavy_free_seconds = float(result.stdout.strip().splitlines()[-1].rsplit(" ", 1)[1])
+    assert heavy_free_seconds < 1.0  # import + parse + print help, in-process
+    assert elapsed < 10  # the whole interpreter, with slack for a loaded CI machine
 
 
 def test_script_entry_point_and_version() -> None:
