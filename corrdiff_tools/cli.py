@@ -446,23 +446,55 @@ def _default_batch_size(args: argparse.Namespace, device: Any) -> tuple[int, boo
 
 
 def _run(args: argparse.Namespace) -> int:
+    from corrdiff_tools import distributed
     from corrdiff_tools import model as model_mod
 
     request = validate_run(args)
-    device = model_mod.resolve_device(args.device)
+    rank, world, local_rank = distributed.launched_ranks()
+    device_spec = args.device
+    if world > 1 and device_spec in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            device_spec = f"cuda:{local_rank}"  # one GPU per rank, pinned by LOCAL_RANK
+    device = model_mod.resolve_device(device_spec)
+    if rank != 0:
+        logger.setLevel(max(logger.level, logging.WARNING))  # one report, from rank 0
+    # Every rank has validated before any joins, so none can see another's store as
+    # "already existing"; joining the group is the first synchronisation point.
+    ranks = distributed.start(device.is_gpu)
+    try:
+        return _run_ranked(args, request, device, ranks)
+    finally:
+        ranks.close()
+
+
+def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, ranks: Any) -> int:
+    from corrdiff_tools import distributed
+    from corrdiff_tools import model as model_mod
+
     wall_start = clock.perf_counter()
-    logger.info("device: %s", device.description)
+    logger.info(
+        "device: %s%s",
+        device.description,
+        f" (rank {ranks.rank} of {ranks.world})" if ranks.enabled else "",
+    )
     import_model_stack(args)
 
     from corrdiff_tools import sources
 
-    source = sources.build_source(request.source, request.times)
+    source = sources.build_source(request.source, request.times) if ranks.is_root else None
     extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
 
     if args.prefetch is not None:
-        return _prefetch(args, request, source, extras)
+        code = _prefetch(args, request, source, extras) if ranks.is_root else 0
+        ranks.barrier()
+        return code
 
     load_start = clock.perf_counter()
+    if ranks.enabled and ranks.is_root:
+        model_mod.prepare_package(args.model_package)  # extract once, before the others load
+    ranks.barrier()
     corrdiff, precision = model_mod.load_corrdiff(args.model_package, device)
     load_time = clock.perf_counter() - load_start
     logger.info("model loaded in %.1f s (%s)", load_time, precision)
@@ -483,6 +515,7 @@ def _run(args: argparse.Namespace) -> int:
     done = store.StoreWriter(output).completed() if resuming else None
     leads = request.lead_times or [0]
     jobs = []
+    dealt = 0
     for ti, time in enumerate(request.times):
         for li, lead in enumerate(leads):
             index = (ti,) if request.lead_times is None else (ti, li)
@@ -490,25 +523,31 @@ def _run(args: argparse.Namespace) -> int:
                 s for s in range(args.samples) if done is None or not bool(done[(*index, s)])
             )
             if todo:
-                jobs.append(downscale.Job(index, time, lead, todo))
+                # Every rank keeps every job (rank 0 fetches and broadcasts its inputs),
+                # even one whose share of samples here is empty.
+                mine = distributed.share(todo, ranks, dealt)
+                jobs.append(downscale.Job(index, time, lead, mine))
+                dealt += len(todo)
     total = sum(len(job.samples) for job in jobs)
     if resuming:
-        logger.info("resuming %s: %d sample(s) left to compute", output, total)
-        if total == 0:
+        left = sum(ranks.gather(total))
+        logger.info("resuming %s: %d sample(s) left to compute", output, left)
+        if left == 0:
             logger.info("nothing to do: %s is complete", output)
             return 0
 
     attrs = _provenance(args, request, device.description, precision)
 
-    def open_writer() -> store.StoreWriter:
-        if resuming:
-            return store.StoreWriter(output)
-        if output.exists() and args.overwrite:
-            logger.info("replacing %s (--overwrite)", output)
-            shutil.rmtree(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        store.create_store(output, layout, attrs, request.settings)
-        return store.StoreWriter(output)
+    def open_writer() -> downscale.Writer:
+        if ranks.is_root and not resuming:
+            if output.exists() and args.overwrite:
+                logger.info("replacing %s (--overwrite)", output)
+                shutil.rmtree(output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            store.create_store(output, layout, attrs, request.settings)
+        ranks.barrier()  # every array exists before any rank writes
+        writer = store.StoreWriter(output)
+        return writer if ranks.is_root else _SamplesOnly(writer)
 
     def fetch(job: downscale.Job) -> dict[str, Any]:
         return sources.fetch_inputs(source, request.source, job.time, job.lead_hours, extras)
@@ -521,7 +560,7 @@ def _run(args: argparse.Namespace) -> int:
     with _progress(total, args) as bar:
         timings = downscale.downscale(
             jobs,
-            fetch,
+            distributed.broadcast_fetch(fetch, ranks),
             sampler,
             open_writer,
             seed=args.seed,
@@ -531,10 +570,11 @@ def _run(args: argparse.Namespace) -> int:
             overlap_fetch=request.source.kind != "file",
         )
     wall = clock.perf_counter() - wall_start
+    per_rank = ranks.gather((timings.samples, timings.inference, _peak_memory(device)))
     logger.info(
         "done: %d sample(s) for %d time(s) in %.1f s (fetch %.1f s, load %.1f s, inference "
         "%.1f s, write %.1f s); peak %s memory %s; wrote %s",
-        timings.samples,
+        sum(samples for samples, _, _ in per_rank),
         len(jobs),
         wall,
         timings.fetch,
@@ -545,7 +585,32 @@ def _run(args: argparse.Namespace) -> int:
         _peak_memory(device),
         output,
     )
+    if ranks.enabled:
+        for rank, (samples, seconds, peak) in enumerate(per_rank):
+            rate = samples / seconds if seconds > 0 else 0.0
+            logger.info(
+                "  rank %d: %d sample(s), %.1f s inference, %.3f samples/s, peak %s",
+                rank,
+                samples,
+                seconds,
+                rate,
+                peak,
+            )
     return 0
+
+
+class _SamplesOnly:
+    """A store writer for ranks other than 0: inputs are written by rank 0 alone."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def write_inputs(self, index: tuple[int, ...], fields: Any) -> None:
+        """Leave the inputs to rank 0."""
+
+    def write_samples(self, index: tuple[int, ...], samples: Any, fields: Any) -> None:
+        """Write this rank's samples."""
+        self._writer.write_samples(index, samples, fields)
 
 
 def _prefetch(args: argparse.Namespace, request: RunRequest, source: Any, extras: list[str]) -> int:

@@ -166,6 +166,10 @@ def prepare_package(spec: str) -> Path:
             )
         _write_stub_zip(staging)
         if target.exists():
+            # Another process (a rank, a parallel run) finished first: never pull a
+            # directory out from under a reader; keep theirs and drop ours.
+            if _extracted_root(target) and (target / PACKAGE_ZIP).is_file():
+                return target
             shutil.rmtree(target)
         staging.rename(target)
     except zipfile.BadZipFile as err:
