@@ -257,11 +257,7 @@ def guarded(
 
 
 def _report(prog: str, err: object, debug: bool) -> None:
-    if debug and isinstance(err, BaseException):
-        import traceback
-
-        traceback.print_exc()
-    elif debug:
+    if debug:
         import traceback
 
         traceback.print_exc()
