@@ -72,9 +72,10 @@ def main() -> None:
     ]  # fmt: skip
     script = str(ROOT / "run_corrdiff.py")
     # Warm the package cache so neither side pays the one-time extraction.
-    subprocess.run(
-        [sys.executable, script, *job, "--prefetch", str(workdir / "warm.nc")], env=env, check=False
-    )
+    os.environ["CORRDIFF_TOOLS_CACHE"] = env["CORRDIFF_TOOLS_CACHE"]
+    from corrdiff_tools.model import prepare_package
+
+    prepare_package(str(package))
 
     print(
         f"job: {args.times} time(s) x {args.samples} sample(s), {args.steps} steps, "

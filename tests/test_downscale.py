@@ -199,3 +199,21 @@ def test_downscale_creates_no_store_when_the_first_fetch_fails(sampler: CorrDiff
             [Job((0,), TIME, 0, (0,))], failing_fetch, sampler, lambda: opened.append(1), 0, 1
         )
     assert opened == []
+
+
+def test_a_job_with_no_samples_here_writes_inputs_but_computes_nothing(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    writer = ListWriter()
+    with Capture(sampler.model.regression_model.model) as regression:
+        timings = downscale(
+            [Job((0,), TIME, 0, ())],
+            lambda job: fields,
+            sampler,
+            lambda: writer,
+            seed=0,
+            batch_size=2,
+        )
+    assert regression.seen == [] and timings.samples == 0
+    assert [index for index, _ in writer.inputs] == [(0,)] and writer.samples == {}
