@@ -275,6 +275,32 @@ def fetch_inputs(
     return fields
 
 
+def input_dataarray(
+    data: np.ndarray,
+    times: Sequence[datetime],
+    variables: Sequence[str],
+    lat: np.ndarray,
+    lon: np.ndarray,
+) -> Any:
+    """Wrap fields as the DataArray ``--source PATH`` reads: dims (time, variable, lat, lon).
+
+    The same layout earth2studio's ``datasource_to_file`` writes and ``DataArrayFile`` reads.
+    """
+    import xarray as xr
+
+    return xr.DataArray(
+        data,
+        dims=("time", "variable", "lat", "lon"),
+        coords={
+            "time": np.array(times, dtype="datetime64[ns]"),
+            "variable": np.array(variables, dtype=object),
+            "lat": lat,
+            "lon": lon,
+        },
+        name="fields",
+    )
+
+
 def write_input_file(
     path: Path,
     times: Sequence[datetime],
@@ -284,21 +310,9 @@ def write_input_file(
 
     The file is cropped to the model's input box; NetCDF for a ``.nc`` name, else Zarr.
     """
-    import xarray as xr
-
     variables = list(fields[0])
     stacked = np.stack([np.stack([f[v] for v in variables]) for f in fields])
-    array = xr.DataArray(
-        stacked,
-        dims=("time", "variable", "lat", "lon"),
-        coords={
-            "time": np.array(times, dtype="datetime64[ns]"),
-            "variable": np.array(variables, dtype=object),
-            "lat": LR_LAT,
-            "lon": LR_LON,
-        },
-        name="fields",
-    )
+    array = input_dataarray(stacked, times, variables, LR_LAT, LR_LON)
     tmp = path.with_name(f".{path.name}.partial")
     if path.suffix == ".nc":
         array.to_netcdf(tmp)

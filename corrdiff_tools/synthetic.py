@@ -179,7 +179,7 @@ def synthetic_inputs(
     Returns an xarray DataArray with dims (time, variable, lat, lon), latitudes descending
     as GFS stores them, which is the layout ``--source PATH`` reads.
     """
-    import xarray as xr
+    from corrdiff_tools.sources import input_dataarray
 
     rng = np.random.default_rng(seed)
     lat = np.arange(LR_LAT[-1] + margin * 0.25, LR_LAT[0] - margin * 0.25 - 1e-9, -0.25)
@@ -194,14 +194,4 @@ def synthetic_inputs(
             field = np.sin(2 * np.pi * xx + phase[0]) * np.cos(np.pi * yy + phase[1])
             field += 0.3 * rng.standard_normal(field.shape)
             data[t, v] = centre + scale * field
-    return xr.DataArray(
-        data,
-        dims=("time", "variable", "lat", "lon"),
-        coords={
-            "time": np.array(times, dtype="datetime64[ns]"),
-            "variable": np.array(variables, dtype=object),
-            "lat": lat,
-            "lon": lon,
-        },
-        name="fields",
-    )
+    return input_dataarray(data, times, variables, lat, lon)
