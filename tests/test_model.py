@@ -90,6 +90,7 @@ def test_published_architecture_parameter_counts() -> None:
 
 
 @pytest.mark.network
+@pytest.mark.enable_socket
 def test_default_ngc_package_loads() -> None:
     loaded, precision = model.load_corrdiff(model.DEFAULT_PACKAGE, model.resolve_device("auto"))
     assert loaded.out_lat.shape == (448, 448)

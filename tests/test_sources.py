@@ -95,6 +95,7 @@ def test_infinite_input_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
+@pytest.mark.enable_socket
 def test_real_gfs_fetch() -> None:
     spec = sources.SourceSpec("gfs")
     got = sources.fetch_inputs(sources.build_source(spec), spec, NOON, 0, ["refc"])
