@@ -621,7 +621,7 @@ def _prefetch(args: argparse.Namespace, request: RunRequest, source: Any, extras
     sources.write_input_file(args.prefetch, request.times, fields)
     logger.info("inputs for %d time(s) written to %s", len(request.times), args.prefetch)
     directory = model_mod.prepare_package(args.model_package)
-    logger.info("model package cached in %s", directory)
+    logger.info("model package ready in %s: offline, pass --model-package %s", directory, directory)
     return 0
 
 

@@ -37,6 +37,8 @@ PACKAGE_ZIP = "corrdiff_inference_package.zip"
 PACKAGE_DIR = "corrdiff_inference_package"
 CHECKPOINTS = ("checkpoints/regression.mdlus", "checkpoints/diffusion.mdlus")
 DATASET = "dataset/2023-01-24-cwb-4years_5times.zarr"
+#: Size of a zip with no entries (just the end-of-central-directory record).
+EMPTY_ZIP_BYTES = 22
 
 
 def cache_root() -> Path:
@@ -89,6 +91,20 @@ def _extracted_root(path: Path) -> Path | None:
     return None
 
 
+def _zip_supersedes(directory: Path, extracted: Path) -> bool:
+    """Whether ``directory`` holds a real package zip newer than its extracted folder.
+
+    An extracted folder is used in place (no copy, no unzip) unless a non-empty zip beside
+    it is newer. This covers a folder the user unzipped, one earth2studio unzipped next to
+    its download, and this tool's own cache directories, whose zip is an empty stub.
+    """
+    archive = directory / PACKAGE_ZIP
+    if not archive.is_file() or archive.stat().st_size <= EMPTY_ZIP_BYTES:
+        return False
+    newest = max((extracted / c).stat().st_mtime for c in CHECKPOINTS)
+    return archive.stat().st_mtime > newest
+
+
 def _cache_key(path: Path) -> str:
     stat = path.stat()
     text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -136,7 +152,7 @@ def prepare_package(spec: str) -> Path:
     """
     local = None if is_remote(spec) else Path(spec.removeprefix("file://")).expanduser()
     extracted = _extracted_root(local) if local is not None and local.is_dir() else None
-    if extracted is not None and not (local / PACKAGE_ZIP).is_file():  # type: ignore[operator]
+    if extracted is not None and local is not None and not _zip_supersedes(local, extracted):
         target = cache_root() / "packages" / _cache_key(extracted)
         if not (target / PACKAGE_ZIP).is_file():
             target.mkdir(parents=True, exist_ok=True)

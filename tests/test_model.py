@@ -94,3 +94,26 @@ def test_published_architecture_parameter_counts() -> None:
 def test_default_ngc_package_loads() -> None:
     loaded, precision = model.load_corrdiff(model.DEFAULT_PACKAGE, model.resolve_device("auto"))
     assert loaded.out_lat.shape == (448, 448)
+
+
+def test_the_cache_directory_itself_is_a_valid_package(package_dir: Path) -> None:
+    cached = model.prepare_package(str(package_dir))
+    model.check_package_spec(str(cached))
+    assert model.prepare_package(str(cached)).resolve() != package_dir.resolve()
+    loaded, _ = model.load_corrdiff(str(cached), model.resolve_device("cpu"))
+    assert loaded.out_lat.shape == (448, 448)
+
+
+def test_an_extracted_folder_beside_an_older_zip_is_used_in_place(tmp_path: Path) -> None:
+    import os
+
+    build_package(tmp_path, zipped=True)
+    with zipfile.ZipFile(tmp_path / model.PACKAGE_ZIP) as archive:
+        archive.extractall(tmp_path)  # what earth2studio's load_model leaves behind
+    old = (tmp_path / model.PACKAGE_ZIP).stat().st_mtime - 60
+    os.utime(tmp_path / model.PACKAGE_ZIP, (old, old))
+    directory = model.prepare_package(str(tmp_path))
+    assert (directory / "corrdiff_inference_package").is_symlink()
+    os.utime(tmp_path / model.PACKAGE_ZIP, (old + 600, old + 600))  # a newer zip wins
+    directory = model.prepare_package(str(tmp_path))
+    assert not (directory / "corrdiff_inference_package").is_symlink()
