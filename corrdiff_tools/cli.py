@@ -458,11 +458,23 @@ def _run(args: argparse.Namespace) -> int:
         logger.setLevel(max(logger.level, logging.WARNING))  # one report, from rank 0
     # Every rank has validated before any joins, so none can see another's store as
     # "already existing"; joining the group is the first synchronisation point.
-    ranks = distributed.start(device.is_gpu)
+    from corrdiff_tools import store
+
+    lock = store.StoreLock(request.output) if rank == 0 and args.prefetch is None else None
+    if lock is not None:
+        try:
+            lock.acquire()  # after validation: a refused run has written nothing
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     try:
-        return _run_ranked(args, request, device, ranks)
+        ranks = distributed.start(device.is_gpu)
+        try:
+            return _run_ranked(args, request, device, ranks)
+        finally:
+            ranks.close()
     finally:
-        ranks.close()
+        if lock is not None:
+            lock.release()
 
 
 def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, ranks: Any) -> int:

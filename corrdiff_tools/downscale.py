@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from corrdiff_tools.errors import RunError
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
 
 logger = logging.getLogger(__name__)
@@ -290,14 +291,18 @@ def downscale(
                 start = clock.perf_counter()
                 try:
                     fields_hr = sampler.denormalise(mean + sampler.residuals(condition, seeds))
-                except torch.OutOfMemoryError:
-                    if not adaptive_batch or batch_size == 1:
-                        raise
-                    batch_size = max(1, batch_size // 2)
-                    logger.warning(
-                        "out of device memory: retrying with --batch-size %d", batch_size
-                    )
-                    torch.cuda.empty_cache()
+                except (torch.OutOfMemoryError, MemoryError) as err:
+                    if not adaptive_batch or len(batch) == 1:
+                        where = "device" if isinstance(err, torch.OutOfMemoryError) else "host"
+                        raise RunError(
+                            f"out of {where} memory with a batch of {len(batch)} sample(s): "
+                            "rerun with --resume and a smaller --batch-size (e.g. --batch-size "
+                            f"{max(1, len(batch) // 2)}); completed samples are kept"
+                        ) from err
+                    batch_size = max(1, len(batch) // 2)
+                    logger.warning("out of memory: retrying with --batch-size %d", batch_size)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
                     continue
                 timings.inference += clock.perf_counter() - start
                 timings.batch_sizes.append(len(batch))

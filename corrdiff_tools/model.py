@@ -176,9 +176,10 @@ def prepare_package(spec: str) -> Path:
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(staging)  # noqa: S202 - a model package the user chose to trust
         if _extracted_root(staging) is None:
+            missing = [c for c in CHECKPOINTS if not (staging / PACKAGE_DIR / c).exists()]
             raise UsageError(
-                f"--model-package {zip_path} is not a CorrDiff package: it lacks "
-                f"{PACKAGE_DIR}/{CHECKPOINTS[0]}"
+                f"--model-package {zip_path} is not a complete CorrDiff package: it lacks "
+                f"{PACKAGE_DIR}/{(missing or CHECKPOINTS)[0]}"
             )
         _write_stub_zip(staging)
         if target.exists():
@@ -252,6 +253,22 @@ def set_precision(model: Any, device: DeviceInfo) -> str:
     return "float16" if half else "float32"
 
 
+def check_loaded(model: Any, spec: str) -> None:
+    """Refuse a package whose grid or normalisation has the wrong shape, naming the file."""
+    dataset = f"{PACKAGE_DIR}/{DATASET}"
+    expected = {
+        "XLAT/XLONG": (tuple(model.out_lat_full.shape), (450, 450)),
+        "era5_center": (tuple(model.in_center.shape), (12, 1, 1)),
+        "cwb_center": (tuple(model.out_center.shape), (4, 1, 1)),
+    }
+    for name, (got, want) in expected.items():
+        if got != want:
+            raise UsageError(
+                f"--model-package {spec}: {dataset} has {name} of shape {got}, CorrDiff Taiwan "
+                f"needs {want}: this is not the Taiwan package, or it is damaged"
+            )
+
+
 def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
     """Load CorrDiff Taiwan from ``spec`` onto ``device``.
 
@@ -264,6 +281,10 @@ def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
     from earth2studio.models.dx import CorrDiffTaiwan
 
     directory = prepare_package(spec)
+    root = directory / PACKAGE_DIR
+    for relative in (*CHECKPOINTS, DATASET):
+        if not (root / relative).exists():
+            raise UsageError(f"--model-package {spec}: {PACKAGE_DIR}/{relative} is missing")
     try:
         model = CorrDiffTaiwan.load_model(Package(str(directory)))
     except Exception as err:  # noqa: BLE001 - a broken package fails in many ways
@@ -271,6 +292,7 @@ def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
             f"--model-package {spec} could not be loaded ({type(err).__name__}: {err}): "
             "check that it is a complete CorrDiff Taiwan inference package"
         ) from None
+    check_loaded(model, spec)
     precision = set_precision(model, device)
     model = model.to(device.device).eval()
     return model, precision

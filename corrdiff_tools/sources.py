@@ -10,6 +10,7 @@ offline use.
 from __future__ import annotations
 
 import logging
+import time as time_mod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,13 @@ logger = logging.getLogger(__name__)
 SOURCE_NAMES = ("gfs", "gfs-forecast", "era5")
 #: Tolerance (degrees) when matching a file's grid to the model's input grid.
 GRID_TOLERANCE = 1e-3
+#: Waits (seconds) between attempts at a remote fetch: network hiccups are common, outages
+#: are not, so three tries over ~20 s, then a clear failure (completed times stay stored).
+RETRY_DELAYS: tuple[float, ...] = (4.0, 16.0)
+CACHE_HINT = (
+    "if the same time keeps failing, delete its files under $EARTH2STUDIO_CACHE "
+    "(default ~/.cache/earth2studio) and rerun with --resume"
+)
 OFFLINE_HINT = (
     "to work offline, run with --prefetch FILE where there is internet, "
     "then --source FILE (and --model-package DIR for the weights)"
@@ -221,24 +229,41 @@ def fetch_fields(
     what = f"{', '.join(variables)} at {times_mod.format_time(time)}"
     if spec.is_forecast:
         what += f" +{lead_hours} h"
-    try:
-        x, coords = fetch_data(
-            source,
-            time=np.array([np.datetime64(time, "ns")]),
-            variable=np.array(list(variables)),
-            lead_time=np.array([np.timedelta64(lead_hours, "h")]),
-            device="cpu",
-        )
-        x, coords = map_coords(
-            x,
-            coords,
-            {"variable": np.array(list(variables)), "lat": LR_LAT, "lon": LR_LON},
-        )
-    except Exception as err:  # noqa: BLE001 - earth2studio sources raise many unrelated types
-        hint = "" if spec.kind == "file" else f"; {OFFLINE_HINT}"
-        raise RunError(
-            f"could not fetch {what} from {spec.label} ({type(err).__name__}: {err}){hint}"
-        ) from err
+    delays = () if spec.kind == "file" else RETRY_DELAYS
+    for attempt in range(len(delays) + 1):
+        try:
+            x, coords = fetch_data(
+                source,
+                time=np.array([np.datetime64(time, "ns")]),
+                variable=np.array(list(variables)),
+                lead_time=np.array([np.timedelta64(lead_hours, "h")]),
+                device="cpu",
+            )
+            x, coords = map_coords(
+                x,
+                coords,
+                {"variable": np.array(list(variables)), "lat": LR_LAT, "lon": LR_LON},
+            )
+            break
+        except Exception as err:  # noqa: BLE001 - earth2studio sources raise many types
+            if attempt < len(delays):
+                logger.warning(
+                    "fetching %s failed (%s: %s); retrying in %g s",
+                    what,
+                    type(err).__name__,
+                    err,
+                    delays[attempt],
+                )
+                time_mod.sleep(delays[attempt])
+                continue
+            hint = "" if spec.kind == "file" else f"; {OFFLINE_HINT}"
+            tries = f" after {attempt + 1} tries" if attempt else ""
+            raise RunError(
+                f"could not fetch {what} from {spec.label}{tries} ({type(err).__name__}: {err})"
+                f"{hint}; a cached download may be corrupt: {CACHE_HINT}"
+                if spec.kind != "file"
+                else f"could not read {what} from {spec.label} ({type(err).__name__}: {err})"
+            ) from err
     values = x.cpu().numpy().reshape(len(variables), LR_LAT.size, LR_LON.size).astype("float32")
     return {name: values[i] for i, name in enumerate(variables)}
 

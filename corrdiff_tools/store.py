@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from corrdiff_tools.errors import RunError
+
 #: Variables CorrDiff Taiwan writes, in the model's output order.
 OUTPUT_VARIABLES: tuple[str, ...] = ("mrr", "t2m", "u10m", "v10m")
 #: Variables CorrDiff Taiwan reads, in the model's input order.
@@ -243,7 +245,15 @@ def create_store(
         # zarr warns that consolidated metadata is not (yet) part of the v3 spec; xarray
         # and zarr-python read it, and without it every plain xr.open_zarr(path) warns.
         warnings.simplefilter("ignore")
-        dataset.to_zarr(str(path), mode="w-", compute=False, encoding=encoding, consolidated=True)
+        try:
+            dataset.to_zarr(
+                str(path), mode="w-", compute=False, encoding=encoding, consolidated=True
+            )
+        except OSError as err:
+            raise RunError(
+                f"could not create {path} ({err.strerror or err}): free some space or fix the "
+                "permissions, then rerun"
+            ) from err
 
 
 def is_store(path: str | Path) -> bool:
@@ -285,16 +295,25 @@ class StoreWriter:
     def _array(self, name: str) -> Any:
         return self._group[name]
 
+    def _failed(self, err: OSError) -> RunError:
+        return RunError(
+            f"could not write to {self.path} ({err.strerror or err}): free some space or fix "
+            "the permissions, then rerun with --resume (what was completed is kept)"
+        )
+
     def completed(self) -> np.ndarray:
         """Completion flags, shape ``(time, [lead_time,] sample)``, dtype bool."""
         return np.asarray(self._array(COMPLETED)[...]).astype(bool)
 
     def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store the low-resolution fields of one (time, [lead]) at ``index``."""
-        for name, values in fields.items():
-            key = lowres_name(name)
-            if key in self._group:
-                self._array(key)[index] = np.asarray(values, dtype="float32")
+        try:
+            for name, values in fields.items():
+                key = lowres_name(name)
+                if key in self._group:
+                    self._array(key)[index] = np.asarray(values, dtype="float32")
+        except OSError as err:
+            raise self._failed(err) from err
 
     def write_samples(
         self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
@@ -310,13 +329,17 @@ class StoreWriter:
         fields : mapping
             Output variable name -> array in physical units.
         """
-        for position, sample in enumerate(samples):
-            for name in OUTPUT_VARIABLES:
-                self._array(name)[(*index, sample)] = np.asarray(
-                    fields[name][position], dtype="float32"
-                )
-        for sample in samples:
-            self._array(COMPLETED)[(*index, sample)] = 1
+        try:
+            for position, sample in enumerate(samples):
+                for name in OUTPUT_VARIABLES:
+                    self._array(name)[(*index, sample)] = np.asarray(
+                        fields[name][position], dtype="float32"
+                    )
+            # Marked only once every variable of the batch is on disk.
+            for sample in samples:
+                self._array(COMPLETED)[(*index, sample)] = 1
+        except OSError as err:
+            raise self._failed(err) from err
 
 
 def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
@@ -366,3 +389,94 @@ def open_store(path: str | Path) -> Any:
         for key, value in VARIABLE_ATTRS[name].items():
             dataset[name].attrs.setdefault(key, value)
     return dataset
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of a store: ``<store>.lock`` beside it (it exists before the store does)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.lock")
+
+
+def _process_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StoreLock:
+    """An exclusive claim on a store for one run, as a file beside it.
+
+    Created atomically (``O_EXCL``) with the owner's pid, host and start time; removed when
+    the run ends, however it ends, short of being killed. A second run refuses to start. A
+    lock left by a run that was killed is detected (its pid is gone, on this host) and
+    reported with what to do; it is never taken over silently, because a lock on a shared
+    filesystem may belong to a run on another node that this process cannot see.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = lock_path(path)
+        self._held = False
+        self._made_parent = False
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ValueError saying who holds it and what to do."""
+        import os
+        import socket
+        import time
+
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True)
+            self._made_parent = True
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise ValueError(self._refusal()) from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(owner, handle)
+        self._held = True
+
+    def _refusal(self) -> str:
+        import socket
+        import time
+
+        try:
+            owner = json.loads(self.path.read_text())
+            pid, host = int(owner["pid"]), str(owner["host"])
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(owner["started"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            return (
+                f"{self.path} exists but is unreadable: if no run is writing this store, delete it"
+            )
+        target = self.path.name.removesuffix(".lock")
+        if host == socket.gethostname() and not _process_alive(pid):
+            return (
+                f"stale lock {self.path}: the run that took it (pid {pid}, started {since}) is "
+                f"no longer running; delete the lock file, then rerun with --resume to finish "
+                f"{target}"
+            )
+        return (
+            f"{target} is in use by another run (pid {pid} on {host}, started {since}): wait "
+            f"for it, or choose another --output; if that run is dead, delete {self.path}"
+        )
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+            if self._made_parent and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # leave no empty outputs/ behind a failed run
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -29,6 +29,13 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MPLBACKEND"] = "Agg"
 
 
+@pytest.fixture(autouse=True)
+def _no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from corrdiff_tools import sources
+
+    monkeypatch.setattr(sources, "RETRY_DELAYS", (0.0, 0.0))
+
+
 @pytest.fixture(scope="session")
 def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding a tiny corrdiff_inference_package.zip."""
