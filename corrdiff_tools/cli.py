@@ -866,7 +866,9 @@ def _plot(args: argparse.Namespace) -> int:
     if "completed" in dataset:
         samples_ok = dataset["completed"].values.astype(bool)
     else:
-        samples_ok = None
+        # Stores from other tools have no completion record: a sample whose 2 m
+        # temperature is missing everywhere was never written (or was lost).
+        samples_ok = dataset["t2m"].notnull().any(dim=("y", "x")).values
     tasks = render.plan(
         dataset, times, leads, samples, outdir, args.format, args.plot_lowres, args.stats
     )

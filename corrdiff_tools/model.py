@@ -76,6 +76,11 @@ def check_package_spec(spec: str) -> None:
         )
     if path.is_file() and path.suffix != ".zip":
         raise UsageError(f"--model-package {spec} is a file but not a zip: give the {PACKAGE_ZIP}")
+    folder = path / PACKAGE_DIR
+    if path.is_dir() and not (path / PACKAGE_ZIP).is_file() and folder.is_dir():
+        missing = [c for c in (*CHECKPOINTS, DATASET) if not (folder / c).exists()]
+        if missing:
+            raise UsageError(f"--model-package {spec}: {PACKAGE_DIR}/{missing[0]} is missing")
     if path.is_dir() and not (path / PACKAGE_ZIP).is_file() and not _extracted_root(path):
         raise UsageError(
             f"--model-package {spec} holds neither {PACKAGE_ZIP} nor an extracted {PACKAGE_DIR}/ "

@@ -56,7 +56,10 @@ def test_check_package_spec_rejects(tmp_path: Path, make, fragment: str) -> None
 def test_a_zip_that_is_not_a_package_is_a_usage_error(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / model.PACKAGE_ZIP, "w") as archive:
         archive.writestr("readme.txt", "not a model")
-    with pytest.raises(UsageError, match="is not a complete CorrDiff package: it lacks corrdiff_inference_package/checkpoints/regression.mdlus"):
+    with pytest.raises(
+        UsageError,
+        match="is not a complete CorrDiff package: it lacks corrdiff_inference_package/checkpoints/regression.mdlus",
+    ):
         model.prepare_package(str(tmp_path))
     (tmp_path / model.PACKAGE_ZIP).write_bytes(b"truncated")
     with pytest.raises(UsageError, match="is not a valid zip file"):

@@ -1,0 +1,509 @@
+"""Faults: killed runs, concurrent runs, network, memory, disk, broken packages, bad stores.
+
+Each fault is injected at a seam (the store writer, the data source, the sampler, the
+package) while the real CLI runs, and each test checks the exit code, the one line on
+stderr, and that the store is consistent and completes with --resume to the same values as
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corrdiff_tools import sources, store
+from corrdiff_tools.cli import parse_selection, parse_thresholds, plot_main, run_main
+from corrdiff_tools.downscale import CorrDiffSampler
+from corrdiff_tools.errors import UsageError
+from corrdiff_tools.store import OUTPUT_VARIABLES, StoreWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ["2024-07-24T06/2024-07-24T12", "--samples", "3", "--steps", "2", "--batch-size", "2"]
+Run = Callable[..., tuple[int, str]]
+REAL_BUILD_SOURCE = sources.build_source
+
+
+@pytest.fixture(scope="module")
+def reference(
+    package_dir: Path, input_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> xr.Dataset:
+    """The uninterrupted run every faulty run must end up equal to."""
+    path = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    args = [
+        *JOB,
+        "--source",
+        str(input_file),
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+    ]
+    assert run_main([*args, "--output", str(path), "-q"]) == 0
+    return xr.open_zarr(path).load()
+
+
+def assert_same_ensemble(path: Path, reference: xr.Dataset, exact: bool = True) -> None:
+    """Bitwise equal; or, when the batch size differed, equal to float32 rounding."""
+    got = xr.open_zarr(path).load()
+    np.testing.assert_array_equal(got["completed"].values, reference["completed"].values)
+    for name in OUTPUT_VARIABLES:
+        if exact:
+            np.testing.assert_array_equal(got[name].values, reference[name].values)
+        else:
+            np.testing.assert_allclose(
+                got[name].values, reference[name].values, rtol=1e-6, atol=1e-5
+            )
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert lines, "nothing on stderr"
+    return lines[-1]
+
+
+# ------------------------------------------------------------------- killed runs
+
+DRIVER = """
+import os, signal, sys
+from corrdiff_tools import store
+from corrdiff_tools.cli import run_main
+
+point = os.environ["KILL_AT"]
+calls = {"write_samples": 0}
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+real_create = store.create_store
+def create(*args, **kwargs):
+    real_create(*args, **kwargs)
+    if point == "after-create":
+        die()
+store.create_store = create
+
+real_write = store.StoreWriter.write_samples
+def write_samples(self, *args, **kwargs):
+    calls["write_samples"] += 1
+    if point == "between-pieces" and calls["write_samples"] == 2:
+        die()
+    return real_write(self, *args, **kwargs)
+store.StoreWriter.write_samples = write_samples
+
+real_array = store.StoreWriter._array
+def array(self, name):
+    if point == "mid-write" and calls["write_samples"] == 2 and name == "u10m":
+        die()
+    return real_array(self, name)
+store.StoreWriter._array = array
+
+sys.exit(run_main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "completed"),
+    [
+        ("after-create", [[0, 0, 0], [0, 0, 0]]),
+        ("between-pieces", [[1, 1, 0], [0, 0, 0]]),
+        ("mid-write", [[1, 1, 0], [0, 0, 0]]),
+    ],
+)
+def test_sigkill_then_resume_equals_an_uninterrupted_run(
+    point: str,
+    completed: list,
+    reference: xr.Dataset,
+    package_dir: Path,
+    input_file: Path,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "killed.zarr"
+    args = [
+        *JOB,
+        "--source",
+        str(input_file),
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, *args, "--output", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "KILL_AT": point},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    # Never reported complete when it is not: the half-written sample is not marked.
+    assert xr.open_zarr(path)["completed"].values.tolist() == completed
+
+    code = run_main([*args, "--output", str(path), "--resume", "-q"])
+    assert code == 2  # the killed run's lock is reported, not silently taken over
+    assert store.lock_path(path).exists()
+    store.lock_path(path).unlink()  # what the message tells the user to do
+    assert run_main([*args, "--output", str(path), "--resume", "-q"]) == 0
+    assert_same_ensemble(path, reference)
+    assert not store.lock_path(path).exists()
+
+
+# ------------------------------------------------------------------- concurrent runs
+
+
+def test_a_second_run_on_the_same_output_is_refused_and_the_first_is_unharmed(
+    reference: xr.Dataset,
+    package_dir: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "shared.zarr"
+    args = [
+        *JOB,
+        "--source",
+        str(input_file),
+        "--model-package",
+        str(package_dir),
+        "--device",
+        "cpu",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_corrdiff.py"), *args, "--output", str(path), "-q"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not store.lock_path(path).exists():
+        assert first.poll() is None and time.monotonic() < deadline, "first run never took its lock"
+        time.sleep(0.2)
+    code = run_main([*args, "--output", str(path), "--resume"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 2
+    assert f"shared.zarr is in use by another run (pid {first.pid} on " in line
+    assert first.wait(timeout=600) == 0, first.stderr.read() if first.stderr else ""
+    assert_same_ensemble(path, reference)
+    assert not store.lock_path(path).exists()
+
+
+def test_a_stale_lock_is_reported_with_what_to_do(run_tool: Run, tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    pid = int(dead.stdout)
+    lock = store.lock_path(tmp_path / "s.zarr")
+    import json
+    import socket
+
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": 0}))
+    code, err = run_tool("2024-07-24T12", "--output", "s.zarr")
+    assert code == 2
+    assert one_line(err) == (
+        f"run_corrdiff.py: error: stale lock {lock.relative_to(tmp_path)}: the run that took it (pid {pid}, "
+        "started 1970-01-01T00:00:00Z) is no longer running; delete the lock file, then rerun with "
+        "--resume to finish s.zarr"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr.lock"]
+
+
+# ------------------------------------------------------------------- network
+
+
+class FlakySource:
+    """The input file behind a source that fails as configured (the GFS seam)."""
+
+    def __init__(self, path: Path, fail_from: str | None = None, failures: int = 0) -> None:
+        self.inner = REAL_BUILD_SOURCE(sources.SourceSpec("file", path))
+        self.fail_from = np.datetime64(fail_from) if fail_from else None
+        self.failures = failures
+
+    def __call__(self, time: np.ndarray, variable: np.ndarray) -> xr.DataArray:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("Connection reset by peer: noaa-gfs-bdp-pds.s3.amazonaws.com")
+        if self.fail_from is not None and np.asarray(time).max() >= self.fail_from:
+            raise OSError("Network is unreachable: noaa-gfs-bdp-pds.s3.amazonaws.com")
+        return self.inner(time, variable)
+
+
+def gfs_args(package_dir: Path) -> list[str]:
+    return [*JOB, "--source", "gfs", "--model-package", str(package_dir), "--device", "cpu"]
+
+
+def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
+    reference: xr.Dataset, package_dir: Path, input_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = tmp_path / "net.zarr"
+    monkeypatch.setattr(
+        sources, "build_source", lambda spec, times: FlakySource(input_file, "2024-07-24T12")
+    )
+    assert run_main([*gfs_args(package_dir), "--output", str(path)]) == 1
+    err = capsys.readouterr().err
+    line = one_line(err)
+    assert line.startswith("run_corrdiff.py: error: could not fetch")
+    assert "at 2024-07-24T12:00 from gfs after 3 tries" in line and "noaa-gfs-bdp-pds" in line
+    assert "--prefetch FILE" in line
+    assert err.count("retrying in") == 2
+    assert xr.open_zarr(path)["completed"].values.tolist() == [[1, 1, 1], [0, 0, 0]]
+    assert not store.lock_path(path).exists()
+
+    monkeypatch.setattr(sources, "build_source", lambda spec, times: FlakySource(input_file))
+    assert run_main([*gfs_args(package_dir), "--output", str(path), "--resume", "-q"]) == 0
+    assert_same_ensemble(path, reference)
+
+
+def test_a_brief_network_hiccup_is_retried(
+    reference: xr.Dataset, package_dir: Path, input_file: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    flaky = FlakySource(input_file, failures=2)
+    monkeypatch.setattr(sources, "build_source", lambda spec, times: flaky)
+    assert run_main([*gfs_args(package_dir), "--output", str(tmp_path / "h.zarr")]) == 0
+    assert capsys.readouterr().err.count("retrying in") == 2
+    assert_same_ensemble(tmp_path / "h.zarr", reference)
+
+
+def test_a_corrupt_download_points_at_the_cache(
+    package_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class Corrupt:
+        def __call__(self, time: object, variable: object) -> None:
+            raise RuntimeError("ECCODES ERROR: grib_handle_new_from_message: truncated message")
+
+    monkeypatch.setattr(sources, "build_source", lambda spec, times: Corrupt())
+    assert run_main([*gfs_args(package_dir), "--output", str(tmp_path / "c.zarr")]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "truncated message" in line and "delete its files under $EARTH2STUDIO_CACHE" in line
+
+
+# ------------------------------------------------------------------- memory
+
+
+def test_out_of_memory_names_batch_size_and_resume_finishes(
+    reference: xr.Dataset, run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = CorrDiffSampler.residuals
+
+    def small_gpu(self: CorrDiffSampler, condition: object, seeds: list[int]) -> object:
+        if len(seeds) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.5 GiB")
+        return real(self, condition, seeds)
+
+    monkeypatch.setattr(CorrDiffSampler, "residuals", small_gpu)
+    code, err = run_tool(*JOB, "--output", "oom.zarr")
+    assert code == 1
+    assert one_line(err) == (
+        "run_corrdiff.py: error: out of device memory with a batch of 2 sample(s): rerun with "
+        "--resume and a smaller --batch-size (e.g. --batch-size 1); completed samples are kept"
+    )
+    code, err = run_tool(*JOB[:-2], "--batch-size", "1", "--output", "oom.zarr", "--resume")
+    assert code == 0, err
+    # Batches of 1 instead of 2 change the summation order inside convolutions: ~1 ulp.
+    assert_same_ensemble(tmp_path / "oom.zarr", reference, exact=False)
+
+
+def test_automatic_batch_size_backs_off(
+    loaded_model: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import datetime
+
+    from corrdiff_tools.downscale import Job, downscale
+    from corrdiff_tools.synthetic import synthetic_inputs
+
+    sampler = CorrDiffSampler(loaded_model, steps=2)
+    real = CorrDiffSampler.residuals
+    monkeypatch.setattr(
+        CorrDiffSampler,
+        "residuals",
+        lambda self, c, seeds: (
+            (_ for _ in ()).throw(MemoryError()) if len(seeds) > 1 else real(self, c, seeds)
+        ),
+    )
+    array = synthetic_inputs([datetime(2024, 7, 24, 12)]).sel(lat=store.LR_LAT, lon=store.LR_LON)
+    fields = {v: array.sel(variable=v).values[0] for v in store.INPUT_VARIABLES}
+
+    class Sink:
+        def write_inputs(self, *a: object) -> None: ...
+        def write_samples(self, *a: object) -> None: ...
+
+    timings = downscale(
+        [Job((0,), datetime(2024, 7, 24, 12), 0, (0, 1, 2, 3))], lambda job: fields, sampler, Sink,
+        seed=0, batch_size=4, adaptive_batch=True,
+    )  # fmt: skip
+    assert timings.batch_sizes == [1, 1, 1, 1] and timings.samples == 4
+
+
+# ------------------------------------------------------------------- disk
+
+
+def test_disk_full_mid_run_is_one_line_and_the_store_resumes(
+    reference: xr.Dataset, run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = StoreWriter._array
+    writes = {"fields": 0}
+
+    def filling_disk(self: StoreWriter, name: str) -> object:
+        if name in OUTPUT_VARIABLES:
+            writes["fields"] += 1
+            if writes["fields"] == 10:  # the 2nd variable of the 3rd sample
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name)
+
+    monkeypatch.setattr(StoreWriter, "_array", filling_disk)
+    code, err = run_tool(*JOB, "--output", "full.zarr")
+    assert code == 1
+    assert one_line(err) == (
+        "run_corrdiff.py: error: could not write to full.zarr (No space left on device): free some "
+        "space or fix the permissions, then rerun with --resume (what was completed is kept)"
+    )
+    monkeypatch.setattr(StoreWriter, "_array", real)
+    assert xr.open_zarr(tmp_path / "full.zarr")["completed"].values.tolist() == [
+        [1, 1, 0],
+        [0, 0, 0],
+    ]
+    assert not store.lock_path(tmp_path / "full.zarr").exists()
+    code, err = run_tool(*JOB, "--output", "full.zarr", "--resume")
+    assert code == 0, err
+    assert_same_ensemble(tmp_path / "full.zarr", reference)
+
+
+def test_unwritable_output_at_creation(
+    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", denied)
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "denied.zarr")
+    assert code == 1
+    assert one_line(err).startswith(
+        "run_corrdiff.py: error: could not create denied.zarr (Permission denied)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- broken packages
+
+
+def test_package_with_a_missing_checkpoint(run_tool: Run, tmp_path: Path) -> None:
+    from corrdiff_tools.synthetic import build_package
+
+    build_package(tmp_path / "pkg", zipped=False)
+    (tmp_path / "pkg" / "corrdiff_inference_package" / "checkpoints" / "diffusion.mdlus").unlink()
+    code, err = run_tool("2024-07-24T12", "--model-package", str(tmp_path / "pkg"))
+    assert code == 2
+    assert one_line(err).endswith(
+        "corrdiff_inference_package/checkpoints/diffusion.mdlus is missing"
+    )
+
+
+def test_package_with_the_wrong_grid(run_tool: Run, tmp_path: Path) -> None:
+    from corrdiff_tools.synthetic import build_package
+
+    build_package(tmp_path / "pkg", zipped=False, seed=3)
+    dataset = (
+        tmp_path
+        / "pkg"
+        / "corrdiff_inference_package"
+        / "dataset"
+        / "2023-01-24-cwb-4years_5times.zarr"
+    )
+    group = zarr.open_group(str(dataset), mode="r+")
+    for name in ("XLAT", "XLONG"):
+        del group[name]
+        group.create_array(name, data=np.zeros((100, 100), dtype="float32"))
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--model-package", str(tmp_path / "pkg"))
+    assert code == 2
+    line = one_line(err)
+    assert "dataset/2023-01-24-cwb-4years_5times.zarr has XLAT/XLONG of shape (100, 100)" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+# ------------------------------------------------------------------- stores from elsewhere
+
+
+def test_run_tool_refuses_to_resume_a_store_it_did_not_write(run_tool: Run, tmp_path: Path) -> None:
+    xr.Dataset({"t2m": (("time",), [1.0])}).to_zarr(tmp_path / "other.zarr")
+    code, err = run_tool("2024-07-24T12", "--output", "other.zarr", "--resume")
+    assert code == 2 and "is not a corrdiff-tools store; refusing to touch it" in err
+
+
+def test_plot_tool_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import datetime
+
+    lat, lon = np.meshgrid(np.linspace(20, 27, 448), np.linspace(117, 125, 448), indexing="ij")
+    store.create_store(
+        tmp_path / "empty.zarr", store.StoreLayout([datetime(2024, 7, 24)], 2, lat, lon), {}, {}
+    )
+    assert plot_main([str(tmp_path / "empty.zarr")]) == 2
+    assert "nothing to draw: every selected sample is incomplete" in capsys.readouterr().err
+    assert not (tmp_path / "empty-plots").exists()
+
+
+def test_plot_tool_skips_a_nan_filled_sample_of_a_foreign_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_cli_plot import blog_store
+
+    path = blog_store(tmp_path / "blog.zarr", samples=2)
+    zarr.open_group(str(path), mode="r+")["t2m"][0, 1] = np.full(
+        (448, 448), np.nan, dtype="float32"
+    )
+    assert plot_main([str(path), "--dpi", "20", "--jobs", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "blog-plots").iterdir()) == [
+        "corrdiff-2024-07-24T12-sample-00.jpg"
+    ]
+    assert "skipping corrdiff-2024-07-24T12-sample-01.jpg" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- typed garbage
+
+
+@given(st.text(max_size=30), st.integers(min_value=1, max_value=50))
+def test_sample_selectors_parse_or_refuse(text: str, size: int) -> None:
+    try:
+        chosen = parse_selection(text, size, "--sample")
+    except UsageError as err:
+        assert "\n" not in str(err) and "--sample" in str(err)
+    else:
+        assert chosen == sorted(set(chosen)) and all(0 <= i < size for i in chosen)
+
+
+@given(st.lists(st.text(max_size=20), max_size=3))
+def test_thresholds_parse_or_refuse(values: list[str]) -> None:
+    try:
+        got = parse_thresholds(values)
+    except UsageError as err:
+        assert "\n" not in str(err) and "--threshold" in str(err)
+    else:
+        assert set(got) <= {"mrr", "t2m", "wind"} and all(np.isfinite(v) for v in got.values())
+
+
+@given(
+    st.integers(min_value=0, max_value=9), st.integers(min_value=0, max_value=9), st.integers(1, 12)
+)
+def test_sample_ranges_are_inclusive(low: int, high: int, size: int) -> None:
+    text = f"{low}-{high}"
+    if low > high or high >= size:
+        with pytest.raises(UsageError):
+            parse_selection(text, size, "--sample")
+    else:
+        assert parse_selection(text, size, "--sample") == list(range(low, high + 1))
