@@ -32,10 +32,6 @@ GRID_TOLERANCE = 1e-3
 #: Waits (seconds) between attempts at a remote fetch: network hiccups are common, outages
 #: are not, so three tries over ~20 s, then a clear failure (completed times stay stored).
 RETRY_DELAYS: tuple[float, ...] = (4.0, 16.0)
-CACHE_HINT = (
-    "if the same time keeps failing, delete its files under $EARTH2STUDIO_CACHE "
-    "(default ~/.cache/earth2studio) and rerun with --resume"
-)
 OFFLINE_HINT = (
     "to work offline, run with --prefetch FILE where there is internet, "
     "then --source FILE (and --model-package DIR for the weights)"
@@ -204,6 +200,15 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> Any:
     return source
 
 
+def cache_hint(source: Any) -> str:
+    """What to delete when a source's cached download is corrupt (its own cache directory)."""
+    try:
+        directory = str(source.cache)  # earth2studio sources expose their cache location
+    except Exception:  # noqa: BLE001 - a source without one: name the root instead
+        directory = "$EARTH2STUDIO_CACHE (default ~/.cache/earth2studio)"
+    return f"delete {directory} and rerun with --resume"
+
+
 def fetch_fields(
     source: Any,
     spec: SourceSpec,
@@ -256,13 +261,15 @@ def fetch_fields(
                 )
                 time_mod.sleep(delays[attempt])
                 continue
-            hint = "" if spec.kind == "file" else f"; {OFFLINE_HINT}"
+            if spec.kind == "file":
+                raise RunError(
+                    f"could not read {what} from {spec.label} ({type(err).__name__}: {err})"
+                ) from err
             tries = f" after {attempt + 1} tries" if attempt else ""
             raise RunError(
-                f"could not fetch {what} from {spec.label}{tries} ({type(err).__name__}: {err})"
-                f"{hint}; a cached download may be corrupt: {CACHE_HINT}"
-                if spec.kind != "file"
-                else f"could not read {what} from {spec.label} ({type(err).__name__}: {err})"
+                f"could not fetch {what} from {spec.label}{tries} ({type(err).__name__}: {err}); "
+                f"{OFFLINE_HINT}; if the network is fine, a cached download may be corrupt: "
+                f"{cache_hint(source)}"
             ) from err
     values = x.cpu().numpy().reshape(len(variables), LR_LAT.size, LR_LON.size).astype("float32")
     return {name: values[i] for i, name in enumerate(variables)}

@@ -285,13 +285,51 @@ def test_a_corrupt_download_points_at_the_cache(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     class Corrupt:
+        cache = str(tmp_path / "cache" / "gfs")
+
         def __call__(self, time: object, variable: object) -> None:
             raise RuntimeError("ECCODES ERROR: grib_handle_new_from_message: truncated message")
 
     monkeypatch.setattr(sources, "build_source", lambda spec, times: Corrupt())
     assert run_main([*gfs_args(package_dir), "--output", str(tmp_path / "c.zarr")]) == 1
     line = one_line(capsys.readouterr().err)
-    assert "truncated message" in line and "delete its files under $EARTH2STUDIO_CACHE" in line
+    assert "truncated message" in line
+    assert line.endswith(
+        f"a cached download may be corrupt: delete {tmp_path}/cache/gfs and rerun with --resume"
+    )
+
+
+def test_the_real_gfs_source_names_its_cache_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EARTH2STUDIO_CACHE", str(tmp_path))
+    hint = sources.cache_hint(sources.build_source(sources.SourceSpec("gfs")))
+    assert hint == f"delete {tmp_path}/gfs and rerun with --resume"
+
+
+def test_model_download_failure_is_one_line_with_the_offline_route(
+    input_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from earth2studio.models.auto import Package
+
+    def unreachable(self: object, name: str) -> str:
+        raise OSError("Cannot connect to host api.ngc.nvidia.com:443 [Name or service not known]")
+
+    monkeypatch.setattr(Package, "resolve", unreachable)
+    monkeypatch.chdir(tmp_path)
+    code = run_main(["2024-07-24T12", "--source", str(input_file), "--device", "cpu"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 1
+    assert line.startswith(
+        "run_corrdiff.py: error: could not download the model package "
+        "ngc://models/nvidia/modulus/corrdiff_inference_package@1 (OSError: Cannot connect to host "
+        "api.ngc.nvidia.com:443"
+    )
+    assert line.endswith("and pass --model-package DIR")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------- memory
