@@ -29,6 +29,11 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["MPLBACKEND"] = "Agg"
 
 
+def offline_args(package_dir: Path, input_file: Path) -> list[str]:
+    """run_corrdiff.py options that use the test package and input file, on CPU."""
+    return ["--source", str(input_file), "--model-package", str(package_dir), "--device", "cpu"]
+
+
 @pytest.fixture(autouse=True)
 def _no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     from corrdiff_tools import sources
@@ -76,11 +81,7 @@ def run_tool(
     monkeypatch.chdir(tmp_path)
 
     def run(*args: str, offline: bool = True) -> tuple[int, str]:
-        base = (
-            ["--source", str(input_file), "--model-package", str(package_dir), "--device", "cpu"]
-            if offline
-            else []
-        )
+        base = offline_args(package_dir, input_file) if offline else []
         capsys.readouterr()
         code = run_main([*base, *args])
         return code, capsys.readouterr().err

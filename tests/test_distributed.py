@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from conftest import offline_args
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -101,15 +102,7 @@ def stores(
     package_dir: Path, input_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("distributed")
-    common = [
-        *JOB,
-        "--source",
-        str(input_file),
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-    ]
+    common = [*JOB, *offline_args(package_dir, input_file)]
     single = run([*common, "--output", str(base / "single.zarr")], {})
     assert single.returncode == 0, single.stderr
     double = run([*common, "--output", str(base / "double.zarr")], {}, processes=2)

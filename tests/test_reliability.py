@@ -22,6 +22,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
+from conftest import offline_args
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,15 +44,7 @@ def reference(
 ) -> xr.Dataset:
     """The uninterrupted run every faulty run must end up equal to."""
     path = tmp_path_factory.mktemp("reference") / "ref.zarr"
-    args = [
-        *JOB,
-        "--source",
-        str(input_file),
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-    ]
+    args = [*JOB, *offline_args(package_dir, input_file)]
     assert run_main([*args, "--output", str(path), "-q"]) == 0
     return xr.open_zarr(path).load()
 
@@ -131,15 +124,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "killed.zarr"
-    args = [
-        *JOB,
-        "--source",
-        str(input_file),
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-    ]
+    args = [*JOB, *offline_args(package_dir, input_file)]
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, *args, "--output", str(path)],
         cwd=ROOT,
@@ -172,15 +157,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_is_unharmed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = tmp_path / "shared.zarr"
-    args = [
-        *JOB,
-        "--source",
-        str(input_file),
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-    ]
+    args = [*JOB, *offline_args(package_dir, input_file)]
     first = subprocess.Popen(
         [sys.executable, str(ROOT / "run_corrdiff.py"), *args, "--output", str(path), "-q"],
         cwd=ROOT,
