@@ -78,7 +78,7 @@ def check_package_spec(spec: str) -> None:
         raise UsageError(f"--model-package {spec} is a file but not a zip: give the {PACKAGE_ZIP}")
     folder = path / PACKAGE_DIR
     if path.is_dir() and not (path / PACKAGE_ZIP).is_file() and folder.is_dir():
-        missing = [c for c in (*CHECKPOINTS, DATASET) if not (folder / c).exists()]
+        missing = _missing_files(folder)
         if missing:
             raise UsageError(f"--model-package {spec}: {PACKAGE_DIR}/{missing[0]} is missing")
     if path.is_dir() and not (path / PACKAGE_ZIP).is_file() and not _extracted_root(path):
@@ -86,6 +86,11 @@ def check_package_spec(spec: str) -> None:
             f"--model-package {spec} holds neither {PACKAGE_ZIP} nor an extracted {PACKAGE_DIR}/ "
             f"with {CHECKPOINTS[0]}: point it at the directory you downloaded the package to"
         )
+
+
+def _missing_files(folder: Path) -> list[str]:
+    """Files of the package layout that ``folder`` (an extracted package) lacks."""
+    return [name for name in (*CHECKPOINTS, DATASET) if not (folder / name).exists()]
 
 
 def _extracted_root(path: Path) -> Path | None:
@@ -181,7 +186,7 @@ def prepare_package(spec: str) -> Path:
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(staging)  # noqa: S202 - a model package the user chose to trust
         if _extracted_root(staging) is None:
-            missing = [c for c in CHECKPOINTS if not (staging / PACKAGE_DIR / c).exists()]
+            missing = _missing_files(staging / PACKAGE_DIR)
             raise UsageError(
                 f"--model-package {zip_path} is not a complete CorrDiff package: it lacks "
                 f"{PACKAGE_DIR}/{(missing or CHECKPOINTS)[0]}"
@@ -287,9 +292,9 @@ def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
 
     directory = prepare_package(spec)
     root = directory / PACKAGE_DIR
-    for relative in (*CHECKPOINTS, DATASET):
-        if not (root / relative).exists():
-            raise UsageError(f"--model-package {spec}: {PACKAGE_DIR}/{relative} is missing")
+    missing = _missing_files(root)
+    if missing:
+        raise UsageError(f"--model-package {spec}: {PACKAGE_DIR}/{missing[0]} is missing")
     try:
         model = CorrDiffTaiwan.load_model(Package(str(directory)))
     except Exception as err:  # noqa: BLE001 - a broken package fails in many ways
