@@ -80,10 +80,10 @@ def run_tool(
 
     monkeypatch.chdir(tmp_path)
 
-    def run(*args: str, offline: bool = True) -> tuple[int, str]:
-        base = offline_args(package_dir, input_file) if offline else []
+    def run(*args: str) -> tuple[int, str]:
+        # The offline defaults come first, so a test's own --source (say) overrides them.
         capsys.readouterr()
-        code = run_main([*base, *args])
+        code = run_main([*offline_args(package_dir, input_file), *args])
         return code, capsys.readouterr().err
 
     return run

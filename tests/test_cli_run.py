@@ -306,7 +306,7 @@ def test_nan_input_is_refused_naming_variable_and_time(
 
 
 def test_network_failure_is_one_line_with_the_offline_options(
-    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package_dir: Path
+    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from corrdiff_tools import sources
 
@@ -319,11 +319,6 @@ def test_network_failure_is_one_line_with_the_offline_options(
         "2024-07-24T12",
         "--source",
         "gfs",
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-        offline=False,
     )
     assert code == 1
     lines = err.strip().splitlines()
@@ -338,7 +333,6 @@ def test_prefetch_writes_a_file_the_run_can_use(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     input_file: Path,
-    package_dir: Path,
 ) -> None:
     from corrdiff_tools import sources
 
@@ -355,11 +349,6 @@ def test_prefetch_writes_a_file_the_run_can_use(
         "gfs",
         "--prefetch",
         "pre.nc",
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-        offline=False,
     )
     assert code == 0, err
     fetched = load_inputs(tmp_path / "pre.nc")
@@ -371,13 +360,8 @@ def test_prefetch_writes_a_file_the_run_can_use(
         "2024-07-24T06",
         "--source",
         "pre.nc",
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
         "--steps",
         "2",
-        offline=False,
     )
     assert code == 0, err
     ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06.zarr")
@@ -390,9 +374,6 @@ def test_prefetch_writes_a_file_the_run_can_use(
         "gfs",
         "--prefetch",
         "pre.nc",
-        "--model-package",
-        str(package_dir),
-        offline=False,
     )
     assert code == 2 and "--prefetch pre.nc already exists" in err
 
@@ -452,7 +433,6 @@ def test_forecast_source_adds_a_lead_time_axis(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     input_file: Path,
-    package_dir: Path,
 ) -> None:
     from corrdiff_tools import sources
 
@@ -468,11 +448,6 @@ def test_forecast_source_adds_a_lead_time_axis(
         "2",
         "--steps",
         "2",
-        "--model-package",
-        str(package_dir),
-        "--device",
-        "cpu",
-        offline=False,
     )
     assert code == 0, err
     ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06.zarr")
