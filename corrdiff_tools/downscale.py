@@ -239,8 +239,8 @@ def downscale(
         Called with the number of samples finished after each batch.
     overlap_fetch : bool
         Fetch the next job's inputs in a background thread while this one computes. Off
-        for local files: they are read in milliseconds, and HDF5 (NetCDF) is not
-        thread-safe.
+        for local files: ``sources.build_source`` has already read them into memory, so
+        there is nothing to overlap.
 
     Returns
     -------
