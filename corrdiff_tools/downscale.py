@@ -18,9 +18,10 @@ physicsnemo's networks and deterministic EDM sampler unchanged.
 Other differences from ``CorrDiffTaiwan.__call__``: the initial noise of sample ``i`` at
 time ``t`` comes from a generator seeded by ``(seed, t, lead, i)`` alone (earth2studio
 draws one random seed per call), so an ensemble does not depend on batch size, device
-count or which other times are in the run; samples go through the diffusion net in
-batches of at most ``batch_size`` (earth2studio sends all at once, so memory grows with
-the ensemble); the regression mean is computed once per time and broadcast.
+count or which other times are in the run; the sampler's churn noise, multiplied by
+exactly 0 in the published deterministic setting, is not drawn; samples go through the
+diffusion net in batches of at most ``batch_size`` (earth2studio sends all at once, so
+memory grows with the ensemble); the regression mean is computed once per time and broadcast.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class CorrDiffSampler:
             deterministic_sampler,
         )
 
+        from corrdiff_tools.speed import zero_churn_noise
+
         latents = torch.stack(
             [
                 torch.randn(
@@ -149,6 +152,7 @@ class CorrDiffSampler:
                 condition.expand(len(seeds), -1, -1, -1),
                 num_steps=self.steps,
                 solver=self.solver,
+                randn_like=zero_churn_noise,  # no churn: the noise term is exactly 0
             )
 
     def denormalise(self, x: Any) -> np.ndarray:
