@@ -44,6 +44,8 @@ examples:
   run_corrdiff.py 2024-07-24T12 --source gaemi.nc --model-package ~/corrdiff
   run_corrdiff.py 2024-07-24T00/2024-07-31T18 --samples 16 --resume
       continue an interrupted run, computing only what is missing
+  run_corrdiff.py --benchmark --samples 4 --peak-tflops 1300
+      time the published architecture (random weights) on this machine, no downloads
 """
 
 
@@ -85,10 +87,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "times",
-        nargs="+",
+        nargs="*",
         metavar="TIME",
         help="UTC time (2024-07-24T12:00, 2024-07-24T12, '2024-07-24 12:00Z'), or a range "
-        "START/END (every 6 h, inclusive) or START/END/12h",
+        "START/END (every 6 h, inclusive) or START/END/12h; at least one unless --benchmark",
     )
     parser.add_argument(
         "--samples", type=_positive_int("--samples"), default=1, help="ensemble size (default 1)"
@@ -158,8 +160,47 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="download the inputs for TIME into FILE (.nc for NetCDF, else Zarr) and the "
         "model package into the cache, then stop",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile both networks: faster calls after a slow first one (minutes on "
+        "a CPU); results equal to rounding, not bitwise",
+    )
+    bench = parser.add_argument_group("benchmark (no TIME, no downloads)")
+    bench.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="time the published architecture with random weights and synthetic inputs, "
+        "honouring --samples, --steps, --solver, --batch-size, --device and --compile",
+    )
+    bench.add_argument(
+        "--benchmark-size",
+        choices=("full", "small", "narrow", "tiny"),
+        default="full",
+        help="full: the published width (default); small/narrow: same depth at 1/4 or 1/8 of "
+        "the width, for quick CPU checks; tiny: a smoke test",
+    )
+    bench.add_argument(
+        "--peak-tflops",
+        type=_positive_float("--peak-tflops"),
+        metavar="T",
+        help="the device's peak TFLOP/s for the precision used, to report the fraction achieved",
+    )
     _add_common_options(parser)
     return parser
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        return value
+
+    return parse
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -309,6 +350,11 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     from corrdiff_tools import model as model_mod
     from corrdiff_tools import sources
 
+    if not args.times:
+        raise UsageError(
+            "no TIME given: name at least one, e.g. run_corrdiff.py 2024-07-24T12:00, "
+            "or pass --benchmark to time the model without data"
+        )
     times = times_mod.parse_times(args.times)
     source = sources.parse_source(args.source)
     if args.lead_time is not None and not source.is_forecast:
@@ -441,10 +487,50 @@ def _default_batch_size(args: argparse.Namespace, device: Any) -> tuple[int, boo
     return max(1, min(args.samples, int(free * 0.75) // per_sample)), True
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    """``--benchmark``: time a random-weight model of the published shape, write nothing."""
+    from corrdiff_tools import benchmark, speed
+    from corrdiff_tools import model as model_mod
+
+    if args.times:
+        raise UsageError(
+            f"--benchmark takes no TIME (got {' '.join(args.times)}): it uses synthetic "
+            "inputs; drop the time, or drop --benchmark to downscale it"
+        )
+    for flag, given in (
+        ("--resume", args.resume),
+        ("--overwrite", args.overwrite),
+        ("--prefetch", args.prefetch is not None),
+        ("--output", args.output is not None),
+        ("--lead-time", args.lead_time is not None),
+    ):
+        if given:
+            raise UsageError(f"--benchmark writes nothing, so {flag} does not apply: drop it")
+    device = model_mod.resolve_device(args.device)
+    speed.tune_host_allocator()
+    logger.info("device: %s", device.description)
+    import_model_stack(args)
+    batch_size, _ = _default_batch_size(args, device)
+    result = benchmark.run_benchmark(
+        device,
+        args.benchmark_size,
+        samples=args.samples,
+        batch_size=batch_size,
+        steps=args.steps,
+        solver=args.solver,
+        compile_nets=args.compile,
+        seed=args.seed,
+    )
+    benchmark.report(result, args.peak_tflops)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from corrdiff_tools import distributed
     from corrdiff_tools import model as model_mod
 
+    if args.benchmark:
+        return _benchmark(args)
     request = validate_run(args)
     rank, world, local_rank = distributed.launched_ranks()
     device_spec = args.device
@@ -499,6 +585,9 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
         ranks.barrier()
         return code
 
+    from corrdiff_tools import speed
+
+    speed.tune_host_allocator()  # before the first large allocation (see speed.py)
     load_start = clock.perf_counter()
     if ranks.enabled and ranks.is_root:
         model_mod.prepare_package(args.model_package)  # extract once, before the others load
@@ -506,6 +595,9 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
     corrdiff, precision = model_mod.load_corrdiff(args.model_package, device)
     load_time = clock.perf_counter() - load_start
     logger.info("model loaded in %.1f s (%s)", load_time, precision)
+    if args.compile:
+        speed.compile_networks(corrdiff)
+        logger.info("networks will be compiled on their first call (slow once)")
 
     from corrdiff_tools import downscale, store
 

@@ -235,7 +235,7 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--overwrite", "--resume"], "not allowed with argument"),
     (["2024-07-24T12", "--output", "/proc/forbidden.zarr"], "cannot write in /proc"),
     (["2024-07-24T12", "--bogus"], "unrecognized arguments: --bogus"),
-    ([], "the following arguments are required: TIME"),
+    ([], "no TIME given: name at least one"),
 ]
 
 

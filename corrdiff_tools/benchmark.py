@@ -1,0 +1,235 @@
+"""``run_corrdiff.py --benchmark``: size a machine before downloading anything.
+
+The published architecture with seeded random weights costs exactly what the real
+weights cost, so this builds that package (``synthetic.build_package``) in a temporary
+directory, loads it through the same path as a real run (earth2studio's ``load_model``,
+our precision and GroupNorm levers), and times the same sampler on synthetic inputs.
+FLOPs are counted by torch's own ``FlopCounterMode`` on the warm-up calls, not assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import tempfile
+import time as clock
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchmarkResult:
+    """What one benchmark measured; times in seconds, FLOPs per sample."""
+
+    size: str
+    device: str
+    precision: str
+    samples: int
+    batch_size: int
+    steps: int
+    solver: str
+    compiled: bool
+    build: float
+    load: float
+    first_regression: float
+    first_diffusion: float
+    regression: float
+    diffusion: list[float]
+    regression_flops: float
+    diffusion_flops: float
+    peak_device_bytes: int | None
+    peak_host_bytes: int
+
+    @property
+    def calls_per_sample(self) -> int:
+        """Diffusion network calls per sample (Heun: two per step but the last)."""
+        return self.steps if self.solver == "euler" else 2 * self.steps - 1
+
+    @property
+    def total(self) -> float:
+        """Steady-state time for the ensemble: one regression pass plus every batch."""
+        return self.regression + sum(self.diffusion)
+
+    @property
+    def flops(self) -> float:
+        """Floating-point operations of the ensemble."""
+        return self.regression_flops + self.samples * self.calls_per_sample * self.diffusion_flops
+
+    def table(self, peak_tflops: float | None) -> str:
+        """The human-readable report."""
+        per_call = sum(self.diffusion) / (len(self.diffusion) * self.calls_per_sample)
+        per_sample_call = sum(self.diffusion) / (self.samples * self.calls_per_sample)
+        achieved = self.flops / self.total / 1e12
+        rows = [
+            ("network", f"{self.size} width, 448x448, random weights"),
+            ("device", f"{self.device}, {self.precision}{', compiled' if self.compiled else ''}"),
+            (
+                "job",
+                f"{self.samples} sample(s), batch {self.batch_size}, {self.steps} {self.solver} "
+                f"step(s) = {self.calls_per_sample} diffusion call(s) per sample",
+            ),
+            ("build package", f"{self.build:.2f} s (not part of a real run)"),
+            ("load", f"{self.load:.2f} s (load_model, precision, to device)"),
+            (
+                "first calls",
+                f"regression {self.first_regression:.3f} s, diffusion {self.first_diffusion:.3f} s"
+                + (" (include compiling)" if self.compiled else " (include setup)"),
+            ),
+            ("regression", f"{self.regression:.3f} s per call (once per time)"),
+            (
+                "diffusion",
+                f"{per_call:.3f} s per call of up to {self.batch_size} sample(s), "
+                f"{per_sample_call:.3f} s per sample",
+            ),
+            ("per sample", f"{self.total / self.samples:.3f} s (regression shared)"),
+            ("samples/s", f"{self.samples / self.total:.3f}"),
+            (
+                "FLOP per call",
+                f"{self.diffusion_flops / 1e12:.3f} T per sample (diffusion), "
+                f"{self.regression_flops / 1e12:.3f} T (regression)",
+            ),
+            (
+                "achieved",
+                f"{achieved:.2f} TFLOP/s"
+                + (
+                    f" = {100 * achieved / peak_tflops:.1f}% of --peak-tflops {peak_tflops:g}"
+                    if peak_tflops
+                    else " (give --peak-tflops for the fraction of peak)"
+                ),
+            ),
+            ("peak host RSS", f"{self.peak_host_bytes / 2**30:.2f} GiB"),
+        ]
+        if self.peak_device_bytes is not None:
+            rows.append(("peak device", f"{self.peak_device_bytes / 2**30:.2f} GiB allocated"))
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
+
+
+def synthetic_model_inputs(seed: int = 0) -> np.ndarray:
+    """Plausible inputs on the model's own 36 x 40 grid, shape (12, 36, 40)."""
+    from corrdiff_tools.synthetic import TYPICAL
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(
+        np.linspace(0, 1, LR_LAT.size), np.linspace(0, 1, LR_LON.size), indexing="ij"
+    )
+    fields = []
+    for name in INPUT_VARIABLES:
+        centre, scale = TYPICAL[name]
+        phase = rng.uniform(0, 2 * np.pi)
+        fields.append(centre + scale * np.sin(2 * np.pi * xx + phase) * np.cos(np.pi * yy))
+    return np.stack(fields).astype("float32")
+
+
+def _timed(function: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]:
+    start = clock.perf_counter()
+    result = function()
+    sync()
+    return result, clock.perf_counter() - start
+
+
+def _host_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_benchmark(
+    device: Any,
+    size: str,
+    samples: int,
+    batch_size: int,
+    steps: int,
+    solver: str,
+    compile_nets: bool = False,
+    seed: int = 0,
+) -> BenchmarkResult:
+    """Build, load and time a random-weight CorrDiff (see the module docstring)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from corrdiff_tools import downscale, model, speed, synthetic
+
+    gpu = device.is_gpu
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize(device.device)
+
+    with tempfile.TemporaryDirectory(prefix="corrdiff-benchmark-") as tmp:
+        logger.info("building a %s-width package with random weights", size)
+        _, build = _timed(lambda: synthetic.build_package(tmp, width=size, zipped=False), sync)
+        (corrdiff, precision), load = _timed(lambda: model.load_corrdiff(tmp, device), sync)
+    if compile_nets:
+        speed.compile_networks(corrdiff)
+    sampler = downscale.CorrDiffSampler(corrdiff, steps=steps, solver=solver)
+    condition = sampler.condition(synthetic_model_inputs(seed))
+
+    with FlopCounterMode(display=False) as counter:
+        mean, first_regression = _timed(lambda: sampler.regression_mean(condition), sync)
+    regression_flops = float(counter.get_total_flops())
+    # One diffusion network call per batch shape the timed part will use (compiling
+    # each once when --compile), counting the FLOPs of the first.
+    shapes = sorted({min(batch_size, samples), samples % batch_size or batch_size}, reverse=True)
+    first_diffusion = 0.0
+    diffusion_flops = 0.0
+    for position, batch in enumerate(shapes):
+        latents = torch.randn((batch, len(OUTPUT_VARIABLES), *HR_SHAPE), device=sampler.device)
+        sigma = torch.tensor(80.0, dtype=torch.float64, device=sampler.device)
+
+        def call(latents: Any = latents, sigma: Any = sigma, batch: int = batch) -> Any:
+            return corrdiff.residual_model(latents, condition.expand(batch, -1, -1, -1), sigma)
+
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            _, seconds = _timed(call, sync)
+        if position == 0:
+            first_diffusion = seconds
+            diffusion_flops = counter.get_total_flops() / batch
+
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device.device)
+    mean, regression = _timed(lambda: sampler.regression_mean(condition), sync)
+    diffusion = []
+    when = datetime(2024, 7, 24, 12)
+    for start in range(0, samples, batch_size):
+        members = range(start, min(samples, start + batch_size))
+        seeds = [downscale.sample_seed(seed, when, 0, member) for member in members]
+
+        def ensemble(seeds: list[int] = seeds) -> Any:
+            return sampler.denormalise(mean + sampler.residuals(condition, seeds))
+
+        _, seconds = _timed(ensemble, sync)
+        diffusion.append(seconds)
+    return BenchmarkResult(
+        size=size,
+        device=device.description,
+        precision=precision,
+        samples=samples,
+        batch_size=min(batch_size, samples),
+        steps=steps,
+        solver=solver,
+        compiled=compile_nets,
+        build=build,
+        load=load,
+        first_regression=first_regression,
+        first_diffusion=first_diffusion,
+        regression=regression,
+        diffusion=diffusion,
+        regression_flops=regression_flops,
+        diffusion_flops=diffusion_flops,
+        peak_device_bytes=int(torch.cuda.max_memory_allocated(device.device)) if gpu else None,
+        peak_host_bytes=_host_peak_bytes(),
+    )
+
+
+def report(result: BenchmarkResult, peak_tflops: float | None) -> None:
+    """Write the table to stdout (it is the command's result, not a log line)."""
+    sys.stdout.write(result.table(peak_tflops))
+    sys.stdout.flush()
