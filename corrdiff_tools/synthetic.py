@@ -27,7 +27,8 @@ from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON
 
 #: Network widths. ``full`` is the published architecture (79,673,988 and 80,002,692
 #: parameters); ``small`` has the same depth at a quarter of the width and ``narrow`` at an
-#: eighth (side-by-side CPU benchmarks that must finish in minutes); ``tiny`` is for tests. All keep five levels so the attention bottleneck is 28 x 28.
+#: eighth (side-by-side CPU benchmarks that must finish in minutes); ``tiny`` is for tests.
+#: All keep five levels so the attention bottleneck is 28 x 28.
 WIDTHS: dict[str, dict[str, Any]] = {
     "full": {"model_channels": 128, "channel_mult": [1, 2, 2, 2, 2], "num_blocks": 4},
     "small": {"model_channels": 32, "channel_mult": [1, 2, 2, 2, 2], "num_blocks": 4},

@@ -18,21 +18,23 @@ FAMILY = ("torch", "torchvision", "torchaudio", "triton", "pytorch-triton-rocm")
 
 def constraints() -> list[str]:
     """``name==version`` for each installed member of :data:`FAMILY`."""
-    pins = []
-    for name in FAMILY:
-        try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            continue
-    return pins
+    return [f"{name}=={found}" for name in FAMILY if (found := _installed(name))]
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
 
 
 def main() -> int:
+    """Write the constraints to stdout; exit 1 without torch."""
     pins = constraints()
     if not any(pin.startswith("torch==") for pin in pins):
-        print("pin_torch.py: torch is not installed in this environment", file=sys.stderr)
+        sys.stderr.write("pin_torch.py: torch is not installed in this environment\n")
         return 1
-    print("\n".join(pins))
+    sys.stdout.write("\n".join(pins) + "\n")
     return 0
 
 
