@@ -179,6 +179,8 @@ class Job:
     time: datetime
     lead_hours: int
     samples: tuple[int, ...]
+    #: Store the regression mean of this job (one rank per job does, when distributed).
+    writes_mean: bool = True
 
 
 class Writer(Protocol):
@@ -186,6 +188,9 @@ class Writer(Protocol):
 
     def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store one time's low-resolution fields."""
+
+    def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store one time's regression mean in physical units."""
 
     def write_samples(
         self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
@@ -287,6 +292,13 @@ def downscale(
             condition = sampler.condition(inputs)
             mean = sampler.regression_mean(condition)
             timings.inference += clock.perf_counter() - start
+            if job.writes_mean:
+                start = clock.perf_counter()
+                regression = sampler.denormalise(mean)[0]
+                writer.write_regression(
+                    job.index, {name: regression[i] for i, name in enumerate(OUTPUT_VARIABLES)}
+                )
+                timings.write += clock.perf_counter() - start
 
             remaining = list(job.samples)
             while remaining:

@@ -128,6 +128,34 @@ def lowres_name(variable: str) -> str:
     return f"lr_{variable}"
 
 
+def regression_name(variable: str) -> str:
+    """The regression net's mean of ``variable`` (``t2m`` -> ``t2m_regression``).
+
+    CorrDiff's deterministic part, which every sample is built on; the paper's second
+    baseline (``plot_corrdiff.py --spectra/--pdf/--truth`` compare against it).
+    """
+    return f"{variable}_regression"
+
+
+def ensemble_mean_name(variable: str) -> str:
+    """``run_corrdiff.py --stats``: ensemble mean of ``variable``."""
+    return f"{variable}_ensemble_mean"
+
+
+def ensemble_std_name(variable: str) -> str:
+    """``run_corrdiff.py --stats``: ensemble standard deviation of ``variable``."""
+    return f"{variable}_ensemble_std"
+
+
+def exceedance_name(quantity: str) -> str:
+    """``run_corrdiff.py --stats``: P(quantity >= threshold), quantity mrr, t2m or wind."""
+    return f"{quantity}_exceedance"
+
+
+#: Units of the exceedance thresholds (the plot tool's units: t2m in deg C).
+THRESHOLD_UNITS = {"mrr": "dBZ", "t2m": "degC", "wind": "m s-1"}
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """Shape of a store: which times, lead times and samples it holds, on which grid.
@@ -144,6 +172,9 @@ class StoreLayout:
         Forecast lead times in hours, or None for analyses (no lead_time axis).
     lowres_variables : sequence of str
         Low-resolution fields to store (the inputs, plus ``refc`` where available).
+    statistics : mapping, optional
+        Exceedance thresholds (quantity -> value in :data:`THRESHOLD_UNITS`); when given,
+        the store also gets ensemble mean, standard deviation and exceedance arrays.
     """
 
     times: Sequence[datetime]
@@ -152,6 +183,7 @@ class StoreLayout:
     lon: np.ndarray
     lead_times: Sequence[int] | None = None
     lowres_variables: Sequence[str] = field(default=INPUT_VARIABLES)
+    statistics: Mapping[str, float] | None = None
 
     @property
     def leading_dims(self) -> tuple[str, ...]:
@@ -216,6 +248,55 @@ def create_store(
             {**VARIABLE_ATTRS[name], "long_name": f"{VARIABLE_ATTRS[name]['long_name']} (input)"},
         )
         encoding[lowres_name(name)] = {"_FillValue": np.nan}
+    grid_dims = (*lead, "y", "x")
+    grid_shape = (*lead_shape, *HR_SHAPE)
+    grid_chunks = (*(1 for _ in lead), *HR_SHAPE)
+
+    def grid_array(name: str, attrs: Mapping[str, Any]) -> None:
+        data_vars[name] = (
+            grid_dims,
+            da.full(grid_shape, np.nan, dtype="float32", chunks=grid_chunks),
+            dict(attrs),
+        )
+        encoding[name] = {"_FillValue": np.nan}
+
+    for name in OUTPUT_VARIABLES:
+        base = VARIABLE_ATTRS[name]
+        grid_array(
+            regression_name(name),
+            {**base, "long_name": f"{base['long_name']}, regression mean (deterministic part)"},
+        )
+    if layout.statistics is not None:
+        members = f"over the {layout.samples} ensemble members"
+        for name in OUTPUT_VARIABLES:
+            base = VARIABLE_ATTRS[name]
+            grid_array(
+                ensemble_mean_name(name),
+                {
+                    **base,
+                    "long_name": f"{base['long_name']}, ensemble mean",
+                    "cell_methods": f"realization: mean ({members})",
+                },
+            )
+            grid_array(
+                ensemble_std_name(name),
+                {
+                    "long_name": f"{base['long_name']}, ensemble standard deviation",
+                    "units": base["units"],
+                    "cell_methods": f"realization: standard_deviation (ddof=0, {members})",
+                },
+            )
+        for quantity, threshold in layout.statistics.items():
+            grid_array(
+                exceedance_name(quantity),
+                {
+                    "long_name": f"probability that {quantity} >= {threshold:g} "
+                    f"{THRESHOLD_UNITS[quantity]}",
+                    "units": "1",
+                    "threshold": float(threshold),
+                    "threshold_units": THRESHOLD_UNITS[quantity],
+                },
+            )
     data_vars[COMPLETED] = (
         (*lead, "sample"),
         da.zeros((*lead_shape, layout.samples), dtype="int8", chunks=1),
@@ -315,6 +396,16 @@ class StoreWriter:
         except OSError as err:
             raise self._failed(err) from err
 
+    def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store the regression mean of one (time, [lead]); stores from before 0.2 have none."""
+        try:
+            for name, values in fields.items():
+                key = regression_name(name)
+                if key in self._group:
+                    self._array(key)[index] = np.asarray(values, dtype="float32")
+        except OSError as err:
+            raise self._failed(err) from err
+
     def write_samples(
         self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
     ) -> None:
@@ -340,6 +431,63 @@ class StoreWriter:
                 self._array(COMPLETED)[(*index, sample)] = 1
         except OSError as err:
             raise self._failed(err) from err
+
+
+def ensemble_statistics(
+    members: Mapping[str, np.ndarray], thresholds: Mapping[str, float]
+) -> dict[str, np.ndarray]:
+    """Mean, std (ddof=0) and exceedance probabilities over axis 0, keyed by store name.
+
+    ``members`` maps each output variable to ``(sample, y, x)`` in physical units;
+    thresholds are in :data:`THRESHOLD_UNITS` (t2m in deg C, wind speed from u10m/v10m).
+    """
+    out = {}
+    for name in OUTPUT_VARIABLES:
+        out[ensemble_mean_name(name)] = np.mean(members[name], axis=0)
+        out[ensemble_std_name(name)] = np.std(members[name], axis=0)
+    quantities = {
+        "mrr": members["mrr"],
+        "t2m": members["t2m"] - 273.15,
+        "wind": np.hypot(members["u10m"], members["v10m"]),
+    }
+    for quantity, threshold in thresholds.items():
+        out[exceedance_name(quantity)] = np.mean(quantities[quantity] >= threshold, axis=0)
+    return out
+
+
+def write_statistics(path: str | Path, thresholds: Mapping[str, float]) -> tuple[int, int]:
+    """Fill the ``--stats`` arrays for every (time, [lead]) whose ensemble is complete.
+
+    Returns
+    -------
+    tuple of int
+        How many (time, [lead]) entries were written, and how many were left out because
+        some of their samples are not complete yet (a later ``--resume`` fills them).
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+
+    def array(name: str) -> Any:  # zarr's Group.__getitem__ is typed as returning a Group too
+        return group[name]
+
+    completed = np.asarray(array(COMPLETED)[...]).astype(bool)
+    written = skipped = 0
+    try:
+        for index in np.ndindex(completed.shape[:-1]):
+            if not completed[index].all():
+                skipped += 1
+                continue
+            members = {name: np.asarray(array(name)[index]) for name in OUTPUT_VARIABLES}
+            for key, values in ensemble_statistics(members, thresholds).items():
+                array(key)[index] = values.astype("float32")
+            written += 1
+    except OSError as err:
+        raise RunError(
+            f"could not write statistics to {path} ({err.strerror or err}): free some space, "
+            "then rerun with --resume --stats"
+        ) from err
+    return written, skipped
 
 
 def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:

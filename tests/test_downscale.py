@@ -146,9 +146,13 @@ class ListWriter:
     def __init__(self) -> None:
         self.inputs: list[tuple[tuple[int, ...], list[str]]] = []
         self.samples: dict[tuple[int, ...], np.ndarray] = {}
+        self.means: dict[tuple[int, ...], np.ndarray] = {}
 
     def write_inputs(self, index: tuple[int, ...], fields: dict[str, np.ndarray]) -> None:
         self.inputs.append((index, sorted(fields)))
+
+    def write_regression(self, index: tuple[int, ...], fields: dict[str, np.ndarray]) -> None:
+        self.means[index] = np.stack([fields[v] for v in OUTPUT_VARIABLES])
 
     def write_samples(
         self, index: tuple[int, ...], samples: Any, fields: dict[str, np.ndarray]
@@ -163,7 +167,10 @@ def test_downscale_loop_batches_and_opens_the_writer_once(
     sampler: CorrDiffSampler, inputs: np.ndarray
 ) -> None:
     fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
-    jobs = [Job((0,), TIME, 0, (0, 1, 2)), Job((1,), datetime(2024, 7, 24, 18), 0, (1,))]
+    jobs = [
+        Job((0,), TIME, 0, (0, 1, 2)),
+        Job((1,), datetime(2024, 7, 24, 18), 0, (1,), writes_mean=False),
+    ]
     writer, opened, progressed = ListWriter(), [], []
 
     def open_writer() -> ListWriter:
@@ -186,6 +193,11 @@ def test_downscale_loop_batches_and_opens_the_writer_once(
     assert [index for index, _ in writer.inputs] == [(0,), (1,)]
     t2m = writer.samples[(0, 0)][1]
     assert t2m.shape == (448, 448) and 250 < float(t2m.mean()) < 350  # kelvin, denormalised
+    # The regression mean is stored once, in physical units, by the job that owns it.
+    assert list(writer.means) == [(0,)]
+    condition = sampler.condition(inputs)
+    expected = sampler.denormalise(sampler.regression_mean(condition))[0]
+    np.testing.assert_array_equal(writer.means[(0,)], expected)
 
 
 def test_downscale_creates_no_store_when_the_first_fetch_fails(sampler: CorrDiffSampler) -> None:
@@ -217,3 +229,4 @@ def test_a_job_with_no_samples_here_writes_inputs_but_computes_nothing(
         )
     assert regression.seen == [] and timings.samples == 0
     assert [index for index, _ in writer.inputs] == [(0,)] and writer.samples == {}
+    assert writer.means == {}
