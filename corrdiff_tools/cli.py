@@ -117,7 +117,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         help="Zarr store to write (default outputs/corrdiff-<YYYY-MM-DDTHH>.zarr, or "
-        "outputs/corrdiff-<first>_<last>.zarr for several times)",
+        "outputs/corrdiff-<first>_<last>.zarr for several times; -forecast.zarr for forecasts)",
     )
     exists = parser.add_mutually_exclusive_group()
     exists.add_argument(
@@ -159,6 +159,20 @@ def build_run_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="download the inputs for TIME into FILE (.nc for NetCDF, else Zarr) and the "
         "model package into the cache, then stop",
+    )
+    parser.add_argument(
+        "--stats",
+        action="store_true",
+        help="also store ensemble mean, standard deviation and exceedance probabilities "
+        "beside the samples, for each time whose ensemble is complete",
+    )
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
+        "defaults mrr=35, wind=17.2",
     )
     parser.add_argument(
         "--compile",
@@ -321,12 +335,15 @@ class RunRequest:
     settings: dict[str, Any]
 
 
-def default_output(times: Sequence[datetime]) -> Path:
-    """``outputs/corrdiff-<first>[_<last>].zarr``."""
+def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
+    """``outputs/corrdiff-<first>[_<last>][-forecast].zarr``.
+
+    Forecasts get their own suffix, so downscaling the 12Z forecast never collides with
+    (or is refused because of) the 12Z analysis downscaled before it.
+    """
     first = times_mod.time_label(times[0])
-    if len(times) == 1:
-        return Path("outputs") / f"corrdiff-{first}.zarr"
-    return Path("outputs") / f"corrdiff-{first}_{times_mod.time_label(times[-1])}.zarr"
+    span = first if len(times) == 1 else f"{first}_{times_mod.time_label(times[-1])}"
+    return Path("outputs") / f"corrdiff-{span}{'-forecast' if forecast else ''}.zarr"
 
 
 def _check_writable_location(path: Path, flag: str) -> None:
@@ -375,6 +392,12 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
     elif source.path is not None:
         file_variables = sources.check_file_source(source.path, times)
     model_mod.check_package_spec(args.model_package)
+    if args.threshold and not args.stats:
+        raise UsageError(
+            f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
+            "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
+        )
+    thresholds = parse_thresholds(args.threshold) if args.stats else None
 
     settings = {
         "times": [times_mod.format_time(t) for t in times],
@@ -385,8 +408,9 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         "solver": args.solver,
         "source": source.label,
         "model_package": args.model_package,
+        "stats": thresholds,
     }
-    output = args.output or default_output(times)
+    output = args.output or default_output(times, source.is_forecast)
     if args.prefetch is not None:
         if source.kind not in ("gfs", "era5"):
             raise UsageError(
@@ -609,6 +633,7 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
         lon=sampler.lon,
         lead_times=request.lead_times,
         lowres_variables=request.lowres_variables,
+        statistics=request.settings["stats"],
     )
     output = request.output
     resuming = args.resume and output.exists()
@@ -626,7 +651,8 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
                 # Every rank keeps every job (rank 0 fetches and broadcasts its inputs),
                 # even one whose share of samples here is empty.
                 mine = distributed.share(todo, ranks, dealt)
-                jobs.append(downscale.Job(index, time, lead, mine))
+                # The rank holding the first sample stores the regression mean.
+                jobs.append(downscale.Job(index, time, lead, mine, todo[0] in mine))
                 dealt += len(todo)
     total = sum(len(job.samples) for job in jobs)
     if resuming:
@@ -634,6 +660,7 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
         logger.info("resuming %s: %d sample(s) left to compute", output, left)
         if left == 0:
             logger.info("nothing to do: %s is complete", output)
+            _store_statistics(output, request.settings["stats"], ranks)
             return 0
 
     attrs = _provenance(args, request, device.description, precision)
@@ -669,6 +696,7 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
             progress=bar.update,
             overlap_fetch=request.source.kind != "file",
         )
+    _store_statistics(output, request.settings["stats"], ranks)
     wall = clock.perf_counter() - wall_start
     per_rank = ranks.gather((timings.samples, timings.inference, _peak_memory(device)))
     logger.info(
@@ -699,6 +727,22 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
     return 0
 
 
+def _store_statistics(output: Path, thresholds: dict[str, float] | None, ranks: Any) -> None:
+    """``--stats``: once every rank's samples are on disk, rank 0 fills the statistics."""
+    from corrdiff_tools import store
+
+    if thresholds is None:
+        return
+    ranks.barrier()
+    if ranks.is_root:
+        written, waiting = store.write_statistics(output, thresholds)
+        logger.info(
+            "ensemble statistics stored for %d time(s)%s",
+            written,
+            f"; {waiting} incomplete, filled by a later --resume" if waiting else "",
+        )
+
+
 class _SamplesOnly:
     """A store writer for ranks other than 0: inputs are written by rank 0 alone."""
 
@@ -707,6 +751,10 @@ class _SamplesOnly:
 
     def write_inputs(self, index: tuple[int, ...], fields: Any) -> None:
         """Leave the inputs to rank 0."""
+
+    def write_regression(self, index: tuple[int, ...], fields: Any) -> None:
+        """Write the regression mean of a job whose first sample is this rank's."""
+        self._writer.write_regression(index, fields)
 
     def write_samples(self, index: tuple[int, ...], samples: Any, fields: Any) -> None:
         """Write this rank's samples."""
@@ -771,6 +819,8 @@ examples:
       four samples of one time, and an animation through them
   plot_corrdiff.py STORE --stats --threshold mrr=40 --threshold wind=25 --sample 0
       ensemble mean, spread and P(mrr >= 40 dBZ), P(wind >= 25 m/s), plus one sample
+  plot_corrdiff.py STORE --sample none --spectra --pdf --truth obs.nc
+      the paper's evaluation: power spectra, distributions, CRPS and rank histograms
 """
 
 
@@ -788,7 +838,10 @@ def build_plot_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("store", type=Path, metavar="STORE", help="Zarr store to plot")
     parser.add_argument(
-        "--sample", default="all", help="all (default), N, N,M or A-B (inclusive), e.g. 0-3,7"
+        "--sample",
+        default="all",
+        help="all (default), N, N,M or A-B (inclusive), e.g. 0-3,7; none: no sample maps "
+        "(only what other options ask for)",
     )
     parser.add_argument(
         "--time", default="all", help="all (default), an ISO time, or an index into the store"
@@ -821,6 +874,26 @@ def build_plot_parser() -> argparse.ArgumentParser:
         help="write an animation through the samples of each time (default name in --outdir)",
     )
     parser.add_argument("--fps", type=float, default=1.0, help="GIF frames per second (default 1)")
+    science = parser.add_argument_group("evaluation (the CorrDiff paper's diagnostics)")
+    science.add_argument(
+        "--spectra",
+        action="store_true",
+        help="radially averaged power spectra per variable: each sample, the ensemble mean, "
+        "the regression mean and the interpolated input (and --truth)",
+    )
+    science.add_argument(
+        "--pdf",
+        action="store_true",
+        help="probability densities (log scale) of the same fields, showing the tails",
+    )
+    science.add_argument(
+        "--truth",
+        type=Path,
+        metavar="PATH",
+        help="NetCDF/Zarr of reference fields (mrr, t2m, u10m, v10m; dims time, y, x on the "
+        "output grid, or on a lat/lon grid covering it): CRPS, MAE, RMSE, spread-skill and "
+        "rank histograms, written as scores.csv/.json and figures",
+    )
     parser.add_argument(
         "--outdir", type=Path, help="where to write (default <store name>-plots/ beside the store)"
     )
@@ -843,13 +916,15 @@ def build_plot_parser() -> argparse.ArgumentParser:
 
 
 def parse_selection(text: str, size: int, flag: str) -> list[int]:
-    """Parse ``all``, ``N``, ``N,M`` and ``A-B`` (inclusive) into sorted indices < size."""
+    """Parse ``all``, ``none``, ``N``, ``N,M`` and ``A-B`` (inclusive) into sorted indices."""
     if text.strip().lower() == "all":
         return list(range(size))
+    if text.strip().lower() == "none":
+        return []
     chosen: set[int] = set()
     for part in text.split(","):
         bounds = part.strip().split("-")
-        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+        if len(bounds) > 2 or not all(b.strip().isascii() and b.strip().isdigit() for b in bounds):
             raise UsageError(f"{flag} {text!r}: use all, N, N,M or A-B (e.g. 0-3,7)")
         low, high = int(bounds[0]), int(bounds[-1])
         if low > high:
@@ -864,7 +939,7 @@ def _select_times(text: str, dataset: Any) -> list[int]:
     import numpy as np
 
     size = dataset.sizes["time"]
-    if text.strip().lower() == "all" or text.strip().isdigit():
+    if text.strip().lower() == "all" or (text.strip().isascii() and text.strip().isdigit()):
         return parse_selection(text, size, "--time")
     wanted = np.datetime64(times_mod.parse_time(text), "ns")
     matches = np.flatnonzero(dataset["time"].values == wanted)
@@ -888,7 +963,7 @@ def _select_leads(text: str, dataset: Any) -> list[int | None]:
     chosen: list[int | None] = []
     for part in text.split(","):
         value = part.strip().removesuffix("h")
-        if not value.isdigit() or int(value) not in hours:
+        if not (value.isascii() and value.isdigit()) or int(value) not in hours:
             raise UsageError(
                 f"--lead-time {text}: {part.strip()} is not in the store, which holds "
                 f"{', '.join(str(h) for h in hours)} h"
@@ -955,6 +1030,8 @@ def _plot(args: argparse.Namespace) -> int:
             "script?); rerun it with run_corrdiff.py, or drop --plot-lowres"
         )
     outdir = args.outdir or args.store.absolute().parent / f"{args.store.absolute().stem}-plots"
+    if args.gif and not samples:
+        raise UsageError("--gif animates samples: drop --sample none, or drop --gif")
     if "completed" in dataset:
         samples_ok = dataset["completed"].values.astype(bool)
     else:
@@ -983,7 +1060,12 @@ def _plot(args: argparse.Namespace) -> int:
             kept.append(task)
         tasks = kept
     gifs = _gif_paths(args, dataset, times, leads, outdir)
+    entries, science = _evaluation_request(args, dataset, times, leads, samples_ok, outdir)
+    from corrdiff_tools import evaluate
+
     targets = [task.path for task in tasks] + list(gifs.values())
+    if science is not None:
+        targets += evaluate.planned_paths(entries, science)
     existing = [path for path in targets if path.exists()]
     if existing and not args.overwrite:
         raise UsageError(
@@ -991,8 +1073,18 @@ def _plot(args: argparse.Namespace) -> int:
             "to replace them, or choose another --outdir"
         )
     _check_writable_location(outdir / "probe", "--outdir")
-    if not tasks:
+    if not tasks and science is None:
+        if not samples:
+            raise UsageError(
+                "nothing to draw: --sample none with no --plot-lowres, --stats, --spectra, "
+                "--pdf or --truth"
+            )
         raise UsageError("nothing to draw: every selected sample is incomplete in the store")
+    if not tasks:
+        outdir.mkdir(parents=True, exist_ok=True)
+        written = evaluate.evaluate(dataset, entries, science) if science else []
+        logger.info("wrote %d file(s) to %s", len(written), outdir)
+        return 0
 
     from corrdiff_tools.coastlines import load_coastlines
 
@@ -1020,9 +1112,11 @@ def _plot(args: argparse.Namespace) -> int:
         ]
         if sequence:
             write_gif(sequence, path, args.fps)
+    written = evaluate.evaluate(dataset, entries, science) if science is not None else []
     logger.info(
-        "wrote %d figure(s)%s to %s (coastlines: %s)",
+        "wrote %d figure(s)%s%s to %s (coastlines: %s)",
         len(tasks),
+        f" and {len(written)} evaluation file(s)" if written else "",
         f" and {len(gifs)} animation(s)" if gifs else "",
         outdir,
         coastlines.origin,
@@ -1030,6 +1124,60 @@ def _plot(args: argparse.Namespace) -> int:
     if args.show:
         _show(tasks, context)
     return 0
+
+
+def _evaluation_request(
+    args: argparse.Namespace,
+    dataset: Any,
+    times: Sequence[int],
+    leads: Sequence[int | None],
+    samples_ok: Any,
+    outdir: Path,
+) -> tuple[list[Any], Any]:
+    """The (time, lead) entries and request for --spectra/--pdf/--truth, validated."""
+    import numpy as np
+
+    from corrdiff_tools import diagnostics, evaluate, render
+
+    if not (args.spectra or args.pdf or args.truth is not None):
+        return [], None
+    entries = []
+    for ti in times:
+        for li in leads:
+            index = (ti,) if li is None else (ti, li)
+            whole = tuple(int(s) for s in np.flatnonzero(samples_ok[index]))
+            valid, _ = render.valid_time(dataset, ti, li)
+            if not whole:
+                logger.warning("no complete sample at %s: left out of the evaluation", valid)
+                continue
+            entries.append(
+                evaluate.Entry(
+                    ti, li, whole, render.stem(dataset, ti, li), np.datetime64(valid, "ns")
+                )
+            )
+    truth = None
+    if args.truth is not None:
+        if not args.truth.exists():
+            raise UsageError(f"--truth {args.truth} does not exist: give a NetCDF or Zarr path")
+        try:
+            truth = diagnostics.load_truth(
+                args.truth,
+                np.asarray(dataset["lat"].values, dtype="float64"),
+                np.asarray(dataset["lon"].values, dtype="float64"),
+                [entry.valid_time for entry in entries],
+            )
+        except ValueError as err:
+            raise UsageError(f"--truth {args.truth}: {err}") from None
+    request = evaluate.Request(
+        spectra=args.spectra,
+        pdf=args.pdf,
+        truth=truth,
+        truth_path=args.truth,
+        outdir=outdir,
+        fmt=args.format,
+        dpi=args.dpi,
+    )
+    return entries, request
 
 
 def _gif_paths(

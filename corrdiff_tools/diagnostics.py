@@ -209,3 +209,139 @@ def score_table(rows: Sequence[Mapping[str, Any]]) -> str:
             }
         )
     return buffer.getvalue()
+
+
+#: Units a ``--truth`` file may state for each variable (ours first).
+TRUTH_UNITS = {
+    "mrr": ("dBZ",),
+    "t2m": ("K", "kelvin", "Kelvin"),
+    "u10m": ("m s-1", "m/s", "m s**-1", "m.s-1"),
+    "v10m": ("m s-1", "m/s", "m s**-1", "m.s-1"),
+}
+_LAT_NAMES = ("lat", "latitude", "XLAT")
+_LON_NAMES = ("lon", "longitude", "XLONG")
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Reference fields on the output grid: ``fields[valid_time][variable]`` is (y, x)."""
+
+    fields: dict[np.datetime64, dict[str, np.ndarray]]
+    variables: tuple[str, ...]
+
+
+def _span(times: np.ndarray) -> str:
+    if times.size == 0:
+        return "none"
+    ordered = np.sort(times)
+    first, last = (np.datetime_as_string(t, "m") for t in (ordered[0], ordered[-1]))
+    return first if first == last else f"{first} to {last}"
+
+
+def _coordinate(dataset: Any, names: Sequence[str]) -> Any:
+    for name in names:
+        if name in dataset.coords or name in dataset.variables:
+            return dataset[name]
+    return None
+
+
+def load_truth(
+    path: Any, lat: np.ndarray, lon: np.ndarray, valid_times: Sequence[np.datetime64]
+) -> Truth:
+    """Read observed/reference fields and put them on the store's grid and times.
+
+    Accepted: NetCDF or Zarr with variables named as the store's (mrr, t2m, u10m, v10m,
+    any subset) and dims (time, <2 spatial dims>): either the 448 x 448 output grid
+    (checked against 2-D lat/lon where the file has them) or a regular lat/lon grid that
+    covers the domain (bilinearly interpolated onto it).
+
+    Raises
+    ------
+    ValueError
+        With a message saying what is wrong with the file.
+    """
+    from pathlib import Path
+
+    import xarray as xr
+
+    from corrdiff_tools.store import HR_SHAPE, OUTPUT_VARIABLES
+
+    path = Path(path)
+    try:
+        dataset = xr.open_zarr(path) if path.is_dir() else xr.open_dataset(path)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a readable file"
+        raise ValueError(f"cannot be read as NetCDF or Zarr ({type(err).__name__})") from None
+    present = tuple(name for name in OUTPUT_VARIABLES if name in dataset.data_vars)
+    if not present:
+        raise ValueError(
+            f"holds none of {', '.join(OUTPUT_VARIABLES)} (it has "
+            f"{', '.join(map(str, list(dataset.data_vars)[:6])) or 'no variables'}): name the "
+            "reference fields as the store does"
+        )
+    for name in present:
+        units = dataset[name].attrs.get("units")
+        if units is not None and units not in TRUTH_UNITS[name]:
+            raise ValueError(f"{name} is in {units!r}; expected {TRUTH_UNITS[name][0]}")
+    if "time" not in dataset.coords:
+        raise ValueError("has no time coordinate: the fields need dims (time, y, x)")
+    wanted = np.array(valid_times, dtype="datetime64[ns]")
+    available = np.atleast_1d(dataset["time"].values).astype("datetime64[ns]")
+    common = list(np.intersect1d(wanted, available))
+    if not common:
+        raise ValueError(
+            f"has no time in common with the selected store times (file: "
+            f"{_span(available)}; store: {_span(wanted)})"
+        )
+    fields: dict[np.datetime64, dict[str, np.ndarray]] = {t: {} for t in common}
+    for name in present:
+        array = dataset[name]
+        spatial = [dim for dim in array.dims if dim != "time"]
+        if len(spatial) != 2 or "time" not in array.dims:
+            raise ValueError(f"{name} has dims {array.dims}; expected (time, y, x)")
+        shape = tuple(array.sizes[dim] for dim in spatial)
+        file_lat, file_lon = _coordinate(dataset, _LAT_NAMES), _coordinate(dataset, _LON_NAMES)
+        regrid = None
+        if shape == HR_SHAPE:
+            if file_lat is not None and file_lat.ndim == 2 and file_lon is not None:
+                worst = max(
+                    float(np.nanmax(np.abs(np.asarray(file_lat) - lat))),
+                    float(np.nanmax(np.abs(np.asarray(file_lon) - lon))),
+                )
+                if worst > 0.01:
+                    raise ValueError(
+                        f"{name} is 448x448 but its lat/lon differ from the store's grid by up "
+                        f"to {worst:.3g} degrees: is it another grid?"
+                    )
+        elif (
+            file_lat is not None
+            and file_lon is not None
+            and file_lat.ndim == 1
+            and file_lon.ndim == 1
+            and (file_lat.dims[0], file_lon.dims[0]) == tuple(spatial)
+        ):
+            lat_values, lon_values = np.asarray(file_lat), np.asarray(file_lon)
+            if not (
+                lat_values.min() <= lat.min()
+                and lat_values.max() >= lat.max()
+                and lon_values.min() <= lon.min()
+                and lon_values.max() >= lon.max()
+            ):
+                raise ValueError(
+                    f"{name}'s lat/lon grid ({lat_values.min():g} to {lat_values.max():g} N, "
+                    f"{lon_values.min():g} to {lon_values.max():g} E) does not cover the "
+                    "output grid"
+                )
+            regrid = (lat_values, lon_values)
+        else:
+            raise ValueError(
+                f"{name} is on a {shape[0]}x{shape[1]} grid without 1-D lat/lon: put it on "
+                "the store's 448x448 grid (dims time, y, x) or on a regular lat/lon grid "
+                "that covers it"
+            )
+        for time in common:
+            values = np.asarray(array.sel(time=time).transpose(*spatial).values, dtype="float64")
+            if regrid is not None:
+                values = interpolate_lowres(values, regrid[0], regrid[1], lat, lon)
+            fields[time][name] = values
+    dataset.close()
+    return Truth(fields, present)

@@ -246,7 +246,10 @@ def resolve_device(spec: str) -> DeviceInfo:
             "(check the driver, HIP_VISIBLE_DEVICES/CUDA_VISIBLE_DEVICES, or use --device cpu)"
         )
     index = 0 if spec == "cuda" else spec.split(":", 1)[1]
-    if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
+    if (
+        not (str(index).isascii() and str(index).isdigit())
+        or int(index) >= torch.cuda.device_count()
+    ):
         raise UsageError(
             f"--device {spec}: there are {torch.cuda.device_count()} GPU(s), "
             f"numbered 0 to {torch.cuda.device_count() - 1}"

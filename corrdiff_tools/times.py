@@ -143,7 +143,7 @@ def parse_lead_times(values: Iterable[str]) -> list[int]:
     for text in values:
         raw = text.strip()
         raw = raw[:-1] if raw.lower().endswith("h") else raw
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise UsageError(
                 f"lead time {text!r} is not a whole number of hours: use e.g. --lead-time 0 6 12"
             )

@@ -1,0 +1,260 @@
+"""``plot_corrdiff.py --spectra / --pdf / --truth``: read a store, compute, write the results.
+
+For each selected (time, [lead]) with complete samples, four kinds of field are compared,
+as in the CorrDiff paper: every sample, the ensemble mean, the regression mean (stored by
+``run_corrdiff.py`` as ``<var>_regression``; absent from older and blog stores, then left
+out with a note) and the low-resolution input interpolated to the output grid (the store's
+``lr_<var>``; GFS composite reflectivity ``lr_refc`` stands in for mrr where stored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corrdiff_tools import diagnostics
+from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
+from corrdiff_tools.store import lowres_name, regression_name
+
+logger = logging.getLogger(__name__)
+
+#: The low-resolution stand-in for each output variable.
+LOWRES_FOR = {"mrr": "refc", "t2m": "t2m", "u10m": "u10m", "v10m": "v10m"}
+KELVIN = 273.15
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (time, [lead]) to evaluate: where it is in the store and which samples are whole."""
+
+    time_index: int
+    lead_index: int | None
+    samples: tuple[int, ...]
+    stem: str
+    valid_time: np.datetime64
+
+    @property
+    def index(self) -> tuple[int, ...]:
+        """Store index before the sample axis."""
+        return (self.time_index,) if self.lead_index is None else (self.time_index, self.lead_index)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to produce, and where."""
+
+    spectra: bool
+    pdf: bool
+    truth: diagnostics.Truth | None
+    truth_path: Path | None
+    outdir: Path
+    fmt: str
+    dpi: int
+
+
+def planned_paths(entries: Sequence[Entry], request: Request) -> list[Path]:
+    """Every file :func:`evaluate` will write, for the overwrite check."""
+    paths = []
+    for entry in entries:
+        if request.spectra:
+            paths.append(request.outdir / f"{entry.stem}-spectra.{request.fmt}")
+        if request.pdf:
+            paths.append(request.outdir / f"{entry.stem}-pdf.{request.fmt}")
+    if request.truth is not None:
+        paths += [
+            request.outdir / name
+            for name in (
+                "scores.csv",
+                "scores.json",
+                f"scores.{request.fmt}",
+                f"rank-histograms.{request.fmt}",
+            )
+        ]
+    return paths
+
+
+def _fields(dataset: Any, entry: Entry) -> dict[str, dict[str, Any]]:
+    """Per variable: members (n, y, x), regression and interpolated input (y, x) or None."""
+    lat = np.asarray(dataset["lat"].values, dtype="float64")
+    lon = np.asarray(dataset["lon"].values, dtype="float64")
+    out: dict[str, dict[str, Any]] = {}
+    for name in DIAGNOSTIC_VARIABLES:
+        members = np.asarray(
+            dataset[name][(*entry.index, list(entry.samples))].values, dtype="float64"
+        )
+        regression = None
+        if regression_name(name) in dataset:
+            regression = np.asarray(dataset[regression_name(name)][entry.index].values, "float64")
+            if not np.isfinite(regression).any():
+                regression = None
+        lowres = None
+        key = lowres_name(LOWRES_FOR[name])
+        if key in dataset:
+            values = np.asarray(dataset[key][entry.index].values, dtype="float64")
+            if np.isfinite(values).any():
+                lowres = diagnostics.interpolate_lowres(
+                    values, dataset["lat_lr"].values, dataset["lon_lr"].values, lat, lon
+                )
+        if name == "t2m":  # deg C, as the maps show it
+            members = members - KELVIN
+            regression = None if regression is None else regression - KELVIN
+            lowres = None if lowres is None else lowres - KELVIN
+        out[name] = {"members": members, "regression": regression, "lowres": lowres}
+    wind = {
+        kind: (
+            None
+            if out["u10m"][kind] is None or out["v10m"][kind] is None
+            else np.hypot(out["u10m"][kind], out["v10m"][kind])
+        )
+        for kind in ("members", "regression", "lowres")
+    }
+    out["wind"] = wind
+    return out
+
+
+def _truth_fields(request: Request, entry: Entry) -> dict[str, np.ndarray]:
+    if request.truth is None or entry.valid_time not in request.truth.fields:
+        return {}
+    fields = dict(request.truth.fields[entry.valid_time])
+    if "t2m" in fields:
+        fields["t2m"] = fields["t2m"] - KELVIN
+    if "u10m" in fields and "v10m" in fields:
+        fields["wind"] = np.hypot(fields["u10m"], fields["v10m"])
+    return fields
+
+
+def _spectra(fields: dict[str, Any], truth: dict[str, np.ndarray], spacing: float) -> Any:
+    curves = {}
+    wavelength = np.empty(0)
+    for name in DIAGNOSTIC_VARIABLES:
+        members = fields[name]["members"]
+        wavelength, sample_power = diagnostics.power_spectrum(members, spacing)
+
+        def power(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else diagnostics.power_spectrum(values, spacing)[1]
+
+        lowres = fields[name]["lowres"]
+        if lowres is not None and not np.isfinite(lowres).all():
+            lowres = None  # the input box does not cover the whole grid: no clean spectrum
+        curves[name] = Curves(
+            samples=sample_power,
+            ensemble_mean=diagnostics.power_spectrum(members.mean(axis=0), spacing)[1],
+            regression=power(fields[name]["regression"]),
+            lowres=power(lowres),
+            truth=power(truth.get(name)),
+        )
+    return wavelength, curves
+
+
+def _densities(fields: dict[str, Any], truth: dict[str, np.ndarray]) -> Any:
+    bins, curves = {}, {}
+    for name, entry in fields.items():
+        members = entry["members"]
+        candidates = [members, entry["regression"], entry["lowres"], truth.get(name)]
+        edges = diagnostics.common_bins([c for c in candidates if c is not None])
+
+        def pdf(values: np.ndarray | None, edges: np.ndarray = edges) -> np.ndarray | None:
+            return None if values is None else diagnostics.density(values, edges)
+
+        bins[name] = edges
+        curves[name] = Curves(
+            samples=diagnostics.density(members, edges)[None],
+            ensemble_mean=diagnostics.density(members.mean(axis=0), edges),
+            regression=pdf(entry["regression"]),
+            lowres=pdf(entry["lowres"]),
+            truth=pdf(truth.get(name)),
+        )
+    return bins, curves
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    fig.savefig(path, dpi=dpi)
+
+
+def evaluate(dataset: Any, entries: Sequence[Entry], request: Request) -> list[Path]:
+    """Compute and write everything ``request`` asks for; return the files written."""
+    from corrdiff_tools import diagnostic_figures as figures
+
+    written: list[Path] = []
+    if not any(regression_name(name) in dataset for name in DIAGNOSTIC_VARIABLES):
+        logger.warning(
+            "this store has no regression mean (written by run_corrdiff.py 0.2 and later): "
+            "that baseline is left out"
+        )
+    spacing = diagnostics.grid_spacing_km(dataset["lat"].values, dataset["lon"].values)
+    rows: list[dict[str, Any]] = []
+    pooled: dict[str, np.ndarray] = {}
+    for entry in entries:
+        fields = _fields(dataset, entry)
+        truth = _truth_fields(request, entry)
+        when = np.datetime_as_string(entry.valid_time, "m")
+        if request.spectra:
+            wavelength, curves = _spectra(fields, truth, spacing)
+            path = request.outdir / f"{entry.stem}-spectra.{request.fmt}"
+            title = f"Power spectra, valid {when} UTC, {len(entry.samples)} samples"
+            _save(figures.spectra_figure(wavelength, curves, title), path, request.dpi)
+            written.append(path)
+        if request.pdf:
+            bins, curves = _densities(fields, truth)
+            path = request.outdir / f"{entry.stem}-pdf.{request.fmt}"
+            title = f"Distributions over the grid, valid {when} UTC, {len(entry.samples)} samples"
+            _save(figures.pdf_figure(bins, curves, title), path, request.dpi)
+            written.append(path)
+        if request.truth is not None and truth and len(entry.samples) >= 2:
+            for name in request.truth.variables:
+                members = fields[name]["members"]
+                regression = fields[name]["regression"]
+                result = diagnostics.score(truth[name], members, regression)
+                lead = (
+                    None
+                    if entry.lead_index is None
+                    else int(
+                        dataset["lead_time"].values[entry.lead_index] // np.timedelta64(1, "h")
+                    )
+                )
+                rows.append(
+                    {"valid_time": when, "lead_hours": lead, "variable": name, **result.as_row()}
+                )
+                previous = pooled.get(name)
+                counts = np.asarray(result.rank_histogram)
+                pooled[name] = counts if previous is None else previous + counts
+    if request.truth is not None:
+        if not rows:
+            logger.warning(
+                "--truth: no selected time has both a complete ensemble of 2 or more samples "
+                "and reference fields; no scores written"
+            )
+            return written
+        outdir = request.outdir
+        (outdir / "scores.csv").write_text(diagnostics.score_table(rows))
+        (outdir / "scores.json").write_text(
+            json.dumps(
+                {
+                    "truth": str(request.truth_path),
+                    "units": "t2m scores in K (differences), winds in m s-1, mrr in dBZ",
+                    "scores": rows,
+                },
+                indent=1,
+            )
+        )
+        title = f"Scores against {request.truth_path.name if request.truth_path else 'truth'}"
+        _save(figures.scores_figure(rows, title), outdir / f"scores.{request.fmt}", request.dpi)
+        spread_skill = {
+            name: float(np.mean([r["spread_skill_ratio"] for r in rows if r["variable"] == name]))
+            for name in pooled
+        }
+        _save(
+            figures.rank_histogram_figure(pooled, spread_skill, f"Rank histograms: {title}"),
+            outdir / f"rank-histograms.{request.fmt}",
+            request.dpi,
+        )
+        written += [
+            outdir / name for name in ("scores.csv", "scores.json", f"scores.{request.fmt}")
+        ] + [outdir / f"rank-histograms.{request.fmt}"]
+    return written

@@ -1,0 +1,331 @@
+"""run_corrdiff.py --stats / regression mean in the store, and plot_corrdiff.py --spectra,
+--pdf and --truth, end to end on a store made by the run tool from the tiny package."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import properscoring
+import pytest
+import xarray as xr
+from conftest import offline_args
+from PIL import Image
+
+from corrdiff_tools import diagnostic_figures as figures
+from corrdiff_tools import store
+from corrdiff_tools.cli import plot_main, run_main
+
+STORE_TIMES = ["2024-07-24T00", "2024-07-24T06"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory, package_dir: Path, input_file: Path) -> Path:
+    """A 2-time, 3-sample store with --stats (t2m threshold 25 deg C)."""
+    path = tmp_path_factory.mktemp("evaluation") / "run.zarr"
+    code = run_main(
+        [
+            *offline_args(package_dir, input_file),
+            "2024-07-24T00/2024-07-24T06",
+            "--samples", "3", "--steps", "2", "--stats", "--threshold", "t2m=25",
+            "--threshold", "mrr=5", "--output", str(path), "-q",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return path
+
+
+def _plot(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = plot_main([*args, "--dpi", "30", "--format", "png", "--jobs", "1"])
+    return code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the run tool's part
+
+
+def test_stats_in_the_store_are_the_ensembles(made: Path) -> None:
+    ds = store.open_store(made)
+    t2m = ds["t2m"].values
+    np.testing.assert_allclose(ds["t2m_ensemble_mean"].values, t2m.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(ds["t2m_ensemble_std"].values, t2m.std(axis=1), rtol=1e-5, atol=1e-6)
+    assert float(ds["t2m_ensemble_std"].max()) > 0.01  # the members differ
+    wind = np.hypot(ds["u10m"].values, ds["v10m"].values)
+    np.testing.assert_array_equal(
+        ds["wind_exceedance"].values, (wind >= 17.2).mean(axis=1).astype("float32")
+    )
+    np.testing.assert_array_equal(
+        ds["t2m_exceedance"].values, (t2m - 273.15 >= 25).mean(axis=1).astype("float32")
+    )
+    assert set(np.unique(ds["mrr_exceedance"].values)) <= {0.0, 1 / 3, 2 / 3, 1.0} | {
+        np.float32(1 / 3),
+        np.float32(2 / 3),
+    }
+    attrs = ds["t2m_exceedance"].attrs
+    assert attrs["threshold"] == 25.0 and attrs["threshold_units"] == "degC"
+    assert attrs["long_name"] == "probability that t2m >= 25 degC"
+    assert ds["mrr_exceedance"].attrs["threshold"] == 5.0
+    assert ds["t2m_ensemble_std"].attrs["units"] == "K"
+    assert json.loads(ds.attrs[store.SETTINGS_ATTR])["stats"] == {
+        "mrr": 5.0,
+        "wind": 17.2,
+        "t2m": 25.0,
+    }
+
+
+def test_the_regression_mean_is_stored_in_physical_units(made: Path) -> None:
+    ds = store.open_store(made)
+    regression = ds["t2m_regression"]
+    assert regression.dims == ("time", "y", "x")
+    assert regression.attrs["units"] == "K"
+    assert "regression mean" in regression.attrs["long_name"]
+    values = regression.values
+    assert np.isfinite(values).all() and 250 < values.mean() < 350
+    # Each sample is the regression mean plus a diffusion residual: not equal to it.
+    assert not np.allclose(ds["t2m"].values[:, 0], values)
+    assert not np.array_equal(values[0], values[1])  # a mean per time
+
+
+def test_threshold_without_stats_is_refused(
+    package_dir: Path, input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_main(
+        [
+            *offline_args(package_dir, input_file),
+            "2024-07-24T12", "--threshold", "mrr=40", "--output", str(tmp_path / "x.zarr"),
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--threshold mrr=40 only applies with --stats" in err[0]
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_statistics_wait_for_a_complete_ensemble(tmp_path: Path) -> None:
+    from corrdiff_tools.synthetic import curvilinear_grid
+
+    lat, lon = curvilinear_grid((448, 448))
+    layout = store.StoreLayout(
+        times=[datetime(2024, 7, 24, 0), datetime(2024, 7, 24, 6)],
+        samples=2,
+        lat=lat,
+        lon=lon,
+        statistics={"mrr": 35.0, "wind": 17.2},
+    )
+    path = tmp_path / "s.zarr"
+    store.create_store(path, layout, {}, {})
+    writer = store.StoreWriter(path)
+    field = np.full((1, 448, 448), 290.0, dtype="float32")
+    fields = {name: field for name in store.OUTPUT_VARIABLES}
+    writer.write_samples((0,), [0], fields)
+    writer.write_samples((0,), [1], {k: v + 2 for k, v in fields.items()})
+    writer.write_samples((1,), [0], fields)  # sample 1 of time 1 missing
+    assert store.write_statistics(path, layout.statistics or {}) == (1, 1)
+    ds = store.open_store(path)
+    assert float(ds["t2m_ensemble_mean"][0, 0, 0]) == 291.0
+    assert float(ds["t2m_ensemble_std"][0, 0, 0]) == 1.0
+    assert float(ds["mrr_exceedance"][0, 0, 0]) == 1.0  # 290 and 292 dBZ >= 35
+    assert float(ds["wind_exceedance"][0, 0, 0]) == 1.0
+    assert np.isnan(ds["t2m_ensemble_mean"].values[1]).all()
+
+
+# ------------------------------------------------------------------ spectra and pdf
+
+
+def test_spectra_and_pdf_figures_per_time(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outdir = tmp_path / "out"
+    code, err = _plot(
+        capsys, str(made), "--sample", "none", "--spectra", "--pdf", "--outdir", str(outdir)
+    )
+    assert code == 0, err
+    names = sorted(p.name for p in outdir.iterdir())
+    stems = [f"corrdiff-{t}" for t in STORE_TIMES]
+    assert names == sorted([f"{s}-spectra.png" for s in stems] + [f"{s}-pdf.png" for s in stems])
+    with Image.open(outdir / names[0]) as image:
+        assert image.size[0] > 200 and image.size[1] > 150
+        assert len(set(image.convert("L").getdata())) > 20  # not a blank canvas
+
+
+def test_spectra_figure_draws_every_curve_on_log_axes() -> None:
+    wavelength = 896.0 / np.arange(1, 225)
+    rng = np.random.default_rng(0)
+    curves = {
+        name: figures.Curves(
+            samples=rng.random((3, 224)),
+            ensemble_mean=rng.random(224),
+            regression=rng.random(224),
+            lowres=rng.random(224),
+            truth=rng.random(224),
+        )
+        for name in figures.DIAGNOSTIC_VARIABLES
+    }
+    fig = figures.spectra_figure(wavelength, curves, "title")
+    axes = fig.axes
+    assert len(axes) == 4
+    for ax in axes:
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        assert len(ax.lines) == 3 + 4
+        left, right = ax.get_xlim()
+        assert left > right  # large scales on the left
+        assert ax.get_xlabel() == "Wavelength [km]"
+    labels = axes[0].get_legend_handles_labels()[1]
+    assert labels == ["samples", "ensemble mean", "regression mean", "interpolated input", "truth"]
+
+
+def test_pdf_figure_leaves_out_missing_baselines() -> None:
+    bins = {name: np.linspace(0, 1, 11) for name in figures.PDF_VARIABLES}
+    curves = {
+        name: figures.Curves(samples=np.ones((1, 10)), ensemble_mean=np.ones(10))
+        for name in figures.PDF_VARIABLES
+    }
+    fig = figures.pdf_figure(bins, curves, "title")
+    assert [len(ax.lines) for ax in fig.axes[:5]] == [2] * 5
+    assert fig.axes[0].get_yscale() == "log"
+    assert fig.axes[4].get_xlabel() == "10 m wind speed [m/s]"
+
+
+# ------------------------------------------------------------------ --truth
+
+
+def _truth_file(made: Path, path: Path) -> Path:
+    """Sample 0 of each time plus noise, on the output grid, as an observation stand-in."""
+    ds = store.open_store(made)
+    rng = np.random.default_rng(1)
+    data = {
+        name: (("time", "y", "x"), ds[name].values[:, 0] + rng.normal(0, 0.3, (2, 448, 448)),
+               {"units": ds[name].attrs["units"]})
+        for name in store.OUTPUT_VARIABLES
+    }  # fmt: skip
+    xr.Dataset(data, coords={"time": ds["time"].values}).to_netcdf(path)
+    return path
+
+
+def test_truth_scores_match_properscoring_and_are_written(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = _truth_file(made, tmp_path / "obs.nc")
+    outdir = tmp_path / "out"
+    code, err = _plot(
+        capsys, str(made), "--sample", "none", "--truth", str(truth), "--outdir", str(outdir)
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in outdir.iterdir()) == [
+        "rank-histograms.png", "scores.csv", "scores.json", "scores.png",
+    ]  # fmt: skip
+    with (outdir / "scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["valid_time"], r["variable"]) for r in rows] == [
+        (f"{t}:00", v) for t in STORE_TIMES for v in store.OUTPUT_VARIABLES
+    ]
+    ds = store.open_store(made)
+    with xr.open_dataset(truth) as reference:
+        observed = reference["t2m"].values[1]
+    members = ds["t2m"].values[1]
+    expected = properscoring.crps_ensemble(observed, np.moveaxis(members, 0, -1)).mean()
+    row = next(
+        r for r in rows if r["variable"] == "t2m" and r["valid_time"].startswith(STORE_TIMES[1])
+    )
+    assert float(row["crps"]) == pytest.approx(expected, rel=1e-6)
+    mae = np.abs(observed - ds["t2m_regression"].values[1]).mean()
+    assert float(row["mae_regression"]) == pytest.approx(mae, rel=1e-6)
+    assert sum(map(int, row["rank_histogram"].split())) == 448 * 448
+    report = json.loads((outdir / "scores.json").read_text())
+    assert report["truth"] == str(truth) and len(report["scores"]) == 8
+
+
+def test_truth_on_a_regular_lat_lon_grid_is_interpolated(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ds = store.open_store(made)
+    lat = np.arange(19.0, 28.51, 0.05)
+    lon = np.arange(115.5, 126.51, 0.05)
+    field = 290 + 0.5 * lat[:, None] + 0.1 * lon[None, :]
+    truth = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), np.stack([field, field + 1]), {"units": "K"})},
+        coords={"time": ds["time"].values, "lat": lat, "lon": lon},
+    )
+    truth.to_netcdf(tmp_path / "grid.nc")
+    outdir = tmp_path / "out"
+    code, err = _plot(
+        capsys,
+        str(made),
+        "--sample",
+        "none",
+        "--truth",
+        str(tmp_path / "grid.nc"),
+        "--outdir",
+        str(outdir),
+    )
+    assert code == 0, err
+    rows = json.loads((outdir / "scores.json").read_text())["scores"]
+    assert {r["variable"] for r in rows} == {"t2m"} and all(np.isfinite(r["crps"]) for r in rows)
+
+
+BAD_TRUTHS = {
+    "wrong grid": (
+        lambda ds: xr.Dataset(
+            {"t2m": (("time", "y", "x"), np.zeros((2, 100, 100)))}, coords={"time": ds.time}
+        ),
+        "t2m is on a 100x100 grid without 1-D lat/lon",
+    ),
+    "missing variable": (
+        lambda ds: ds.rename({name: f"obs_{name}" for name in store.OUTPUT_VARIABLES}),
+        "holds none of mrr, t2m, u10m, v10m",
+    ),
+    "no common time": (
+        lambda ds: ds.assign_coords(time=ds.time.values + np.timedelta64(3, "h")),
+        "has no time in common with the selected store times",
+    ),
+    "wrong units": (
+        lambda ds: ds.assign(t2m=ds.t2m.assign_attrs(units="degC")),
+        "t2m is in 'degC'; expected K",
+    ),
+    "not covering": (
+        lambda ds: xr.Dataset(
+            {"t2m": (("time", "lat", "lon"), np.zeros((2, 10, 10)))},
+            coords={
+                "time": ds.time,
+                "lat": np.linspace(22, 24, 10),
+                "lon": np.linspace(120, 122, 10),
+            },
+        ),
+        "does not cover the output grid",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRUTHS))
+def test_a_bad_truth_file_exits_2_with_one_line_and_writes_nothing(
+    case: str, made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    change, message = BAD_TRUTHS[case]
+    path = tmp_path / "truth.nc"
+    good = _truth_file(made, tmp_path / "good.nc")
+    with xr.open_dataset(good) as dataset:
+        change(dataset.load()).to_netcdf(path)
+    outdir = tmp_path / "out"
+    code, err = _plot(capsys, str(made), "--spectra", "--truth", str(path), "--outdir", str(outdir))
+    lines = err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"plot_corrdiff.py: error: --truth {path}: ")
+    assert message in lines[0], lines[0]
+    assert not outdir.exists()
+
+
+def test_a_missing_truth_path_exits_2(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _plot(capsys, str(made), "--truth", str(tmp_path / "nope.nc"))
+    assert code == 2 and f"--truth {tmp_path / 'nope.nc'} does not exist" in err
+
+
+def test_sample_none_alone_draws_nothing_and_says_so(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _plot(capsys, str(made), "--sample", "none", "--outdir", str(tmp_path / "o"))
+    assert code == 2 and "nothing to draw: --sample none" in err
