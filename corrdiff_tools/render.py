@@ -244,6 +244,9 @@ def render_all(
     progress: Callable[[int], Any] | None = None,
 ) -> list[np.ndarray | None]:
     """Render every task, in ``jobs`` worker processes (1: in this process), in order."""
+    # Workers open the store once per process (``_open`` is cached); in this process a
+    # store replaced since an earlier call (--overwrite) must be read again, not reused.
+    _open.cache_clear()
     if jobs <= 1 or len(tasks) <= 1:
         results = []
         for task in tasks:

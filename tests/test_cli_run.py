@@ -450,7 +450,7 @@ def test_forecast_source_adds_a_lead_time_axis(
         "2",
     )
     assert code == 0, err
-    ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06.zarr")
+    ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06-forecast.zarr")
     assert ds["t2m"].dims == ("time", "lead_time", "sample", "y", "x")
     assert ds["t2m"].shape == (1, 2, 2, 448, 448)
     assert ds["lead_time"].values.astype("timedelta64[h]").astype(int).tolist() == [0, 6]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from corrdiff_tools import times
@@ -45,8 +49,161 @@ def test_readme_command_parses(command: list[str]) -> None:
     tool, args = Path(command[0]).name, command[1:]
     if tool == "run_corrdiff.py":
         parsed = build_run_parser().parse_args(args)
-        assert times.parse_times(parsed.times)
+        assert parsed.benchmark or times.parse_times(parsed.times)
         if parsed.lead_time:
             times.parse_lead_times(parsed.lead_time)
     else:
         build_plot_parser().parse_args(args)
+
+
+# --------------------------------------------------------------------------- run them all
+
+#: What the README commands are allowed to change when run here (tiny model, 2 CPU cores):
+#: at most 4 samples and 2 steps, ranges cut to their first 3 times, the offline package
+#: and inputs (an input file a command names is made if no earlier command made it),
+#: outputs outside the working directory brought into it, CPU, and --overwrite where an
+#: earlier command already wrote the same store.
+MAX_TIMES = 3
+MAX_SAMPLES = 4
+RUN_LIMITS = ["--steps", "2", "--device", "cpu"]
+SOURCE_NAMES = ("gfs", "gfs-forecast", "era5")
+PLOT_LIMITS = ["--dpi", "30", "--jobs", "1", "--overwrite"]
+
+
+def _cut_range(text: str) -> str:
+    """START/END[/STEP] -> START/<START + (MAX_TIMES - 1) steps>[/STEP], if longer."""
+    parsed = times.parse_times([text])
+    if len(parsed) <= MAX_TIMES:
+        return text
+    step = parsed[1] - parsed[0]
+    end = parsed[0] + (MAX_TIMES - 1) * step
+    parts = text.split("/")
+    parts[1] = f"{end:%Y-%m-%dT%H}"
+    return "/".join(parts)
+
+
+def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> list[str]:
+    from corrdiff_tools import cli
+
+    given = build_run_parser().parse_args(args)
+    out = []
+    words = iter(args)
+    for word in words:
+        if word == "--model-package":
+            next(words)  # replaced by the offline package below
+            continue
+        if word == "--output":
+            out += [word, Path(next(words)).name]  # /scratch/... -> the working directory
+            continue
+        out.append(_cut_range(word) if word in given.times else word)
+    source = Path(given.source)
+    if inputs is not None and given.source not in SOURCE_NAMES and not source.exists():
+        shutil.copy(inputs, source)  # e.g. the SLURM example's season.nc
+    samples = ["--samples", str(min(given.samples, MAX_SAMPLES))]
+    out += ["--model-package", str(package), *samples, *RUN_LIMITS]
+    parsed = build_run_parser().parse_args(out)
+    if parsed.benchmark:
+        return [*out, "--benchmark-size", "tiny"]
+    if parsed.prefetch is None and not (parsed.resume or parsed.overwrite):
+        forecast = parsed.source == "gfs-forecast"
+        target = parsed.output or cli.default_output(times.parse_times(parsed.times), forecast)
+        if target.exists():
+            out.append("--overwrite")
+    return out
+
+
+def prepare_plot_inputs(args: list[str], directory: Path) -> None:
+    """Make the reference file a README ``--truth`` command names, from its store."""
+    if "--truth" not in args:
+        return
+    truth = directory / args[args.index("--truth") + 1]
+    if truth.exists():
+        return
+    from corrdiff_tools.store import OUTPUT_VARIABLES, open_store
+
+    dataset = open_store(directory / args[0])
+    rng = np.random.default_rng(0)
+    fields = {
+        name: (
+            ("time", "y", "x"),
+            dataset[name].isel(sample=0).values
+            + rng.normal(0, 0.5, dataset[name].shape[:1] + dataset[name].shape[2:]),
+            {"units": dataset[name].attrs["units"]},
+        )
+        for name in OUTPUT_VARIABLES
+    }
+    import xarray as xr
+
+    xr.Dataset(fields, coords={"time": dataset["time"].values}).to_netcdf(truth)
+
+
+def _readme_times() -> list[datetime]:
+    """Every valid time the (cut) README run commands can ask a source for."""
+    wanted: set[datetime] = set()
+    for command in COMMANDS:
+        if Path(command[0]).name != "run_corrdiff.py":
+            continue
+        parsed = build_run_parser().parse_args(_adapt_run(command[1:], Path("pkg")))
+        leads = times.parse_lead_times(parsed.lead_time) if parsed.lead_time else [0]
+        for time in times.parse_times(parsed.times) if parsed.times else []:
+            wanted.update(time + timedelta(hours=lead) for lead in leads)
+    return sorted(wanted)
+
+
+def test_every_readme_command_runs_offline(
+    package_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each README command, in README order, against the tiny package and local inputs."""
+    import xarray as xr
+
+    from corrdiff_tools import sources
+    from corrdiff_tools.cli import plot_main, run_main
+    from corrdiff_tools.synthetic import synthetic_inputs
+
+    inputs = tmp_path / "readme-inputs.nc"
+    synthetic_inputs(_readme_times(), seed=1).to_netcdf(inputs)
+    real_build_source = sources.build_source
+
+    class Forecast:
+        """gfs-forecast from the local file: lead L of init t is the analysis at t + L."""
+
+        def __init__(self) -> None:
+            with xr.open_dataarray(inputs) as array:
+                self.array = array.load()
+
+        def __call__(self, time: Any, lead_time: Any, variable: Any) -> Any:
+            frames = [
+                self.array.sel(time=[t + lead for lead in lead_time], variable=list(variable))
+                .rename(time="lead_time")
+                .assign_coords(lead_time=np.asarray(lead_time))
+                for t in time
+            ]
+            return xr.concat(frames, "time").assign_coords(time=np.asarray(time))
+
+    def offline(spec: Any, wanted: Any) -> Any:
+        if spec.kind == "file":
+            return real_build_source(spec, wanted)
+        if spec.is_forecast:
+            return Forecast()
+        return real_build_source(sources.SourceSpec("file", inputs), wanted)
+
+    monkeypatch.setattr(sources, "build_source", offline)
+    monkeypatch.chdir(tmp_path)
+    ran = {"run_corrdiff.py": 0, "plot_corrdiff.py": 0}
+    for command in COMMANDS:
+        tool = Path(command[0]).name
+        capsys.readouterr()
+        if tool == "run_corrdiff.py":
+            args = _adapt_run(command[1:], package_dir, inputs)
+            code = run_main(args)
+        else:
+            prepare_plot_inputs(command[1:], tmp_path)
+            args = [*command[1:], *PLOT_LIMITS]
+            code = plot_main(args)
+        err = capsys.readouterr().err
+        assert code == 0, f"{' '.join(command)}\n(ran as {args})\n{err}"
+        ran[tool] += 1
+    assert min(ran.values()) >= 3
