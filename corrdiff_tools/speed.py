@@ -108,9 +108,7 @@ def use_inplace_group_norm(net: Any) -> int:
 def _dispatch_group_norm(self: Any, x: Any) -> Any:
     import torch
 
-    if x.dim() == 4 and (
-        x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    ):
+    if x.dim() == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return _group_norm_inplace(self, x)
     return self._physicsnemo_forward(x)
 
