@@ -166,14 +166,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="also store ensemble mean, standard deviation and exceedance probabilities "
         "beside the samples, for each time whose ensemble is complete",
     )
-    parser.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="VAR=VALUE",
-        help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
-        "defaults mrr=35, wind=17.2",
-    )
+    _add_threshold_option(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -215,6 +208,18 @@ def _positive_float(name: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _add_threshold_option(parser: argparse.ArgumentParser) -> None:
+    """``--threshold VAR=VALUE``, the same for both tools (see :func:`parse_thresholds`)."""
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
+        "defaults mrr=35, wind=17.2",
+    )
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -857,14 +862,7 @@ def build_plot_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also draw ensemble mean, standard deviation and exceedance probabilities",
     )
-    parser.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="VAR=VALUE",
-        help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
-        "defaults mrr=35, wind=17.2",
-    )
+    _add_threshold_option(parser)
     parser.add_argument(
         "--gif",
         nargs="?",

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from corrdiff_tools.plotting import new_figure
+
 #: Physical variables, in store units except t2m in deg C (as the maps show it).
 DIAGNOSTIC_VARIABLES = ("mrr", "t2m", "u10m", "v10m")
 PDF_VARIABLES = (*DIAGNOSTIC_VARIABLES, "wind")
@@ -60,13 +62,7 @@ class Curves:
 
 
 def _figure(figsize: tuple[float, float], fig: Any | None) -> Any:
-    from matplotlib.figure import Figure
-
-    if fig is None:
-        return Figure(figsize=figsize, layout="constrained")
-    fig.set_size_inches(*figsize)
-    fig.set_layout_engine("constrained")
-    return fig
+    return new_figure(figsize, fig, layout="constrained")  # room for log-axis labels
 
 
 def spectra_figure(

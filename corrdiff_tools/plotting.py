@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -101,13 +101,18 @@ def projection() -> Any:
     )
 
 
-def _new_figure(figsize: tuple[float, float], fig: Any | None) -> Any:
+def new_figure(
+    figsize: tuple[float, float],
+    fig: Any | None,
+    layout: Literal["compressed", "constrained"] = "compressed",
+) -> Any:
+    """A Figure not registered with pyplot, or ``fig`` (a pyplot one) resized for reuse."""
     from matplotlib.figure import Figure
 
     if fig is None:
-        return Figure(figsize=figsize, layout="compressed")
+        return Figure(figsize=figsize, layout=layout)
     fig.set_size_inches(*figsize)
-    fig.set_layout_engine("compressed")
+    fig.set_layout_engine(layout)
     return fig
 
 
@@ -211,7 +216,7 @@ def map_figure(
     -------
     matplotlib.figure.Figure
     """
-    fig = _new_figure(SAMPLE_FIGSIZE, fig)
+    fig = new_figure(SAMPLE_FIGSIZE, fig)
     for index, key in enumerate(panels, start=1):
         ax = _map_axes(fig, 1, len(panels), index)
         _mesh(
@@ -265,7 +270,7 @@ def stats_figure(
     fig: Any | None = None,
 ) -> Any:
     """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities."""
-    fig = _new_figure(STATS_FIGSIZE, fig)
+    fig = new_figure(STATS_FIGSIZE, fig)
     for column, key in enumerate(SAMPLE_PANELS, start=1):
         ax = _map_axes(fig, 3, 3, column)
         _mesh(fig, ax, lon, lat, stats.mean[key], scales[SCALE_KEY[key]], LABELS[key])

@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import xarray as xr
 
 from corrdiff_tools.synthetic import build_package, synthetic_inputs
 
@@ -95,3 +97,25 @@ def load_inputs(path: Path) -> Any:
 
     with xr.open_dataarray(path) as array:
         return array.load()
+
+
+class FileForecast:
+    """A forecast source (time, lead_time, variable) read from the session's input file.
+
+    The field at init time t and lead L is the file's analysis at t + L, so the test can
+    check which inputs reached which lead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.array = load_inputs(path).load()
+
+    def __call__(
+        self, time: np.ndarray, lead_time: np.ndarray, variable: np.ndarray
+    ) -> xr.DataArray:
+        frames = [
+            self.array.sel(time=[t + lead for lead in lead_time], variable=list(variable))
+            .rename(time="lead_time")
+            .assign_coords(lead_time=np.asarray(lead_time))
+            for t in time
+        ]
+        return xr.concat(frames, "time").assign_coords(time=np.asarray(time))

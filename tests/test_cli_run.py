@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import load_inputs
+from conftest import FileForecast, load_inputs
 
 from corrdiff_tools import store
 from corrdiff_tools.cli import run_main
@@ -404,28 +404,6 @@ def test_script_entry_point_and_version() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == "run_corrdiff.py 0.1.0"
-
-
-class FileForecast:
-    """A forecast source (time, lead_time, variable) read from the session's input file.
-
-    The field at init time t and lead L is the file's analysis at t + L, so the test can
-    check which inputs reached which lead.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.array = load_inputs(path).load()
-
-    def __call__(
-        self, time: np.ndarray, lead_time: np.ndarray, variable: np.ndarray
-    ) -> xr.DataArray:
-        frames = [
-            self.array.sel(time=[t + lead for lead in lead_time], variable=list(variable))
-            .rename(time="lead_time")
-            .assign_coords(lead_time=np.asarray(lead_time))
-            for t in time
-        ]
-        return xr.concat(frames, "time").assign_coords(time=np.asarray(time))
 
 
 def test_forecast_source_adds_a_lead_time_axis(

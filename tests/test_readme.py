@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import FileForecast
 
 from corrdiff_tools import times
 from corrdiff_tools.cli import build_plot_parser, build_run_parser
@@ -157,7 +158,6 @@ def test_every_readme_command_runs_offline(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Each README command, in README order, against the tiny package and local inputs."""
-    import xarray as xr
 
     from corrdiff_tools import sources
     from corrdiff_tools.cli import plot_main, run_main
@@ -167,27 +167,11 @@ def test_every_readme_command_runs_offline(
     synthetic_inputs(_readme_times(), seed=1).to_netcdf(inputs)
     real_build_source = sources.build_source
 
-    class Forecast:
-        """gfs-forecast from the local file: lead L of init t is the analysis at t + L."""
-
-        def __init__(self) -> None:
-            with xr.open_dataarray(inputs) as array:
-                self.array = array.load()
-
-        def __call__(self, time: Any, lead_time: Any, variable: Any) -> Any:
-            frames = [
-                self.array.sel(time=[t + lead for lead in lead_time], variable=list(variable))
-                .rename(time="lead_time")
-                .assign_coords(lead_time=np.asarray(lead_time))
-                for t in time
-            ]
-            return xr.concat(frames, "time").assign_coords(time=np.asarray(time))
-
     def offline(spec: Any, wanted: Any) -> Any:
         if spec.kind == "file":
             return real_build_source(spec, wanted)
         if spec.is_forecast:
-            return Forecast()
+            return FileForecast(inputs)
         return real_build_source(sources.SourceSpec("file", inputs), wanted)
 
     monkeypatch.setattr(sources, "build_source", offline)
