@@ -94,14 +94,14 @@ class BenchmarkResult:
             ("samples/s", f"{self.samples / self.total:.3f}"),
             (
                 "FLOP per call",
-                f"{self.diffusion_flops / 1e12:.3f} T per sample (diffusion), "
-                f"{self.regression_flops / 1e12:.3f} T (regression)",
+                f"{self.diffusion_flops / 1e12:.4g} T per sample (diffusion), "
+                f"{self.regression_flops / 1e12:.4g} T (regression)",
             ),
             (
                 "achieved",
-                f"{achieved:.2f} TFLOP/s"
+                f"{achieved:.3g} TFLOP/s"
                 + (
-                    f" = {100 * achieved / peak_tflops:.1f}% of --peak-tflops {peak_tflops:g}"
+                    f" = {100 * achieved / peak_tflops:.3g}% of --peak-tflops {peak_tflops:g}"
                     if peak_tflops
                     else " (give --peak-tflops for the fraction of peak)"
                 ),
