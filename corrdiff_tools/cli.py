@@ -21,7 +21,7 @@ import time as clock
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -476,7 +476,7 @@ def _provenance(
         except PackageNotFoundError:
             return "unknown"
 
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     argv = args.argv if hasattr(args, "argv") else sys.argv[1:]
     return {
         "Conventions": "CF-1.10",

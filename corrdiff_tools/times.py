@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from corrdiff_tools.errors import UsageError
 
@@ -193,7 +193,7 @@ def check_era5_time(time: datetime, now: datetime | None = None) -> None:
 
 def check_not_future(time: datetime, now: datetime | None = None) -> None:
     """Refuse a time that has not happened yet."""
-    now = now or datetime.now(timezone.utc).replace(tzinfo=None)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     if time > now:
         raise UsageError(
             f"{format_time(time)} is in the future (now is {now:%Y-%m-%dT%H:%M} UTC): "
