@@ -36,6 +36,7 @@ SCORE_STYLES = {
     "crps": ("CRPS (ensemble)", STYLES["ensemble mean"]),
     "mae_ensemble_mean": ("MAE (ensemble mean)", {"color": "0.4", "linestyle": "--"}),
     "mae_regression": ("MAE (regression mean)", STYLES["regression mean"]),
+    "mae_interpolated": ("MAE (interpolated input)", STYLES["interpolated input"]),
     "rmse_ensemble_mean": ("RMSE (ensemble mean)", {"color": "tab:red", "linestyle": ":"}),
 }
 

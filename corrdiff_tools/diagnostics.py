@@ -128,6 +128,7 @@ class Scores:
     crps: float
     mae_ensemble_mean: float
     mae_regression: float | None
+    mae_interpolated: float | None
     rmse_ensemble_mean: float
     spread: float
     spread_skill_ratio: float
@@ -139,7 +140,12 @@ class Scores:
         return asdict(self)
 
 
-def score(truth: np.ndarray, members: np.ndarray, regression: np.ndarray | None = None) -> Scores:
+def score(
+    truth: np.ndarray,
+    members: np.ndarray,
+    regression: np.ndarray | None = None,
+    interpolated: np.ndarray | None = None,
+) -> Scores:
     """CRPS, MAE, RMSE, spread-skill ratio and rank histogram of an ensemble.
 
     Parameters
@@ -150,6 +156,9 @@ def score(truth: np.ndarray, members: np.ndarray, regression: np.ndarray | None 
         Shape ``(member, y, x)``, at least 2 members.
     regression : numpy.ndarray, optional
         The regression mean, ``(y, x)``: scored by MAE as the deterministic baseline.
+    interpolated : numpy.ndarray, optional
+        The low-resolution input interpolated to the grid, ``(y, x)``: the paper's other
+        baseline, scored by MAE over the points where it is finite too.
 
     Notes
     -----
@@ -181,6 +190,11 @@ def score(truth: np.ndarray, members: np.ndarray, regression: np.ndarray | None 
                 xs.mae(obs, xr.DataArray(np.asarray(regression)[ok], dims=("point",)), dim="point")
             )
             if regression is not None
+            else None
+        ),
+        mae_interpolated=(
+            float(np.mean(np.abs(truth - interpolated)[ok & np.isfinite(interpolated)]))
+            if interpolated is not None and (ok & np.isfinite(interpolated)).any()
             else None
         ),
         rmse_ensemble_mean=rmse,

@@ -209,8 +209,9 @@ def evaluate(dataset: Any, entries: Sequence[Entry], request: Request) -> list[P
         if request.truth is not None and truth and len(entry.samples) >= 2:
             for name in request.truth.variables:
                 members = fields[name]["members"]
-                regression = fields[name]["regression"]
-                result = diagnostics.score(truth[name], members, regression)
+                result = diagnostics.score(
+                    truth[name], members, fields[name]["regression"], fields[name]["lowres"]
+                )
                 lead = (
                     None
                     if entry.lead_index is None

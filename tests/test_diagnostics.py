@@ -76,11 +76,16 @@ def test_crps_equals_properscoring_on_known_data() -> None:
     rng = np.random.default_rng(3)
     truth = rng.normal(1.0, 1.0, (60, 70))
     members = rng.normal(0.0, 2.0, (6, 60, 70))
-    scores = diagnostics.score(truth, members, regression=np.zeros((60, 70)))
+    interpolated = np.full((60, 70), 0.5)
+    interpolated[0] = np.nan  # outside the input box: left out of this baseline only
+    scores = diagnostics.score(
+        truth, members, regression=np.zeros((60, 70)), interpolated=interpolated
+    )
     expected = properscoring.crps_ensemble(truth, np.moveaxis(members, 0, -1)).mean()
     assert scores.crps == pytest.approx(expected, rel=1e-12)
     assert scores.mae_ensemble_mean == pytest.approx(np.abs(truth - members.mean(0)).mean())
     assert scores.mae_regression == pytest.approx(np.abs(truth).mean())
+    assert scores.mae_interpolated == pytest.approx(np.abs(truth[1:] - 0.5).mean())
     rmse = np.sqrt(((truth - members.mean(0)) ** 2).mean())
     assert scores.rmse_ensemble_mean == pytest.approx(rmse)
     assert scores.points == 60 * 70
@@ -97,7 +102,7 @@ def test_a_perfect_ensemble_is_calibrated_with_a_flat_rank_histogram() -> None:
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 30  # 9 degrees of freedom: p ~ 0.0004
     assert scores.spread_skill_ratio == pytest.approx(1.0, abs=0.02)
-    assert scores.mae_regression is None
+    assert scores.mae_regression is None and scores.mae_interpolated is None
 
 
 def test_an_underdispersed_ensemble_has_a_u_shaped_histogram() -> None:

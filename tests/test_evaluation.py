@@ -233,6 +233,15 @@ def test_truth_scores_match_properscoring_and_are_written(
     assert float(row["crps"]) == pytest.approx(expected, rel=1e-6)
     mae = np.abs(observed - ds["t2m_regression"].values[1]).mean()
     assert float(row["mae_regression"]) == pytest.approx(mae, rel=1e-6)
+    from corrdiff_tools.diagnostics import interpolate_lowres
+
+    interpolated = interpolate_lowres(
+        ds["lr_t2m"].values[1], ds["lat_lr"].values, ds["lon_lr"].values,
+        ds["lat"].values.astype("float64"), ds["lon"].values.astype("float64"),
+    )  # fmt: skip
+    assert float(row["mae_interpolated"]) == pytest.approx(
+        np.nanmean(np.abs(observed - interpolated)), rel=1e-6
+    )
     assert sum(map(int, row["rank_histogram"].split())) == 448 * 448
     report = json.loads((outdir / "scores.json").read_text())
     assert report["truth"] == str(truth) and len(report["scores"]) == 8
