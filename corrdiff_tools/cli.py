@@ -914,11 +914,9 @@ def build_plot_parser() -> argparse.ArgumentParser:
 
 
 def parse_selection(text: str, size: int, flag: str) -> list[int]:
-    """Parse ``all``, ``none``, ``N``, ``N,M`` and ``A-B`` (inclusive) into sorted indices."""
+    """Parse ``all``, ``N``, ``N,M`` and ``A-B`` (inclusive) into sorted indices < size."""
     if text.strip().lower() == "all":
         return list(range(size))
-    if text.strip().lower() == "none":
-        return []
     chosen: set[int] = set()
     for part in text.split(","):
         bounds = part.strip().split("-")
@@ -1010,7 +1008,11 @@ def _plot(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     times = _select_times(args.time, dataset)
     leads = _select_leads(args.lead_time, dataset)
-    samples = parse_selection(args.sample, dataset.sizes["sample"], "--sample")
+    samples = (
+        []  # no sample maps: only what --plot-lowres/--stats/--spectra/--pdf/--truth ask for
+        if args.sample.strip().lower() == "none"
+        else parse_selection(args.sample, dataset.sizes["sample"], "--sample")
+    )
     thresholds = parse_thresholds(args.threshold)
     if not (args.fps > 0 and math.isfinite(args.fps)):
         raise UsageError(f"--fps {args.fps:g}: must be a positive number of frames per second")
