@@ -116,18 +116,11 @@ class BenchmarkResult:
 
 def synthetic_model_inputs(seed: int = 0) -> np.ndarray:
     """Plausible inputs on the model's own 36 x 40 grid, shape (12, 36, 40)."""
-    from corrdiff_tools.synthetic import TYPICAL
+    from corrdiff_tools.synthetic import synthetic_inputs
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(
-        np.linspace(0, 1, LR_LAT.size), np.linspace(0, 1, LR_LON.size), indexing="ij"
-    )
-    fields = []
-    for name in INPUT_VARIABLES:
-        centre, scale = TYPICAL[name]
-        phase = rng.uniform(0, 2 * np.pi)
-        fields.append(centre + scale * np.sin(2 * np.pi * xx + phase) * np.cos(np.pi * yy))
-    return np.stack(fields).astype("float32")
+    array = synthetic_inputs([datetime(2024, 7, 24, 12)], seed=seed, with_refc=False, margin=0)
+    selected = array.sel(variable=list(INPUT_VARIABLES), lat=LR_LAT, lon=LR_LON)
+    return np.asarray(selected.values[0], dtype="float32")
 
 
 def _timed(function: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]:

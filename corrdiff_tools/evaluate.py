@@ -20,13 +20,13 @@ import numpy as np
 
 from corrdiff_tools import diagnostics
 from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
+from corrdiff_tools.plotting import KELVIN
 from corrdiff_tools.store import lowres_name, regression_name
 
 logger = logging.getLogger(__name__)
 
 #: The low-resolution stand-in for each output variable.
 LOWRES_FOR = {"mrr": "refc", "t2m": "t2m", "u10m": "u10m", "v10m": "v10m"}
-KELVIN = 273.15
 
 
 @dataclass(frozen=True)

@@ -445,11 +445,9 @@ def ensemble_statistics(
     for name in OUTPUT_VARIABLES:
         out[ensemble_mean_name(name)] = np.mean(members[name], axis=0)
         out[ensemble_std_name(name)] = np.std(members[name], axis=0)
-    quantities = {
-        "mrr": members["mrr"],
-        "t2m": members["t2m"] - 273.15,
-        "wind": np.hypot(members["u10m"], members["v10m"]),
-    }
+    from corrdiff_tools.plotting import to_plot_units  # the thresholds' units: deg C, speed
+
+    quantities = to_plot_units(members["mrr"], members["t2m"], members["u10m"], members["v10m"])
     for quantity, threshold in thresholds.items():
         out[exceedance_name(quantity)] = np.mean(quantities[quantity] >= threshold, axis=0)
     return out
