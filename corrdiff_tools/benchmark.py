@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from corrdiff_tools.sampling import SamplerSettings
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ class BenchmarkResult:
     precision: str
     samples: int
     batch_size: int
-    steps: int
-    solver: str
+    sampler: SamplerSettings
     compiled: bool
     build: float
     load: float
@@ -52,7 +52,7 @@ class BenchmarkResult:
     @property
     def calls_per_sample(self) -> int:
         """Diffusion network calls per sample (Heun: two per step but the last)."""
-        return self.steps if self.solver == "euler" else 2 * self.steps - 1
+        return self.sampler.calls_per_sample
 
     @property
     def total(self) -> float:
@@ -74,8 +74,7 @@ class BenchmarkResult:
             ("device", f"{self.device}, {self.precision}{', compiled' if self.compiled else ''}"),
             (
                 "job",
-                f"{self.samples} sample(s), batch {self.batch_size}, {self.steps} {self.solver} "
-                f"step(s) = {self.calls_per_sample} diffusion call(s) per sample",
+                f"{self.samples} sample(s), batch {self.batch_size}, {self.sampler.describe()}",
             ),
             ("build package", f"{self.build:.2f} s (not part of a real run)"),
             ("load", f"{self.load:.2f} s (load_model, precision, to device)"),
@@ -139,8 +138,7 @@ def run_benchmark(
     size: str,
     samples: int,
     batch_size: int,
-    steps: int,
-    solver: str,
+    sampler_settings: SamplerSettings,
     compile_nets: bool = False,
     seed: int = 0,
 ) -> BenchmarkResult:
@@ -162,7 +160,7 @@ def run_benchmark(
         (corrdiff, precision), load = _timed(lambda: model.load_corrdiff(tmp, device), sync)
     if compile_nets:
         speed.compile_networks(corrdiff)
-    sampler = downscale.CorrDiffSampler(corrdiff, steps=steps, solver=solver)
+    sampler = downscale.CorrDiffSampler(corrdiff, sampler_settings)
     condition = sampler.condition(synthetic_model_inputs(seed))
 
     with FlopCounterMode(display=False) as counter:
@@ -206,8 +204,7 @@ def run_benchmark(
         precision=precision,
         samples=samples,
         batch_size=min(batch_size, samples),
-        steps=steps,
-        solver=solver,
+        sampler=sampler_settings,
         compiled=compile_nets,
         build=build,
         load=load,

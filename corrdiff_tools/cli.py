@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from corrdiff_tools import __version__
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
+from corrdiff_tools.sampling import SamplerSettings
 
 logger = logging.getLogger("corrdiff_tools")
 
@@ -39,6 +40,9 @@ examples:
       every 6 h from 00Z on the 24th to 00Z on the 25th (5 times), one model load
   run_corrdiff.py 2024-07-24T12 --source gfs-forecast --lead-time 0 6 12
       a GFS forecast initialised at 12Z, downscaled at three lead times
+  run_corrdiff.py 2024-07-24T12:00 --samples 4 --preset paper
+      the CorrDiff paper's sampler (stochastic EDM, 18 steps): 35 network calls per
+      sample instead of the blog's 8
   run_corrdiff.py 2024-07-24T12 --prefetch gaemi.nc
       download inputs (and the model) now; later, offline:
   run_corrdiff.py 2024-07-24T12 --source gaemi.nc --model-package ~/corrdiff
@@ -134,15 +138,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="most samples per diffusion batch, bounds memory (default: all on CPU; on a GPU, "
         "what fits in free memory, halved on out-of-memory)",
     )
-    parser.add_argument(
-        "--steps",
-        type=_positive_int("--steps", minimum=2),
-        default=8,
-        help="diffusion sampler steps (default 8, as published)",
-    )
-    parser.add_argument(
-        "--solver", choices=("euler", "heun"), default="euler", help="sampler (default euler)"
-    )
+    _add_sampler_options(parser)
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (ROCm GPUs are cuda)"
     )
@@ -195,6 +191,80 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     _add_common_options(parser)
     return parser
+
+
+def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    """The diffusion sampler: a preset, or physicsnemo's sampler settings one by one."""
+    from corrdiff_tools.sampling import PRESETS, SAMPLERS, SOLVERS
+
+    lines = [f"  {name}: {preset.describe()}" for name, preset in PRESETS.items()]
+    group = parser.add_argument_group(
+        "diffusion sampler (physicsnemo's own samplers; each option overrides the preset)",
+        "\n".join(
+            [
+                *lines,
+                "  blog is earth2studio's CorrDiffTaiwan and the blog's figures (the default);",
+                "  paper is the CorrDiff paper's evaluation (see the README's 'Samplers').",
+            ]
+        ),
+    )
+    group.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="sampler settings to start from (default blog, or the preset of --sampler)",
+    )
+    group.add_argument("--sampler", choices=SAMPLERS, help="EDM sampler (default deterministic)")
+    group.add_argument(
+        "--steps",
+        type=_positive_int("--steps", minimum=2),
+        help="sampler steps, 2 or more (blog 8, paper 18)",
+    )
+    group.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        help="deterministic sampler's ODE solver (default euler; stochastic is always heun)",
+    )
+    for flag, name, text in (
+        ("--sigma-min", "sigma_min", "lowest noise level (default 0.002)"),
+        ("--sigma-max", "sigma_max", "highest noise level (blog 80, paper 800)"),
+        ("--rho", "rho", "time-step exponent (default 7)"),
+        ("--s-churn", "s_churn", "stochasticity strength S_churn (default 0: no churn)"),
+        ("--s-min", "s_min", "lowest noise level that churns, S_min (default 0)"),
+        ("--s-max", "s_max", "highest noise level that churns, S_max (default inf)"),
+        ("--s-noise", "s_noise", "churn noise inflation S_noise (default 1)"),
+    ):
+        group.add_argument(flag, dest=name, type=_float_option(flag), metavar="X", help=text)
+
+
+def _float_option(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} needs a number, got {text!r}") from None
+        if math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{name} needs a number, got {text!r}")
+        return value
+
+    return parse
+
+
+def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
+    """The :class:`~corrdiff_tools.sampling.SamplerSettings` the options ask for.
+
+    Raises
+    ------
+    UsageError
+        On conflicting options or values out of range.
+    """
+    from corrdiff_tools import sampling
+
+    names = ("steps", "solver", "sigma_min", "sigma_max", "rho", "s_churn", "s_min", "s_max")
+    overrides = {name: getattr(args, name) for name in (*names, "s_noise")}  # CLI dests
+    try:
+        return sampling.resolve(args.preset, args.sampler, overrides)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _positive_float(name: str) -> Callable[[str], float]:
@@ -338,6 +408,7 @@ class RunRequest:
     lowres_variables: list[str]
     output: Path
     settings: dict[str, Any]
+    sampler: SamplerSettings
 
 
 def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
@@ -403,14 +474,17 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
             "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
         )
     thresholds = parse_thresholds(args.threshold) if args.stats else None
+    sampler = sampler_settings(args)
+
+    from corrdiff_tools.downscale import GEOMETRY
 
     settings = {
         "times": [times_mod.format_time(t) for t in times],
         "lead_times": lead_times,
         "samples": args.samples,
         "seed": args.seed,
-        "steps": args.steps,
-        "solver": args.solver,
+        "sampler": sampler.to_json(),
+        "geometry": GEOMETRY,
         "source": source.label,
         "model_package": args.model_package,
         "stats": thresholds,
@@ -436,6 +510,7 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         lowres_variables=sources.lowres_variables(source, file_variables),
         output=output,
         settings=settings,
+        sampler=sampler,
     )
 
 
@@ -470,6 +545,8 @@ def _provenance(
 ) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
+    from corrdiff_tools.downscale import GEOMETRY
+
     def ver(name: str) -> str:
         try:
             return version(name)
@@ -492,12 +569,34 @@ def _provenance(
         "model_package": args.model_package,
         "input_source": request.source.label,
         "seed": args.seed,
-        "steps": args.steps,
-        "solver": args.solver,
+        **_sampler_attrs(request.sampler),
+        "geometry": GEOMETRY,
         "device": device,
         "precision": precision,
         "conditioning": "diffusion: [noisy(4), input(12), grid(4)], no regression-mean "
         "conditioning (as the checkpoint was trained)",
+    }
+
+
+def _sampler_attrs(settings: SamplerSettings) -> dict[str, Any]:
+    """The sampler's settings as store attributes, under physicsnemo's config names."""
+    from corrdiff_tools.sampling import PRESETS
+
+    values = settings.to_json()
+    preset = next((name for name, known in PRESETS.items() if known == settings), "custom")
+    return {
+        "sampler": values["sampler"],
+        "sampler_preset": preset,
+        "steps": values["steps"],
+        "solver": values["solver"],
+        "network_calls_per_sample": settings.calls_per_sample,
+        "sigma_min": values["sigma_min"],
+        "sigma_max": values["sigma_max"],
+        "rho": values["rho"],
+        "S_churn": values["s_churn"],
+        "S_min": values["s_min"],
+        "S_max": values["s_max"],
+        "S_noise": values["s_noise"],
     }
 
 
@@ -545,8 +644,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         args.benchmark_size,
         samples=args.samples,
         batch_size=batch_size,
-        steps=args.steps,
-        solver=args.solver,
+        sampler_settings=sampler_settings(args),
         compile_nets=args.compile,
         seed=args.seed,
     )
@@ -630,7 +728,8 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
 
     from corrdiff_tools import downscale, store
 
-    sampler = downscale.CorrDiffSampler(corrdiff, steps=args.steps, solver=args.solver)
+    sampler = downscale.CorrDiffSampler(corrdiff, request.sampler)
+    logger.info("%s", request.sampler.describe())
     layout = store.StoreLayout(
         times=request.times,
         samples=args.samples,

@@ -12,14 +12,43 @@ v850/t2m/u10m/v10m and the 4 trained on tcwv..v500 receive the regression mean.
 
 Here the regression net gets ``[zeros(4), ERA5n(12), grid(4)]`` (as earth2studio does)
 and the diffusion net ``[noisy(4), ERA5n(12), grid(4)]``, with no mean conditioning.
-We reuse earth2studio's interpolation, normalisation statistics and grid formula, and
-physicsnemo's networks and deterministic EDM sampler unchanged.
+We reuse earth2studio's interpolation function and normalisation statistics, and
+physicsnemo's networks and EDM samplers unchanged (``sampling.py`` picks the sampler).
+
+The geometry the checkpoint was trained on
+------------------------------------------
+The package ships a 450 x 450 curvilinear grid (``XLAT``/``XLONG``); the networks are
+448 x 448. earth2studio (``CorrDiffTaiwan._interpolate`` and ``__init__``) uses the centre
+window ``[1:-1, 1:-1]`` and sin/cos positional channels over ``linspace(0, 2 pi, 448)``.
+The code the checkpoint was trained and evaluated with, modulus v0.5.0
+``examples/generative/corrdiff``, does otherwise:
+
+* ``training/img_utils.py`` lines 56-57 take the grid size from the data (450 x 450, the
+  CWB/ERA5 arrays of the training Zarr), lines 98-99 build the sin/cos channels over
+  ``linspace(0, 2 pi, 450)``, and line 113 then crops inputs, channels and target
+  together to ``[rnd_x : rnd_x + 448, rnd_y : rnd_y + 448]``.
+* ``training/dataset.py`` lines 362-366: ``rnd_x = rnd_y = 0`` outside training, and in
+  training ``random.randint(0, img_shape_x - crop_size_x)`` with ``img_shape_x: 448`` and
+  ``crop_size_x: 448`` (``conf/config_train_diffusion.yaml`` lines 83 and 88, the same in
+  the regression config) is also always 0. ``generate.py`` line 147 passes ``train=None``.
+* So the networks always saw the window that starts at pixel (0, 0) of the 450 grid,
+  with channels ``sin/cos(linspace(0, 2 pi, 450))[:448]``. v0.5.0's NetCDF writer labelled
+  its output with ``lat[1:-1, 1:-1]`` (``generate.py`` line 757), the label earth2studio
+  inherited; modulus fixed it in ec01e425 (2024-04-16): ``datasets/cwb.py`` returns
+  ``lat[..., :448, :448]`` for generation, as physicsnemo still does
+  (``examples/weather/corrdiff/datasets/cwb.py`` line 463 at 94b355108).
+
+We use that trained geometry for the interpolation target, the positional channels and
+the stored lat/lon (:data:`WINDOW`). Against earth2studio's, every pixel moves one grid
+step (2 km) south-west in where the inputs are sampled and labelled, and the positional
+channels differ by up to 0.028 at the far edge.
+
 
 Other differences from ``CorrDiffTaiwan.__call__``: the initial noise of sample ``i`` at
-time ``t`` comes from a generator seeded by ``(seed, t, lead, i)`` alone (earth2studio
-draws one random seed per call), so an ensemble does not depend on batch size, device
-count or which other times are in the run; the sampler's churn noise, multiplied by
-exactly 0 in the published deterministic setting, is not drawn; samples go through the
+time ``t`` (and its churn noise, if any) comes from a generator seeded by
+``(seed, t, lead, i)`` alone (earth2studio draws one random seed per call), so an
+ensemble does not depend on batch size, device count or which other times are in the
+run; churn noise multiplied by exactly 0 (``S_churn = 0``) is not drawn; samples go through the
 diffusion net in batches of at most ``batch_size`` (earth2studio sends all at once, so
 memory grows with the ensemble); the regression mean is computed once per time and broadcast.
 """
@@ -38,9 +67,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from corrdiff_tools.errors import RunError
+from corrdiff_tools.sampling import PRESETS, SampleNoise, SamplerSettings, run_sampler
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
 
 logger = logging.getLogger(__name__)
+
+#: Side of the package's curvilinear grid (``XLAT``/``XLONG``), in pixels.
+PACKAGE_GRID = 450
+#: The 448 x 448 window of that grid the networks were trained on: it starts at pixel
+#: (0, 0) (see the module docstring for the modulus v0.5.0 sources).
+WINDOW = (slice(0, HR_SHAPE[0]), slice(0, HR_SHAPE[1]))
+
+#: How the store records that geometry (part of the settings ``--resume`` must match).
+GEOMETRY = "trained: 448x448 window at pixel (0, 0) of the package's 450x450 grid"
 
 #: Minutes between this epoch and a valid time enter the noise seed (non-negative for ERA5).
 SEED_EPOCH = datetime(1900, 1, 1)
@@ -70,16 +109,18 @@ def sample_seed(seed: int, time: datetime, lead_hours: int, sample: int) -> int:
     return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
 
-def grid_channels(shape: tuple[int, int] = HR_SHAPE) -> np.ndarray:
-    """The 4 sin/cos positional channels CorrDiff Taiwan was trained with, shape (4, H, W).
+def grid_channels() -> np.ndarray:
+    """The 4 sin/cos positional channels the checkpoint was trained with, shape (4, 448, 448).
 
-    Same formula (and channel order) as earth2studio's ``CorrDiffTaiwan._forward``.
+    Built over the package's full 450-pixel grid and cut to :data:`WINDOW`, as modulus
+    v0.5.0 ``training/img_utils.py`` lines 94-113 do; channel order (sin x, sin y, cos x,
+    cos y), x along columns, as there and in earth2studio.
     """
-    rows = np.linspace(0, 2 * np.pi, shape[0])
-    cols = np.linspace(0, 2 * np.pi, shape[1])
-    grid_x1, grid_y1 = np.meshgrid(np.sin(cols), np.sin(rows))
-    grid_x2, grid_y2 = np.meshgrid(np.cos(cols), np.cos(rows))
-    return np.stack((grid_x1, grid_y1, grid_x2, grid_y2)).astype("float32")
+    axis = np.linspace(0, 2 * np.pi, PACKAGE_GRID)
+    grid_x1, grid_y1 = np.meshgrid(np.sin(axis), np.sin(axis))
+    grid_x2, grid_y2 = np.meshgrid(np.cos(axis), np.cos(axis))
+    full = np.stack((grid_x1, grid_y1, grid_x2, grid_y2))
+    return full[(slice(None), *WINDOW)].astype("float32")
 
 
 class CorrDiffSampler:
@@ -89,27 +130,37 @@ class CorrDiffSampler:
     ----------
     model : earth2studio.models.dx.CorrDiffTaiwan
         A loaded model (weights, normalisation and grids are read from it).
-    steps : int
-        Deterministic EDM sampler steps (published: 8).
-    solver : str
-        ``euler`` (published) or ``heun``.
+    settings : SamplerSettings
+        The diffusion sampler and its settings (default: the ``blog`` preset).
     """
 
-    def __init__(self, model: Any, steps: int = 8, solver: str = "euler") -> None:
+    def __init__(self, model: Any, settings: SamplerSettings = PRESETS["blog"]) -> None:
         import torch
 
         self.model = model
-        self.steps = steps
-        self.solver = solver
+        self.settings = settings
         self.device = model.in_center.device
         self._grid = torch.as_tensor(grid_channels(), device=self.device)[None]
 
     def condition(self, inputs: np.ndarray) -> Any:
-        """Interpolate, normalise and add the grid: (12, 36, 40) -> (1, 16, 448, 448)."""
-        import torch
+        """Interpolate, normalise and add the grid: (12, 36, 40) -> (1, 16, 448, 448).
 
+        The inputs are interpolated (earth2studio's bilinear function, as its
+        ``_interpolate`` does) onto the package's full grid and cut to the trained
+        :data:`WINDOW`, not earth2studio's centre window.
+        """
+        import torch
+        from earth2studio.utils import interp
+
+        box = self.model.input_coords()
         x = torch.as_tensor(np.asarray(inputs, dtype="float32"), device=self.device)
-        x = self.model._interpolate(x)[None]  # earth2studio's bilinear interpolation
+        x = interp.latlon_interpolation_regular(
+            x,
+            torch.as_tensor(box["lat"], device=self.device, dtype=torch.float32),
+            torch.as_tensor(box["lon"], device=self.device, dtype=torch.float32),
+            self.model.out_lat_full,
+            self.model.out_lon_full,
+        )[(..., *WINDOW)][None]
         x = (x - self.model.in_center) / self.model.in_scale
         return torch.cat((x, self._grid), dim=1)
 
@@ -126,33 +177,20 @@ class CorrDiffSampler:
     def residuals(self, condition: Any, seeds: Sequence[int]) -> Any:
         """Diffusion residuals for one batch of samples, normalised, shape (B, 4, 448, 448).
 
-        The initial noise is drawn on the CPU from one generator per sample, so it is the
-        same on every device and for every batch size.
+        The initial noise (and any churn noise) is drawn on the CPU from one generator
+        per sample, so it is the same on every device and for every batch size.
         """
         import torch
-        from physicsnemo.diffusion.samplers.legacy_deterministic_sampler import (
-            deterministic_sampler,
-        )
 
-        from corrdiff_tools.speed import zero_churn_noise
-
-        latents = torch.stack(
-            [
-                torch.randn(
-                    (len(OUTPUT_VARIABLES), *HR_SHAPE),
-                    generator=torch.Generator().manual_seed(seed),
-                )
-                for seed in seeds
-            ]
-        ).to(self.device)
+        noise = SampleNoise(seeds)
+        latents = noise.latents((len(OUTPUT_VARIABLES), *HR_SHAPE), self.device)
         with torch.inference_mode():
-            return deterministic_sampler(
+            return run_sampler(
                 self.model.residual_model,
                 latents,
                 condition.expand(len(seeds), -1, -1, -1),
-                num_steps=self.steps,
-                solver=self.solver,
-                randn_like=zero_churn_noise,  # no churn: the noise term is exactly 0
+                self.settings,
+                noise,
             )
 
     def denormalise(self, x: Any) -> np.ndarray:
@@ -162,13 +200,13 @@ class CorrDiffSampler:
 
     @property
     def lat(self) -> np.ndarray:
-        """Output latitudes (448, 448)."""
-        return np.asarray(self.model.out_lat.cpu().numpy())
+        """Output latitudes (448, 448): the trained window of the package's grid."""
+        return np.asarray(self.model.out_lat_full[WINDOW].cpu().numpy())
 
     @property
     def lon(self) -> np.ndarray:
-        """Output longitudes (448, 448)."""
-        return np.asarray(self.model.out_lon.cpu().numpy())
+        """Output longitudes (448, 448): the trained window of the package's grid."""
+        return np.asarray(self.model.out_lon_full[WINDOW].cpu().numpy())
 
 
 @dataclass(frozen=True)

@@ -102,14 +102,6 @@ def build_networks(
     diffusion = EDMPrecondSR(
         img_channels=4, embedding_type="positional", scale_cond_input=scale_cond_input, **common
     )
-    if width == "tiny":
-        # Random init of a tiny net gives near-zero outputs; widen the last layers' weights
-        # so samples differ visibly (tests check ensemble spread and plots).
-        with torch.no_grad():
-            for net in (regression, diffusion):
-                for name, param in net.named_parameters():
-                    if "out" in name and param.ndim == 4:
-                        param.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed))
     return regression.eval(), diffusion.eval()
 
 
@@ -119,6 +111,7 @@ def build_package(
     seed: int = 0,
     zipped: bool = True,
     scale_cond_input: bool = False,
+    networks: tuple[Any, Any] | None = None,
 ) -> Path:
     """Write a random-weight package in the published layout.
 
@@ -135,6 +128,8 @@ def build_package(
         Write the zip (as NGC ships it) instead of the folder.
     scale_cond_input : bool
         The legacy ``EDMPrecondSR`` input scaling flag.
+    networks : tuple, optional
+        (regression, diffusion) to save instead of building them from ``width``/``seed``.
 
     Returns
     -------
@@ -146,7 +141,7 @@ def build_package(
     directory = Path(directory)
     staging = directory / "corrdiff_inference_package"
     (staging / "checkpoints").mkdir(parents=True, exist_ok=True)
-    regression, diffusion = build_networks(width, seed, scale_cond_input)
+    regression, diffusion = networks or build_networks(width, seed, scale_cond_input)
     regression.save(str(staging / "checkpoints" / "regression.mdlus"))
     diffusion.save(str(staging / "checkpoints" / "diffusion.mdlus"))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from corrdiff_tools.synthetic import build_package, synthetic_inputs
@@ -43,10 +44,35 @@ def _no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sources, "RETRY_DELAYS", (0.0, 0.0))
 
 
+def lively_networks(seed: int = 0, scale_cond_input: bool = False) -> tuple[Any, Any]:
+    """Tiny nets whose outputs are O(0.1) in normalised units, not O(1e-5).
+
+    SongUNet initialises its last convolution (``aux_conv``) near zero, so a random tiny net
+    adds almost nothing to the normalisation centre: a dropped regression mean or a
+    conditioning fed the wrong way would change the output by less than float32 rounding
+    of a 298 K field. Re-drawing those weights makes both nets' contributions visible.
+    """
+    from corrdiff_tools.synthetic import build_networks
+
+    regression, diffusion = build_networks("tiny", seed, scale_cond_input)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in (regression, diffusion):
+            for name, param in net.named_parameters():
+                if "aux_conv" in name and param.ndim == 4:
+                    param.copy_(0.03 * torch.randn(param.shape, generator=generator))
+    return regression, diffusion
+
+
+def lively_package(directory: Path, seed: int = 0, scale_cond_input: bool = False) -> Path:
+    """A tiny package of :func:`lively_networks` in the published layout."""
+    return build_package(directory, networks=lively_networks(seed, scale_cond_input))
+
+
 @pytest.fixture(scope="session")
 def package_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding a tiny corrdiff_inference_package.zip."""
-    return build_package(tmp_path_factory.mktemp("package"), width="tiny", seed=0)
+    """A directory holding a tiny corrdiff_inference_package.zip (see lively_package)."""
+    return lively_package(tmp_path_factory.mktemp("package"), seed=0)
 
 
 @pytest.fixture(scope="session")

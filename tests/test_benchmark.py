@@ -50,7 +50,10 @@ def test_benchmark_prints_a_consistent_table(
     rows = _table(out)
     assert rows["network"].startswith("tiny width, 448x448")
     assert rows["device"].startswith("CPU") and "float32" in rows["device"]
-    assert rows["job"] == ("3 sample(s), batch 2, 2 euler step(s) = 2 diffusion call(s) per sample")
+    assert rows["job"] == (
+        "3 sample(s), batch 2, deterministic sampler, 2 euler step(s) = 2 diffusion call(s) "
+        "per sample, sigma 0.002..80, rho 7"
+    )
     per_sample_tflop = _number(rows["FLOP per call"], r"([\d.e-]+) T per sample")
     assert per_sample_tflop == pytest.approx(tiny_diffusion_flops / 1e12, rel=1e-3)
     per_sample = _number(rows["per sample"], r"([\d.]+) s")
@@ -101,3 +104,16 @@ def test_bad_benchmark_options_exit_2_with_one_line(
     assert code == 2
     assert len(err) == 1 and message in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_benchmark_counts_the_paper_samplers_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--benchmark", "--benchmark-size", "tiny", "--preset", "paper", "--steps", "3"]
+    assert run_main([*argv, "--device", "cpu"]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert rows["job"] == (
+        "1 sample(s), batch 1, stochastic sampler, 3 heun step(s) = 5 diffusion call(s) "
+        "per sample, sigma 0.002..800, rho 7"
+    )

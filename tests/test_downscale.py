@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from corrdiff_tools.downscale import CorrDiffSampler, Job, downscale, grid_channels, sample_seed
+from corrdiff_tools.sampling import PRESETS, SampleNoise, run_sampler
 from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
 from corrdiff_tools.synthetic import synthetic_inputs
 
@@ -20,7 +22,7 @@ def inputs() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sampler(loaded_model: Any) -> CorrDiffSampler:
-    return CorrDiffSampler(loaded_model, steps=2)
+    return CorrDiffSampler(loaded_model, replace(PRESETS["blog"], steps=2))
 
 
 class Capture:
@@ -40,28 +42,46 @@ class Capture:
         self.handle.remove()
 
 
-def test_grid_matches_earth2studios_formula() -> None:
-    # The formula from CorrDiffTaiwan._forward, spelled out independently.
-    x1 = np.sin(np.linspace(0, 2 * np.pi, 448))
-    x2 = np.cos(np.linspace(0, 2 * np.pi, 448))
+def test_grid_is_the_trained_formula_not_earth2studios() -> None:
+    # modulus v0.5.0 training/img_utils.py: sin/cos over the 450-pixel grid, then the
+    # window at (0, 0); spelled out independently of downscale.grid_channels.
+    x1 = np.sin(np.linspace(0, 2 * np.pi, 450))
+    x2 = np.cos(np.linspace(0, 2 * np.pi, 450))
     grid_x1, grid_y1 = np.meshgrid(x1, x1)
     grid_x2, grid_y2 = np.meshgrid(x2, x2)
-    expected = np.stack((grid_x1, grid_y1, grid_x2, grid_y2)).astype("float32")
+    expected = np.stack((grid_x1, grid_y1, grid_x2, grid_y2))[:, :448, :448].astype("float32")
     np.testing.assert_array_equal(grid_channels(), expected)
+    # earth2studio's formula (linspace over 448) is a different field.
+    e2s = np.sin(np.linspace(0, 2 * np.pi, 448)).astype("float32")
+    assert np.abs(grid_channels()[0, 0] - e2s).max() > 0.02
 
 
-def test_condition_is_normalised_inputs_then_grid(
+def test_condition_is_normalised_inputs_on_the_trained_window_then_grid(
     sampler: CorrDiffSampler, inputs: np.ndarray
 ) -> None:
+    from earth2studio.utils import interp
+
     model = sampler.model
     condition = sampler.condition(inputs)
     assert condition.shape == (1, 16, 448, 448)
-    interpolated = model._interpolate(torch.as_tensor(inputs))
-    expected = (interpolated - model.in_center) / model.in_scale
+    full = interp.latlon_interpolation_regular(
+        torch.as_tensor(inputs),
+        torch.as_tensor(LR_LAT, dtype=torch.float32),
+        torch.as_tensor(LR_LON, dtype=torch.float32),
+        model.out_lat_full,
+        model.out_lon_full,
+    )
+    expected = (full[:, :448, :448] - model.in_center) / model.in_scale
     torch.testing.assert_close(condition[0, :12], expected, rtol=0, atol=0)
     np.testing.assert_array_equal(condition[0, 12:].numpy(), grid_channels())
+    # Not earth2studio's centre window: that is one pixel (2 km) further north-east.
+    centre = (model._interpolate(torch.as_tensor(inputs)) - model.in_center) / model.in_scale
+    assert not torch.allclose(condition[0, :12], centre, atol=1e-3)
     # Normalisation really happened: inputs are O(1e4) for geopotential, condition is O(1).
     assert float(condition[0, :12].abs().max()) < 10
+    # The stored grid is the same window, so labels match what the net saw.
+    np.testing.assert_array_equal(sampler.lat, model.out_lat_full[:448, :448].numpy())
+    np.testing.assert_array_equal(sampler.lon, model.out_lon_full[:448, :448].numpy())
 
 
 def test_diffusion_backbone_receives_noise_inputs_and_grid_not_the_mean(
@@ -109,12 +129,20 @@ def test_earth2studio_call_conditions_on_the_mean(loaded_model: Any) -> None:
     with Capture(loaded_model.residual_model.model) as capture:
         loaded_model(x, coords)
     seen = capture.seen[0]
-    sampler = CorrDiffSampler(loaded_model, steps=2)
-    condition = sampler.condition(x[0].numpy())
-    mean = sampler.regression_mean(condition)
+    # earth2studio's own geometry: centre window, grid over 448 pixels.
+    model = loaded_model
+    centre = (model._interpolate(x[0]) - model.in_center) / model.in_scale
+    axis = np.linspace(0, 2 * np.pi, 448)
+    e2s_grid = np.stack(
+        (*np.meshgrid(np.sin(axis), np.sin(axis)), *np.meshgrid(np.cos(axis), np.cos(axis)))
+    )
+    condition = torch.cat((centre, torch.as_tensor(e2s_grid, dtype=torch.float32)))[None]
+    with torch.inference_mode():
+        mean = model.regression_model(x=torch.zeros(1, 4, 448, 448), img_lr=condition)
     # Channels 4..8 carry the regression mean, and the grid never reaches the net.
     torch.testing.assert_close(seen[0, 4:8], mean[0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(seen[0, 16:20].numpy(), grid_channels())
+    assert not np.allclose(seen[0, 16:20].numpy(), e2s_grid)
 
 
 def test_sample_seed_depends_on_seed_time_lead_and_sample_only() -> None:
@@ -140,6 +168,45 @@ def test_batch_size_does_not_change_the_ensemble(
     alone = torch.cat([sampler.residuals(condition, [s]) for s in seeds])
     torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(together[0], together[1])
+
+
+CHURN = replace(PRESETS["paper"], steps=3, sigma_max=80.0, s_churn=0.5)
+
+
+def test_churn_noise_does_not_depend_on_the_batch(loaded_model: Any, inputs: np.ndarray) -> None:
+    churning = CorrDiffSampler(loaded_model, CHURN)
+    condition = churning.condition(inputs)
+    seeds = [sample_seed(0, TIME, 0, i) for i in range(3)]
+    together = churning.residuals(condition, seeds)
+    alone = torch.cat([churning.residuals(condition, [s]) for s in seeds])
+    # Batched convolutions round differently; a noise mix-up would differ by O(1).
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-3)
+    # Churn noise is really drawn: without it the ensemble is another one.
+    calm = CorrDiffSampler(loaded_model, replace(CHURN, s_churn=0.0)).residuals(condition, seeds)
+    assert float((together - calm).abs().max()) > 0.01
+
+
+def test_no_churn_draws_nothing_and_changes_nothing(loaded_model: Any, inputs: np.ndarray) -> None:
+    """S_churn = 0: our scalar zero gives bitwise what real draws times 0 give."""
+    from physicsnemo.diffusion.samplers.legacy_stochastic_sampler import stochastic_sampler
+
+    paper = replace(PRESETS["paper"], steps=2)
+    sampler = CorrDiffSampler(loaded_model, paper)
+    condition = sampler.condition(inputs).expand(2, -1, -1, -1)
+    seeds = [sample_seed(0, TIME, 0, i) for i in range(2)]
+    ours = SampleNoise(seeds)
+    theirs = SampleNoise(seeds)
+    latents = ours.latents((4, 448, 448), "cpu")
+    with torch.inference_mode():
+        got = run_sampler(loaded_model.residual_model, latents, condition, paper, ours)
+        expected = stochastic_sampler(
+            loaded_model.residual_model,
+            theirs.latents((4, 448, 448), "cpu"),
+            condition,
+            randn_like=theirs.randn_like,
+            num_steps=2,
+        )
+    assert torch.equal(got, expected)
 
 
 class ListWriter:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from corrdiff_tools import sources, store
 from corrdiff_tools.cli import parse_selection, parse_thresholds, plot_main, run_main
 from corrdiff_tools.downscale import CorrDiffSampler
 from corrdiff_tools.errors import UsageError
+from corrdiff_tools.sampling import PRESETS
 from corrdiff_tools.store import OUTPUT_VARIABLES, StoreWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,7 +345,7 @@ def test_automatic_batch_size_backs_off(
     from corrdiff_tools.downscale import Job, downscale
     from corrdiff_tools.synthetic import synthetic_inputs
 
-    sampler = CorrDiffSampler(loaded_model, steps=2)
+    sampler = CorrDiffSampler(loaded_model, replace(PRESETS["blog"], steps=2))
     real = CorrDiffSampler.residuals
     monkeypatch.setattr(
         CorrDiffSampler,

@@ -1,6 +1,7 @@
 """The hot-path levers change nothing: bitwise in float32 on CPU against a reference forward
 pass built from physicsnemo's unoptimised pieces with the same weights, inputs and seeds."""
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -8,11 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import lively_networks
 from physicsnemo.diffusion.samplers.legacy_deterministic_sampler import deterministic_sampler
 from physicsnemo.nn.module.group_norm import GroupNorm
 
 from corrdiff_tools import speed
 from corrdiff_tools.downscale import CorrDiffSampler, sample_seed
+from corrdiff_tools.sampling import PRESETS
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
 from corrdiff_tools.synthetic import build_networks, synthetic_inputs
 
@@ -106,7 +109,7 @@ def _reference_ensemble(
     ``load_model`` sets ``use_fp16``, which rounds the stored weights and buffers to
     float16; the reference gets the same rounding, and the test checks they are identical.
     """
-    regression, diffusion = build_networks("tiny", seed=0)
+    regression, diffusion = lively_networks(seed=0)
     with torch.no_grad():
         for fresh, loaded in (
             (regression, sampler.model.regression_model),
@@ -147,7 +150,7 @@ def _reference_ensemble(
 def test_optimised_ensemble_is_bitwise_the_reference(
     loaded_model: Any, inputs: np.ndarray, solver: str, steps: int
 ) -> None:
-    sampler = CorrDiffSampler(loaded_model, steps=steps, solver=solver)
+    sampler = CorrDiffSampler(loaded_model, replace(PRESETS["blog"], steps=steps, solver=solver))
     seeds = [sample_seed(0, TIME, 0, member) for member in range(2)]
     condition = sampler.condition(inputs)
     got = sampler.denormalise(
@@ -177,7 +180,7 @@ def test_earth2studio_layout_agrees_to_float32_rounding(
     seeds = [sample_seed(0, TIME, 0, 0)]
     results = []
     for model in (as_loaded, loaded_model):
-        sampler = CorrDiffSampler(model, steps=2)
+        sampler = CorrDiffSampler(model, replace(PRESETS["blog"], steps=2))
         condition = sampler.condition(inputs)
         results.append(
             sampler.denormalise(

@@ -1,0 +1,234 @@
+"""The diffusion sampler: which of physicsnemo's two EDM samplers, with which settings.
+
+Two presets, both run through physicsnemo's own sampler functions:
+
+``blog`` (the default, so the blog's figures and timings reproduce)
+    physicsnemo's ``deterministic_sampler``, 8 Euler steps: what earth2studio's
+    ``CorrDiffTaiwan`` uses (``number_of_steps=8``, ``solver="euler"``,
+    earth2studio 0.19 ``models/dx/corrdiff.py``) and what modulus v0.5.0's
+    ``examples/generative/corrdiff/conf/config_generate.yaml`` sets (line 31
+    ``num_steps: 8``, line 37 ``sampling_method: deterministic``, line 81
+    ``solver: euler``). sigma_max is the sampler's own ``edm`` default of 80 (physicsnemo
+    2.2.2 ``diffusion/samplers/legacy_deterministic_sampler.py`` line 322, used when
+    ``sigma_max=None`` as earth2studio passes it).
+    8 network calls per sample.
+
+``paper`` (the CorrDiff paper's evaluation)
+    physicsnemo's ``stochastic_sampler``, the EDM paper's Algorithm 2 (second order, Heun
+    correction on every step but the last). modulus v0.5.0
+    ``examples/generative/corrdiff/README.md`` lines 100-103: "the second-order stochastic
+    sampler provided by EDM ... 18 steps, starting from a maximum noise variance of
+    sigma_max = 800 ... to a minimum ... of sigma_min = 0.002. We adopt the rest of
+    hyperparameters from EDM". Those are physicsnemo 2.2.2's ``stochastic_sampler``
+    defaults (``diffusion/samplers/legacy_stochastic_sampler.py`` lines 96-103:
+    ``num_steps=18, sigma_min=0.002, sigma_max=800, rho=7, S_churn=0, S_min=0,
+    S_max=inf, S_noise=1``), and physicsnemo's current Taiwan generation config picks that
+    sampler with 18 steps (``examples/weather/corrdiff/conf/base/generation/base_all.yaml``
+    line 18 ``sampler: stochastic``; ``.../generation/sampler/stochastic.yaml`` line 20,
+    ``num_steps: 18``; physicsnemo commit 94b355108). 2 x 18 - 1 = 35 network calls per
+    sample.
+
+With ``S_churn = 0`` (both presets) the churn term of either sampler is
+``sqrt(t_hat**2 - t_cur**2) * S_noise * randn_like(x)`` with ``t_hat == t_cur``: exactly
+zero, so no noise is drawn for it (``speed.zero_churn_noise``; bitwise the same result,
+tested). With ``S_churn > 0`` each sample draws its churn noise from its own generator,
+the one that drew its initial latent, so sample *i* of time *t* gets the same noise
+whatever the batch size, rank count or other times in the run (as EDM's
+``StackedRandomGenerator`` does for its seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+SamplerKind = Literal["deterministic", "stochastic"]
+SAMPLERS: tuple[SamplerKind, ...] = ("deterministic", "stochastic")
+SOLVERS = ("euler", "heun")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Every setting of the diffusion sampler, named as in physicsnemo's generate configs.
+
+    ``solver`` applies to the deterministic sampler only; the stochastic one is always
+    second order (``heun``).
+    """
+
+    sampler: SamplerKind
+    steps: int
+    solver: str
+    sigma_min: float
+    sigma_max: float
+    rho: float
+    s_churn: float = 0.0
+    s_min: float = 0.0
+    s_max: float = math.inf
+    s_noise: float = 1.0
+
+    @property
+    def calls_per_sample(self) -> int:
+        """Diffusion network calls per sample (Heun: two per step but the last)."""
+        return self.steps if self.solver == "euler" else 2 * self.steps - 1
+
+    @property
+    def churns(self) -> bool:
+        """Whether the sampler adds churn noise (``S_churn > 0``)."""
+        return self.s_churn > 0
+
+    def describe(self) -> str:
+        """One line for logs and reports."""
+        text = (
+            f"{self.sampler} sampler, {self.steps} {self.solver} step(s) = "
+            f"{self.calls_per_sample} diffusion call(s) per sample, sigma "
+            f"{self.sigma_min:g}..{self.sigma_max:g}, rho {self.rho:g}"
+        )
+        if self.churns:
+            text += (
+                f", S_churn {self.s_churn:g} (S_min {self.s_min:g}, S_max {self.s_max:g}, "
+                f"S_noise {self.s_noise:g})"
+            )
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe values (infinity as the string "inf"), for store attributes."""
+        return {
+            key: ("inf" if isinstance(value, float) and math.isinf(value) else value)
+            for key, value in asdict(self).items()
+        }
+
+    def keywords(self) -> dict[str, Any]:
+        """Keyword arguments of physicsnemo's sampler functions (their own names)."""
+        common: dict[str, Any] = {
+            "num_steps": self.steps,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "rho": self.rho,
+            "S_churn": self.s_churn,
+            "S_min": self.s_min,
+            "S_max": self.s_max,
+            "S_noise": self.s_noise,
+        }
+        if self.sampler == "deterministic":
+            common["solver"] = self.solver
+        return common
+
+
+PRESETS: dict[str, SamplerSettings] = {
+    "blog": SamplerSettings("deterministic", 8, "euler", sigma_min=0.002, sigma_max=80.0, rho=7.0),
+    "paper": SamplerSettings("stochastic", 18, "heun", sigma_min=0.002, sigma_max=800.0, rho=7.0),
+}
+#: The preset each sampler starts from when ``--sampler`` is given without ``--preset``.
+PRESET_OF = {"deterministic": "blog", "stochastic": "paper"}
+
+
+def resolve(
+    preset: str | None, sampler: str | None, overrides: Mapping[str, Any]
+) -> SamplerSettings:
+    """Settings from a preset (or the preset of ``sampler``) with explicit options on top.
+
+    Parameters
+    ----------
+    preset : str or None
+        ``blog`` or ``paper``; None means the preset of ``sampler``, else ``blog``.
+    sampler : str or None
+        ``deterministic`` or ``stochastic``; must agree with ``preset`` when both are given.
+    overrides : mapping
+        Field name -> value for each option the user gave (None values are ignored).
+
+    Raises
+    ------
+    ValueError
+        With a one-line message for the user: a conflict or a value out of range.
+    """
+    if preset is not None and sampler is not None and PRESETS[preset].sampler != sampler:
+        raise ValueError(
+            f"--preset {preset} uses the {PRESETS[preset].sampler} sampler, not --sampler "
+            f"{sampler}: drop one of the two"
+        )
+    name = preset or PRESET_OF[sampler or "deterministic"]
+    given = {key: value for key, value in overrides.items() if value is not None}
+    settings = PRESETS[name]
+    if settings.sampler == "stochastic" and given.get("solver", "heun") != "heun":
+        raise ValueError(
+            f"--solver {given['solver']}: the stochastic sampler is always second order "
+            "(heun); use --sampler deterministic for Euler steps"
+        )
+    settings = replace(settings, **given)
+    check(settings)
+    return settings
+
+
+def check(settings: SamplerSettings) -> None:
+    """Refuse settings the samplers cannot use, naming the option and the rule."""
+    rules: Sequence[tuple[bool, str]] = (
+        (settings.steps >= 2, f"--steps {settings.steps}: use 2 or more"),
+        (
+            0 < settings.sigma_min < settings.sigma_max and math.isfinite(settings.sigma_max),
+            f"--sigma-min {settings.sigma_min:g} / --sigma-max {settings.sigma_max:g}: need "
+            "0 < sigma_min < sigma_max < inf",
+        ),
+        (settings.rho > 0, f"--rho {settings.rho:g}: must be positive (published: 7)"),
+        (settings.s_churn >= 0, f"--s-churn {settings.s_churn:g}: must be 0 or more"),
+        (settings.s_noise >= 0, f"--s-noise {settings.s_noise:g}: must be 0 or more"),
+        (
+            0 <= settings.s_min <= settings.s_max,
+            f"--s-min {settings.s_min:g} / --s-max {settings.s_max:g}: need 0 <= S_min <= S_max",
+        ),
+    )
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message)
+
+
+class SampleNoise:
+    """One CPU generator per ensemble member: its initial latent, then its churn draws.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+        One seed per sample in the batch (``downscale.sample_seed``).
+    """
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        import torch
+
+        self._generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def latents(self, shape: tuple[int, ...], device: Any) -> Any:
+        """Standard normal latents, one (shape) draw per sample, stacked on ``device``."""
+        import torch
+
+        draws = [torch.randn(shape, generator=g) for g in self._generators]
+        return torch.stack(draws).to(device)
+
+    def randn_like(self, x: Any) -> Any:
+        """The sampler's ``randn_like``: sample ``i`` of ``x`` gets generator ``i``'s draw."""
+        import torch
+
+        if x.shape[0] != len(self._generators):
+            raise ValueError(f"noise for {len(self._generators)} samples, batch of {x.shape[0]}")
+        draws = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in self._generators]
+        return torch.stack(draws).to(x.device)
+
+
+def run_sampler(
+    net: Any, latents: Any, condition: Any, settings: SamplerSettings, noise: SampleNoise
+) -> Any:
+    """Draw residuals with physicsnemo's own sampler function for ``settings``."""
+    from corrdiff_tools.speed import zero_churn_noise
+
+    randn_like = noise.randn_like if settings.churns else zero_churn_noise
+    if settings.sampler == "deterministic":
+        from physicsnemo.diffusion.samplers.legacy_deterministic_sampler import (
+            deterministic_sampler,
+        )
+
+        return deterministic_sampler(
+            net, latents, condition, randn_like=randn_like, **settings.keywords()
+        )
+    from physicsnemo.diffusion.samplers.legacy_stochastic_sampler import stochastic_sampler
+
+    return stochastic_sampler(net, latents, condition, randn_like=randn_like, **settings.keywords())
