@@ -315,24 +315,46 @@ def load_truth(
         shape = tuple(array.sizes[dim] for dim in spatial)
         file_lat, file_lon = _coordinate(dataset, _LAT_NAMES), _coordinate(dataset, _LON_NAMES)
         regrid = None
+        # Spatial dims are aligned by *name*, never by position: a file stored as
+        # (time, x, y) must not be read as if it were (time, y, x).
         if shape == HR_SHAPE:
-            if file_lat is not None and file_lat.ndim == 2 and file_lon is not None:
-                worst = max(
-                    float(np.nanmax(np.abs(np.asarray(file_lat) - lat))),
-                    float(np.nanmax(np.abs(np.asarray(file_lon) - lon))),
-                )
+            if (
+                file_lat is not None
+                and file_lon is not None
+                and file_lat.ndim == file_lon.ndim == 2
+                and set(file_lat.dims) == set(file_lon.dims) == set(spatial)
+            ):
+                # Which file dim is the store's y: the orientation in which the file's own
+                # 2-D lat/lon match the store's grid.
+                worst = np.inf
+                for order in (list(file_lat.dims), list(file_lat.dims)[::-1]):
+                    error = max(
+                        float(np.nanmax(np.abs(np.asarray(file_lat.transpose(*order)) - lat))),
+                        float(np.nanmax(np.abs(np.asarray(file_lon.transpose(*order)) - lon))),
+                    )
+                    if error < worst:
+                        worst, spatial = error, order
                 if worst > 0.01:
                     raise ValueError(
                         f"{name} is 448x448 but its lat/lon differ from the store's grid by up "
                         f"to {worst:.3g} degrees: is it another grid?"
                     )
+            elif set(spatial) == {"y", "x"}:
+                spatial = ["y", "x"]
+            else:
+                raise ValueError(
+                    f"{name} is 448x448 on dims {tuple(spatial)} without 2-D lat/lon on them: "
+                    "name the dims y and x (as the store does) or add 2-D lat/lon, so they can "
+                    "be aligned by name"
+                )
         elif (
             file_lat is not None
             and file_lon is not None
             and file_lat.ndim == 1
             and file_lon.ndim == 1
-            and (file_lat.dims[0], file_lon.dims[0]) == tuple(spatial)
+            and {file_lat.dims[0], file_lon.dims[0]} == set(spatial)
         ):
+            spatial = [file_lat.dims[0], file_lon.dims[0]]
             lat_values, lon_values = np.asarray(file_lat), np.asarray(file_lon)
             if not (
                 lat_values.min() <= lat.min()

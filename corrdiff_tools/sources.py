@@ -83,8 +83,45 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec("file", path)
 
 
+#: Dimension order earth2studio's ``DataArrayFile`` assumes: it indexes by position.
+FILE_DIMS = ("time", "variable", "lat", "lon")
+
+#: Plausible range and units of each model input. A file in other units (t2m in deg C,
+#: geopotential height in metres instead of geopotential) gives a plausible-looking but
+#: wrong downscaling, so inputs outside these are refused before any work.
+PHYSICAL_RANGES: dict[str, tuple[float, float, str]] = {
+    "tcwv": (0.0, 120.0, "kg m-2"),
+    "z500": (40000.0, 62000.0, "m2 s-2 (geopotential, not height)"),
+    "z850": (7000.0, 18000.0, "m2 s-2 (geopotential, not height)"),
+    "t500": (200.0, 300.0, "K"),
+    "t850": (220.0, 330.0, "K"),
+    "t2m": (200.0, 340.0, "K"),
+    **{name: (-150.0, 150.0, "m s-1") for name in ("u500", "v500", "u850", "v850")},
+    **{name: (-100.0, 100.0, "m s-1") for name in ("u10m", "v10m")},
+}
+
+
+def check_physical(fields: dict[str, np.ndarray], where: str) -> str | None:
+    """A one-line complaint about the first input outside its physical range, or None."""
+    for name, (low, high, units) in PHYSICAL_RANGES.items():
+        if name not in fields:
+            continue
+        values = fields[name][np.isfinite(fields[name])]
+        if values.size and (values.min() < low or values.max() > high):
+            return (
+                f"input {name} {where} spans {values.min():.6g} to {values.max():.6g}, outside "
+                f"its physical range {low:g} to {high:g} {units}: convert the file to these units"
+            )
+    return None
+
+
 def open_file_source(path: Path) -> Any:
-    """Open a source file as an xarray DataArray with dims (time, variable, lat, lon)."""
+    """Open a source file as an xarray DataArray with dims (time, variable, lat, lon).
+
+    The dimensions are matched by name and the array is transposed to :data:`FILE_DIMS`:
+    earth2studio's ``DataArrayFile`` reads by position, so a file stored as (time, lat,
+    lon, variable) would otherwise be read scrambled, without an error.
+    """
     import xarray as xr
 
     try:
@@ -107,13 +144,12 @@ def open_file_source(path: Path) -> Any:
             f"--source {path} could not be read as NetCDF or Zarr ({type(err).__name__}: {err}); "
             "give a file written by --prefetch or earth2studio's datasource_to_file"
         ) from None
-    expected = {"time", "variable", "lat", "lon"}
-    if set(array.dims) != expected:
+    if set(array.dims) != set(FILE_DIMS):
         raise UsageError(
             f"--source {path} has dims {tuple(array.dims)}; it needs (time, variable, lat, lon), "
             "the layout earth2studio's datasource_to_file writes"
         )
-    return array
+    return array.transpose(*FILE_DIMS)
 
 
 def check_file_source(path: Path, requested: Sequence[datetime]) -> list[str]:
@@ -136,7 +172,18 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
             f"--source {path} lacks the input variable(s) {', '.join(missing)}; "
             f"CorrDiff needs {', '.join(INPUT_VARIABLES)}"
         )
-    available = set(np.asarray(array["time"].values, dtype="datetime64[m]").tolist())
+    stamps = np.asarray(array["time"].values, dtype="datetime64[m]").tolist()
+    twice = sorted({t for t in stamps if stamps.count(t) > 1})
+    if twice:
+        raise UsageError(
+            f"--source {path} holds {times_mod.format_time(twice[0])} more than once: "
+            "keep one field per time (e.g. xarray's drop_duplicates('time'))"
+        )
+    for name in ("variable", "lat", "lon"):
+        labels = array[name].values.tolist()
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"--source {path} has a repeated {name} label: keep one of each")
+    available = set(stamps)
     absent = [t for t in requested if t not in available]
     if absent:
         listed = ", ".join(times_mod.format_time(t) for t in sorted(available)[:6])
@@ -156,7 +203,46 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
                 f"({name} {grid[0]:g} to {grid[-1]:g}; {name} {gaps[0]:g} is missing): "
                 "regrid the file onto a 0.25 degree grid covering it"
             )
+    for time in requested:
+        box = _model_box(array).sel(time=np.datetime64(time, "ns"), variable=list(INPUT_VARIABLES))
+        values = np.asarray(box.values, dtype="float64")
+        fields = {name: values[i] for i, name in enumerate(INPUT_VARIABLES)}
+        complaint = check_physical(fields, f"at {times_mod.format_time(time)} in --source {path}")
+        if complaint:
+            raise UsageError(complaint)
     return [*INPUT_VARIABLES, *(v for v in EXTRA_LOWRES_VARIABLES if v in variables)]
+
+
+def _model_box(array: Any) -> Any:
+    """The model's 36 x 40 input box of a (time, variable, lat, lon) array.
+
+    Selected by the nearest labels (any lat order, lon in 0..360 or -180..180) and
+    labelled with the model's own lat/lon.
+    """
+    lon = np.asarray(array["lon"].values, dtype=float) % 360.0
+    lat = np.asarray(array["lat"].values, dtype=float)
+    lat_index = [int(np.argmin(np.abs(lat - value))) for value in LR_LAT]
+    lon_index = [int(np.argmin(np.abs(lon - value))) for value in LR_LON]
+    return array.isel(lat=lat_index, lon=lon_index).assign_coords(lat=LR_LAT, lon=LR_LON)
+
+
+def file_identity(path: Path, requested: Sequence[datetime]) -> dict[str, str]:
+    """Resolved path and content fingerprint of what a run reads from a ``--source`` file.
+
+    The fingerprint is a SHA-256 of the model's input box (every variable, the requested
+    times, float32, in (time, variable, lat, lon) order): ``--resume`` compares it, so new
+    content behind the same path is refused, while the same file spelled differently
+    (relative, absolute, through a symlink, with a trailing slash) is the same source.
+    """
+    import hashlib
+
+    with open_file_source(path) as array:
+        box = _model_box(array).sel(time=np.array(requested, dtype="datetime64[ns]"))
+        values = np.ascontiguousarray(np.asarray(box.values, dtype="float32"))
+        names = ",".join(str(v) for v in box["variable"].values)
+    digest = hashlib.sha256(names.encode())
+    digest.update(values.tobytes())
+    return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
 
 
 def lowres_variables(spec: SourceSpec, file_variables: Sequence[str] | None = None) -> list[str]:
@@ -188,14 +274,11 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> Any:
     assert spec.path is not None  # noqa: S101 - guaranteed by parse_source
     source = data.DataArrayFile(str(spec.path))
     full = source.da
-    lon = np.asarray(full["lon"].values, dtype=float) % 360.0
-    lat = np.asarray(full["lat"].values, dtype=float)
-    lat_index = [int(np.argmin(np.abs(lat - value))) for value in LR_LAT]
-    lon_index = [int(np.argmin(np.abs(lon - value))) for value in LR_LON]
-    window = full.isel(lat=lat_index, lon=lon_index)
+    # By name, then in earth2studio's positional order (see open_file_source).
+    window = _model_box(full.transpose(*FILE_DIMS))
     if times:
         window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
-    source.da = window.load().assign_coords(lat=LR_LAT, lon=LR_LON)
+    source.da = window.load().drop_vars([name for name in window.coords if name not in FILE_DIMS])
     full.close()
     return source
 
@@ -295,6 +378,9 @@ def fetch_inputs(
                 f"NaN/inf values of {values.size} (the source lacks this field for this time): "
                 "pick another time or source"
             )
+    complaint = check_physical(fields, f"at {times_mod.format_time(time)} from {spec.label}")
+    if complaint:
+        raise RunError(complaint)
     for name in extras:
         try:
             extra = fetch_fields(source, spec, time, lead_hours, [name])[name]

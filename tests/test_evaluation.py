@@ -278,6 +278,44 @@ def test_truth_on_a_regular_lat_lon_grid_is_interpolated(
     assert {r["variable"] for r in rows} == {"t2m"} and all(np.isfinite(r["crps"]) for r in rows)
 
 
+@pytest.mark.parametrize("layout", ["time-x-y", "x-time-y-with-2d-latlon", "time-lon-lat-regular"])
+def test_truth_is_aligned_by_dimension_names(made: Path, tmp_path: Path, layout: str) -> None:
+    """A truth file in another dim order scores exactly as the canonical one."""
+    from corrdiff_tools.diagnostics import load_truth
+
+    ds = store.open_store(made)
+    lat, lon = ds["lat"].values.astype("float64"), ds["lon"].values.astype("float64")
+    times = list(ds["time"].values)
+    if layout == "time-lon-lat-regular":
+        grid_lat, grid_lon = np.arange(19.0, 28.51, 0.05), np.arange(115.5, 126.51, 0.05)
+        field = 290 + 0.5 * grid_lat[:, None] + 0.1 * grid_lon[None, :] ** 1.1
+        canonical = xr.Dataset(
+            {"t2m": (("time", "lat", "lon"), np.stack([field, field + 1]), {"units": "K"})},
+            coords={"time": ds["time"].values, "lat": grid_lat, "lon": grid_lon},
+        )
+        permuted = canonical.transpose("time", "lon", "lat")
+    else:
+        with xr.open_dataset(_truth_file(made, tmp_path / "good.nc")) as good:
+            canonical = good.load()
+        if layout == "time-x-y":
+            permuted = canonical.transpose("time", "x", "y")
+        else:
+            with2d = canonical.assign_coords(lat=(("y", "x"), lat), lon=(("y", "x"), lon))
+            canonical = with2d
+            permuted = with2d.transpose("x", "time", "y")
+    canonical.to_netcdf(tmp_path / "canonical.nc")
+    permuted.to_netcdf(tmp_path / "permuted.nc")
+    expected = load_truth(tmp_path / "canonical.nc", lat, lon, times)
+    got = load_truth(tmp_path / "permuted.nc", lat, lon, times)
+    assert got.variables == expected.variables
+    for time, fields in expected.fields.items():
+        for name, values in fields.items():
+            np.testing.assert_array_equal(got.fields[time][name], values)
+    # The field is not symmetric, so a transposed read would have shown.
+    some = next(iter(expected.fields.values()))["t2m"]
+    assert np.abs(some - some.T).max() > 0.1
+
+
 BAD_TRUTHS = {
     "wrong grid": (
         lambda ds: xr.Dataset(
@@ -307,6 +345,10 @@ BAD_TRUTHS = {
             },
         ),
         "does not cover the output grid",
+    ),
+    "unnamed spatial dims": (
+        lambda ds: ds.rename({"y": "dim_0", "x": "dim_1"}),
+        "mrr is 448x448 on dims ('dim_0', 'dim_1') without 2-D lat/lon on them: name the dims",
     ),
 }
 

@@ -100,3 +100,74 @@ def test_real_gfs_fetch() -> None:
     spec = sources.SourceSpec("gfs")
     got = sources.fetch_inputs(sources.build_source(spec), spec, NOON, 0, ["refc"])
     assert 280 < float(got["t2m"].mean()) < 310
+
+
+def _variant(array: xr.DataArray, layout: str) -> xr.DataArray:
+    """The same fields as a real file might hold them: other dim order, lat, lon, coords."""
+    if layout == "time-lat-lon-variable":
+        return array.transpose("time", "lat", "lon", "variable")
+    if layout == "lon-variable-lat-time":
+        return array.transpose("lon", "variable", "lat", "time")
+    if layout == "ascending-lat":
+        return array.sortby("lat")
+    if layout == "negative-lon-and-extra-coords":
+        shifted = array.assign_coords(lon=array["lon"].values - 360.0)
+        return shifted.assign_coords(
+            level=("variable", np.arange(array.sizes["variable"])), member=0
+        )
+    raise AssertionError(layout)
+
+
+LAYOUTS = [
+    "time-lat-lon-variable",
+    "lon-variable-lat-time",
+    "ascending-lat",
+    "negative-lon-and-extra-coords",
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_file_layout_gives_the_canonical_inputs(
+    layout: str, input_file: Path, tmp_path: Path
+) -> None:
+    """earth2studio's DataArrayFile reads by position: dims are matched by name first."""
+    canonical = sources.SourceSpec("file", input_file)
+    expected = sources.fetch_inputs(sources.build_source(canonical, [NOON]), canonical, NOON, 0)
+    path = tmp_path / f"{layout}.nc"
+    _variant(load_inputs(input_file), layout).to_netcdf(path)
+    assert sources.check_file_source(path, [NOON]) == [*INPUT_VARIABLES, "refc"]
+    spec = sources.SourceSpec("file", path)
+    got = sources.fetch_inputs(sources.build_source(spec, [NOON]), spec, NOON, 0)
+    assert sorted(got) == sorted(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    assert 280 < float(got["t2m"].mean()) < 320  # kelvin, not a scrambled field
+
+
+def test_duplicate_times_are_refused_in_one_line(input_file: Path, tmp_path: Path) -> None:
+    array = load_inputs(input_file)
+    path = tmp_path / "twice.nc"
+    xr.concat([array, array.isel(time=[2])], "time").to_netcdf(path)
+    with pytest.raises(UsageError, match=r"holds 2024-07-24T12:00 more than once: keep one"):
+        sources.check_file_source(path, [NOON])
+
+
+@pytest.mark.parametrize(
+    ("variable", "change", "message"),
+    [
+        ("t2m", lambda v: v - 273.15, r"input t2m at .* outside its physical range 200 to 340 K"),
+        ("z500", lambda v: v / 9.80665, r"input z500 .* m2 s-2 \(geopotential, not height\)"),
+        ("u10m", lambda v: v * 100, r"input u10m .* -100 to 100 m s-1"),
+    ],
+)
+def test_inputs_in_other_units_are_refused(
+    variable: str, change: object, message: str, input_file: Path, tmp_path: Path
+) -> None:
+    array = load_inputs(input_file)
+    array.loc[{"variable": variable}] = change(array.sel(variable=variable))  # type: ignore[operator]
+    path = tmp_path / "units.nc"
+    array.to_netcdf(path)
+    with pytest.raises(UsageError, match=message) as caught:
+        sources.check_file_source(path, [NOON])
+    assert "\n" not in str(caught.value)
+    assert sources.check_physical({"t2m": np.full((2, 2), 299.0)}, "here") is None
