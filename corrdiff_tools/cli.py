@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import sys
 import tempfile
 import time as clock
@@ -27,10 +26,13 @@ from typing import Any, NoReturn
 
 from corrdiff_tools import __version__
 from corrdiff_tools import times as times_mod
-from corrdiff_tools.errors import RunError, UsageError
+from corrdiff_tools.errors import RunError, Terminated, UsageError
 from corrdiff_tools.sampling import SamplerSettings
 
 logger = logging.getLogger("corrdiff_tools")
+
+#: Frame rates a GIF can hold (see the --fps check).
+MIN_FPS, MAX_FPS = 0.002, 50.0
 
 RUN_EXAMPLES = """\
 examples:
@@ -358,32 +360,75 @@ def import_model_stack(args: argparse.Namespace) -> None:
     tame_library_logging(args)
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the tool runs, SIGTERM unwinds like Ctrl-C does (see errors.Terminated)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded(
-    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser
+    main: Callable[[argparse.Namespace], int],
+    parser: argparse.ArgumentParser,
+    after_interrupt: Callable[[Sequence[str]], str | None] | None = None,
 ) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a tool's body in the one error surface: exit codes, one-line messages."""
+    """Wrap a tool's body in the one error surface: exit codes, one-line messages.
+
+    ``after_interrupt`` turns the command line into the hint printed after Ctrl-C (exit
+    130) or SIGTERM (exit 143), e.g. the ``--resume`` command that finishes the job.
+    """
 
     def run(argv: Sequence[str] | None = None) -> int:
         prog = parser.prog
-        debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in words
         try:
-            args = parser.parse_args(argv)
-            configure_logging(args)
-            return main(args)
+            with _sigterm_raises():
+                args = parser.parse_args(words)
+                configure_logging(args)
+                return main(args)
         except UsageError as err:
             _report(prog, err, debug)
             return UsageError.exit_code
         except RunError as err:
             _report(prog, err, debug)
             return RunError.exit_code
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted", file=sys.stderr)  # noqa: T201
-            return 130
+        except (KeyboardInterrupt, Terminated) as err:
+            terminated = isinstance(err, Terminated)
+            what, code = ("terminated", 143) if terminated else ("interrupted", 130)
+            extra = after_interrupt(words) if after_interrupt else None
+            hint = f"; {extra}" if extra else ""
+            print(f"{prog}: {what}{hint}", file=sys.stderr)  # noqa: T201
+            return code
         except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
             _report(prog, f"unexpected {type(err).__name__}: {err} (rerun with --debug)", debug)
             return 1
 
     return run
+
+
+def resume_hint(words: Sequence[str]) -> str | None:
+    """What to run after an interrupted run: the same command with ``--resume``."""
+    kept = [word for word in words if word not in ("--overwrite", "--resume")]
+    if "--benchmark" in kept or "--prefetch" in kept or "--help" in kept or "-h" in kept:
+        return None
+    return (
+        "completed samples are kept; finish with: run_corrdiff.py "
+        f"{shlex.join([*kept, '--resume'])}"
+    )
 
 
 def _report(prog: str, err: object, debug: bool) -> None:
@@ -485,11 +530,17 @@ def validate_run(args: argparse.Namespace) -> RunRequest:
         "seed": args.seed,
         "sampler": sampler.to_json(),
         "geometry": GEOMETRY,
-        "source": source.label,
-        "model_package": args.model_package,
+        # By resolved path and content, not by spelling (see sources.file_identity).
+        "source": (
+            sources.file_identity(source.path, times) if source.path is not None else source.label
+        ),
+        "model_package": model_mod.package_identity(args.model_package),
         "stats": thresholds,
     }
     output = args.output or default_output(times, source.is_forecast)
+    if output.is_symlink():
+        # --overwrite and --resume act on the store itself, not on the link to it.
+        output = output.resolve()
     if args.prefetch is not None:
         if source.kind not in ("gfs", "era5"):
             raise UsageError(
@@ -567,7 +618,11 @@ def _provenance(
         "physicsnemo_version": ver("nvidia-physicsnemo"),
         "torch_version": ver("torch"),
         "model_package": args.model_package,
-        "input_source": request.source.label,
+        "input_source": (
+            str(request.source.path.resolve())
+            if request.source.path is not None
+            else request.source.label
+        ),
         "seed": args.seed,
         **_sampler_attrs(request.sampler),
         "geometry": GEOMETRY,
@@ -672,14 +727,17 @@ def _run(args: argparse.Namespace) -> int:
     # Every rank has validated before any joins, so none can see another's store as
     # "already existing"; joining the group is the first synchronisation point.
     from corrdiff_tools import store
+    from corrdiff_tools.lock import StoreLock
 
-    lock = store.StoreLock(request.output) if rank == 0 and args.prefetch is None else None
+    lock = StoreLock(request.output) if rank == 0 and args.prefetch is None else None
     if lock is not None:
         try:
             lock.acquire()  # after validation: a refused run has written nothing
         except ValueError as err:
             raise UsageError(str(err)) from None
     try:
+        if lock is not None:
+            store.clean_leftovers(request.output)  # of a run killed mid-creation
         ranks = distributed.start(device.is_gpu)
         try:
             return _run_ranked(args, request, device, ranks)
@@ -741,6 +799,9 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
     )
     output = request.output
     resuming = args.resume and output.exists()
+    if resuming and ranks.is_root:
+        _recompute_damaged(store.StoreWriter(output))
+    ranks.barrier()  # every rank plans from the verified flags
     done = store.StoreWriter(output).completed() if resuming else None
     leads = request.lead_times or [0]
     jobs = []
@@ -773,9 +834,8 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
         if ranks.is_root and not resuming:
             if output.exists() and args.overwrite:
                 logger.info("replacing %s (--overwrite)", output)
-                shutil.rmtree(output)
             output.parent.mkdir(parents=True, exist_ok=True)
-            store.create_store(output, layout, attrs, request.settings)
+            store.create_store(output, layout, attrs, request.settings, replace=args.overwrite)
         ranks.barrier()  # every array exists before any rank writes
         writer = store.StoreWriter(output)
         return writer if ranks.is_root else _SamplesOnly(writer)
@@ -829,6 +889,21 @@ def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, rank
                 peak,
             )
     return 0
+
+
+def _recompute_damaged(writer: Any) -> None:
+    """``--resume`` trusts no completion flag it has not read back (see StoreWriter.damaged)."""
+    damaged = writer.damaged()
+    if not damaged:
+        return
+    logger.warning(
+        "%d piece(s) marked complete in %s are missing or unreadable (first: %s); "
+        "computing them again",
+        len(damaged),
+        writer.path,
+        damaged[0][1],
+    )
+    writer.unmark([piece for piece, _ in damaged])
 
 
 def _store_statistics(output: Path, thresholds: dict[str, float] | None, ranks: Any) -> None:
@@ -910,7 +985,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return _run(args)
 
-    return guarded(body, parser)(argv)
+    return guarded(body, parser, resume_hint)(argv)
 
 
 # --------------------------------------------------------------------------- plot tool
@@ -1097,6 +1172,8 @@ def _available_cores() -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from corrdiff_tools import render, store
 
     if not args.store.exists():
@@ -1113,8 +1190,14 @@ def _plot(args: argparse.Namespace) -> int:
         else parse_selection(args.sample, dataset.sizes["sample"], "--sample")
     )
     thresholds = parse_thresholds(args.threshold)
-    if not (args.fps > 0 and math.isfinite(args.fps)):
-        raise UsageError(f"--fps {args.fps:g}: must be a positive number of frames per second")
+    # A GIF frame lasts a whole number of 1/100 s, at most 655.35 s (16 bits), and
+    # viewers show frames shorter than 0.02 s at 0.1 s: outside that, Pillow fails (or
+    # the animation lies) only after every figure has been drawn.
+    if not (MIN_FPS <= args.fps <= MAX_FPS):
+        raise UsageError(
+            f"--fps {args.fps:g}: a GIF frame lasts 0.02 s to 655 s, so use {MIN_FPS} to "
+            f"{MAX_FPS:g} frames per second"
+        )
     if args.colormap is not None:
         import matplotlib
 
@@ -1131,8 +1214,23 @@ def _plot(args: argparse.Namespace) -> int:
     outdir = args.outdir or args.store.absolute().parent / f"{args.store.absolute().stem}-plots"
     if args.gif and not samples:
         raise UsageError("--gif animates samples: drop --sample none, or drop --gif")
+    problems: dict[tuple[int, ...], str] = {}
     if "completed" in dataset:
         samples_ok = dataset["completed"].values.astype(bool)
+        problems = render.piece_problems(dataset, args.store, samples_ok)
+        for piece, why in problems.items():
+            when = times_mod.format_time(
+                np.datetime64(dataset["time"].values[piece[0]], "s").astype(datetime)
+            )
+            logger.warning(
+                "skipping sample %d of %s%s: it is marked complete but %s; "
+                "run_corrdiff.py --resume recomputes it",
+                piece[-1],
+                when,
+                f" (lead index {piece[1]})" if len(piece) == 3 else "",
+                why,
+            )
+            samples_ok[piece] = False
     else:
         # Stores from other tools have no completion record: a sample whose 2 m
         # temperature is missing everywhere was never written (or was lost).
@@ -1190,7 +1288,9 @@ def _plot(args: argparse.Namespace) -> int:
     coastlines = load_coastlines()
     context = render.RenderContext(
         store_path=args.store.absolute(),
-        scales=render.colour_scales(dataset, args.plot_lowres, args.colormap),
+        scales=render.colour_scales(
+            dataset, args.plot_lowres, args.colormap, samples_ok if problems else None
+        ),
         coastlines=coastlines.segments,
         thresholds=thresholds,
         fmt=args.format,

@@ -13,3 +13,14 @@ class RunError(Exception):
     """The run could not be completed (network, disk, model). Exit 1."""
 
     exit_code = 1
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (what SLURM, Kubernetes and ``kill`` send first). Exit 143.
+
+    A BaseException, like KeyboardInterrupt, so that it unwinds through every ``finally``
+    (the lock is released, the piece in flight is never marked complete) and past the
+    ``except Exception`` handlers of libraries.
+    """
+
+    exit_code = 143

@@ -45,6 +45,26 @@ CHECKPOINTS = ("checkpoints/regression.mdlus", "checkpoints/diffusion.mdlus")
 DATASET = "dataset/2023-01-24-cwb-4years_5times.zarr"
 #: Size of a zip with no entries (just the end-of-central-directory record).
 EMPTY_ZIP_BYTES = 22
+#: Most a package may expand to. The published one is about 650 MB zipped and barely
+#: compresses (float weights); a zip that claims more is refused before anything is written.
+MAX_EXTRACTED_BYTES = 8 * 2**30
+MAX_COMPRESSION_RATIO = 20
+
+#: The classes a CorrDiff package's checkpoints may name. physicsnemo's ``from_checkpoint``
+#: imports whatever ``__module__`` a checkpoint's ``args.json`` names and instantiates its
+#: ``__name__``: a package is code. We read args.json first and refuse anything else.
+ALLOWED_CLASSES = {
+    "regression": {"UNet", "CorrDiffRegressionUNet"},
+    "diffusion": {"EDMPrecondSR", "EDMPrecondSuperResolution"},
+}
+#: Classes a checkpoint may nest (the wrapped backbone), and the modules all may come from.
+ALLOWED_NESTED = {"SongUNet", "SongUNetPosEmbd", "SongUNetPosLtEmbd", "DhariwalUNet"}
+ALLOWED_MODULES = (
+    "modulus.models.diffusion",
+    "physicsnemo.models.diffusion",
+    "physicsnemo.models.diffusion_unets",
+    "physicsnemo.diffusion.preconditioners",
+)
 
 
 def cache_root() -> Path:
@@ -133,6 +153,33 @@ def _write_stub_zip(directory: Path) -> None:
         pass
 
 
+def package_identity(spec: str) -> dict[str, str]:
+    """What identifies a model package for ``--resume``: the URL, or resolved path + digest.
+
+    A local package (zip or extracted folder) is fingerprinted by the SHA-256 of its
+    checkpoints and grid/normalisation files, so weights replaced behind the same path are
+    noticed, and the same package spelled differently is recognised.
+    """
+    import hashlib
+
+    if is_remote(spec):
+        return {"url": spec}
+    path = Path(spec.removeprefix("file://")).expanduser().resolve()
+    root = _extracted_root(path) if path.is_dir() else None
+    if root is not None and not _zip_supersedes(path, root):
+        dataset = sorted(p for p in (root / DATASET).rglob("*") if p.is_file())
+        files = {str(f.relative_to(root)): f for f in (*(root / c for c in CHECKPOINTS), *dataset)}
+    else:
+        archive = path if path.is_file() else path / PACKAGE_ZIP
+        files = {PACKAGE_ZIP: archive}
+    digest = hashlib.sha256()
+    for name, file in files.items():
+        digest.update(name.encode())
+        with file.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return {"path": str(path), "sha256": digest.hexdigest()}
+
+
 def resolve_zip(spec: str) -> Path:
     """Local path of the package zip, downloading it (via earth2studio) if remote."""
     if not is_remote(spec):
@@ -153,6 +200,42 @@ def resolve_zip(spec: str) -> Path:
             "to work offline, copy corrdiff_inference_package.zip from a machine with internet "
             "(run_corrdiff.py --prefetch caches it) and pass --model-package DIR"
         ) from err
+
+
+def _extract_bounded(archive: zipfile.ZipFile, zip_path: Path, target: Path) -> None:
+    """Extract a package zip, refusing one that would expand beyond reason (a zip bomb).
+
+    The declared sizes are checked before anything is written, and each member is copied
+    with a budget of its declared size, so a zip that lies about its sizes stops there.
+    """
+    members = archive.infolist()
+    declared = sum(member.file_size for member in members)
+    limit = min(MAX_EXTRACTED_BYTES, MAX_COMPRESSION_RATIO * zip_path.stat().st_size + 2**26)
+    if declared > limit:
+        raise UsageError(
+            f"--model-package {zip_path} would expand to {declared / 2**30:.1f} GiB from "
+            f"{zip_path.stat().st_size / 2**20:.0f} MiB (more than {limit / 2**30:.1f} GiB): "
+            "this is not a CorrDiff package"
+        )
+    root = target.resolve()
+    for member in members:
+        destination = (target / member.filename).resolve()
+        if not destination.is_relative_to(root):
+            raise UsageError(f"--model-package {zip_path}: {member.filename} points outside it")
+        if member.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(member) as source, destination.open("wb") as sink:
+            left = member.file_size
+            while chunk := source.read(min(2**20, left + 1)):
+                left -= len(chunk)
+                if left < 0:
+                    raise UsageError(
+                        f"--model-package {zip_path}: {member.filename} holds more than the "
+                        f"{member.file_size} bytes it declares: this is not a CorrDiff package"
+                    )
+                sink.write(chunk)
 
 
 def prepare_package(spec: str) -> Path:
@@ -190,7 +273,7 @@ def prepare_package(spec: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(staging)  # noqa: S202 - a model package the user chose to trust
+            _extract_bounded(archive, zip_path, staging)
         if _extracted_root(staging) is None:
             missing = _missing_files(staging / PACKAGE_DIR)
             raise UsageError(
@@ -272,6 +355,72 @@ def set_precision(model: Any, device: DeviceInfo) -> str:
     return "float16" if half else "float32"
 
 
+def _checkpoint_args(path: Path) -> dict[str, Any]:
+    """``args.json`` of a ``.mdlus`` checkpoint (a tar in older physicsnemo, a zip in newer)."""
+    import json
+    import tarfile
+
+    if tarfile.is_tarfile(path):  # checked first, as physicsnemo does
+        with tarfile.open(path) as archive:
+            member = next(m for m in archive.getmembers() if Path(m.name).name == "args.json")
+            handle = archive.extractfile(member)
+            if handle is None:
+                raise ValueError("args.json is not a file")
+            return dict(json.load(handle))
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if Path(n).name == "args.json")
+        return dict(json.loads(archive.read(name)))
+
+
+def _named_classes(args: Any) -> list[tuple[str, str]]:
+    """Every (``__module__``, ``__name__``) pair anywhere in a checkpoint's args."""
+    found = []
+    if isinstance(args, dict):
+        if "__module__" in args or "__name__" in args:
+            found.append((str(args.get("__module__")), str(args.get("__name__"))))
+        for value in args.values():
+            found.extend(_named_classes(value))
+    elif isinstance(args, list):
+        for value in args:
+            found.extend(_named_classes(value))
+    return found
+
+
+def check_checkpoint_classes(root: Path, spec: str) -> None:
+    """Refuse checkpoints that name classes a CorrDiff package does not use, before import.
+
+    Raises
+    ------
+    UsageError
+        Naming the checkpoint and the class it asks for.
+    """
+    for kind, checkpoint in zip(("regression", "diffusion"), CHECKPOINTS, strict=True):
+        path = root / checkpoint
+        try:
+            classes = _named_classes(_checkpoint_args(path))
+        except (OSError, ValueError, StopIteration, zipfile.BadZipFile) as err:
+            raise UsageError(
+                f"--model-package {spec}: {PACKAGE_DIR}/{checkpoint} is not a physicsnemo "
+                f"checkpoint with an args.json ({type(err).__name__})"
+            ) from None
+        if not classes:
+            raise UsageError(f"--model-package {spec}: {checkpoint} names no model class")
+        top = classes[0][1]
+        allowed = ALLOWED_CLASSES[kind] | ALLOWED_NESTED
+        for module, name in classes:
+            if (
+                top not in ALLOWED_CLASSES[kind]
+                or name not in allowed
+                or not module.startswith(ALLOWED_MODULES)
+            ):
+                raise UsageError(
+                    f"--model-package {spec}: {checkpoint} asks to import {module}.{name}, "
+                    f"which a CorrDiff package does not use ({kind}: "
+                    f"{' or '.join(sorted(ALLOWED_CLASSES[kind]))}); refusing to load it "
+                    "(a model package is code: use only packages you trust)"
+                )
+
+
 def check_loaded(model: Any, spec: str) -> None:
     """Refuse a package whose grid or normalisation has the wrong shape, naming the file."""
     dataset = f"{PACKAGE_DIR}/{DATASET}"
@@ -304,6 +453,7 @@ def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
     missing = _missing_files(root)
     if missing:
         raise UsageError(f"--model-package {spec}: {PACKAGE_DIR}/{missing[0]} is missing")
+    check_checkpoint_classes(root, spec)
     try:
         model = CorrDiffTaiwan.load_model(Package(str(directory)))
     except Exception as err:  # noqa: BLE001 - a broken package fails in many ways

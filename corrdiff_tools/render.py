@@ -122,15 +122,61 @@ def _finite_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float
     return (low - 1.0, high + 1.0) if low == high else (low, high)
 
 
+def piece_problems(dataset: Any, path: Path, marked: np.ndarray) -> dict[tuple[int, ...], str]:
+    """Pieces marked complete whose fields are missing or cannot be read, with why.
+
+    A completion flag is a promise, not a proof: a chunk lost or cut short after the run
+    would draw as a blank panel, or fail with a codec error naming no file. Each marked
+    piece's four fields are read once; an unreadable one is named by its chunk file.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    lead = ("lead_time",) if "lead_time" in dataset.dims else ()
+    problems: dict[tuple[int, ...], str] = {}
+    for piece in zip(*np.nonzero(marked), strict=True):
+        index = tuple(int(i) for i in piece)
+        selection = dict(zip(("time", *lead, "sample"), index, strict=True))
+        for name in store.OUTPUT_VARIABLES:
+            try:
+                values = np.asarray(dataset[name].isel(selection).values)
+            except Exception as err:  # noqa: BLE001 - codecs raise many types on bad bytes
+                key = _chunk_key(group[name], (*index, 0, 0))
+                problems[index] = (
+                    f"{path / name / key} cannot be read ({type(err).__name__}: {err})"
+                )
+                break
+            if np.isnan(values).all():
+                problems[index] = f"its {name} is missing (a lost chunk reads as NaN)"
+                break
+    return problems
+
+
+def _chunk_key(array: Any, coords: tuple[int, ...]) -> str:
+    """The file name, relative to the array, of the chunk at ``coords`` (Zarr v3 or v2)."""
+    encoding = getattr(array.metadata, "chunk_key_encoding", None)
+    if encoding is not None:
+        return str(encoding.encode_chunk_key(coords))
+    separator = getattr(array.metadata, "dimension_separator", None) or "."
+    return separator.join(str(c) for c in coords)
+
+
 def colour_scales(
-    dataset: Any, include_lowres: bool, colormap: str | None = None
+    dataset: Any,
+    include_lowres: bool,
+    colormap: str | None = None,
+    healthy: np.ndarray | None = None,
 ) -> dict[str, ColourScale]:
     """One colour scale per quantity, from its extremes over every time and sample.
 
     With ``include_lowres`` the low-resolution inputs count too, so both share scales.
+    With ``healthy`` (a boolean mask over (time, [lead,] sample)), only those pieces are
+    read, one by one: the way round chunks that cannot be decoded.
     """
     import dask
 
+    if healthy is not None:
+        return _scales_from_pieces(dataset, include_lowres, colormap, healthy)
     wind = np.hypot(dataset["u10m"], dataset["v10m"])
     reductions = {
         "mrr": [dataset["mrr"].min(), dataset["mrr"].max()],
@@ -151,6 +197,41 @@ def colour_scales(
         if key == "wind":
             low = 0.0
         scales[key] = ColourScale(low, high, colormap or plotting.COLORMAPS[key])
+    return scales
+
+
+def _scales_from_pieces(
+    dataset: Any, include_lowres: bool, colormap: str | None, healthy: np.ndarray
+) -> dict[str, ColourScale]:
+    lead = ("lead_time",) if "lead_time" in dataset.dims else ()
+    lows: dict[str, list[float]] = {"mrr": [], "t2m": [], "wind": []}
+    highs: dict[str, list[float]] = {"mrr": [], "t2m": [], "wind": []}
+    for piece in zip(*np.nonzero(healthy), strict=True):
+        selection = dict(zip(("time", *lead, "sample"), (int(i) for i in piece), strict=True))
+        values = {n: np.asarray(dataset[n].isel(selection).values) for n in store.OUTPUT_VARIABLES}
+        quantities = {
+            "mrr": values["mrr"],
+            "t2m": values["t2m"] - KELVIN,
+            "wind": np.hypot(values["u10m"], values["v10m"]),
+        }
+        for key, field_values in quantities.items():
+            lows[key].append(float(np.nanmin(field_values)))
+            highs[key].append(float(np.nanmax(field_values)))
+    if include_lowres:
+        lr = {n: np.asarray(dataset[store.lowres_name(n)].values) for n in ("t2m", "u10m", "v10m")}
+        lows["t2m"].append(float(np.nanmin(lr["t2m"])) - KELVIN)
+        highs["t2m"].append(float(np.nanmax(lr["t2m"])) - KELVIN)
+        lows["wind"].append(float(np.nanmin(np.hypot(lr["u10m"], lr["v10m"]))))
+        highs["wind"].append(float(np.nanmax(np.hypot(lr["u10m"], lr["v10m"]))))
+        if "lr_refc" in dataset:
+            lows["mrr"].append(float(np.nanmin(dataset["lr_refc"].values)))
+            highs["mrr"].append(float(np.nanmax(dataset["lr_refc"].values)))
+    scales = {}
+    for key in lows:
+        low, high = _finite_limits(lows[key], highs[key])
+        scales[key] = ColourScale(
+            0.0 if key == "wind" else low, high, colormap or plotting.COLORMAPS[key]
+        )
     return scales
 
 
@@ -254,11 +335,39 @@ def render_all(
             if progress is not None:
                 progress(1)
         return results
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_ignore_interrupts
+    )
+    try:
         futures = [pool.submit(render_task, task, context) for task in tasks]
         results = []
         for future in futures:
             results.append(future.result())
             if progress is not None:
                 progress(1)
-        return results
+    except BaseException:
+        # Ctrl-C, SIGTERM or a failed figure: stop now. The executor's own exit would wait
+        # for every queued figure, and the workers would outlive a terminated parent.
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (no tracebacks from each)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued figures and end the worker processes, without waiting for them."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()

@@ -24,6 +24,8 @@ so ``xr.open_zarr(path)`` opens it without warnings.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,16 +200,46 @@ class StoreLayout:
         return (len(self.times), len(self.lead_times))
 
 
+def _staging(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def clean_leftovers(path: str | Path) -> None:
+    """Finish what a run killed while creating or replacing ``path`` left behind.
+
+    Call only while holding the store's lock (no other run can be creating it). A
+    half-built ``.<name>.creating-<pid>`` is removed. A ``.<name>.replaced-<pid>`` (the
+    store an ``--overwrite`` was replacing) is removed if its replacement is in place, and
+    put back if it is not, so the user's data is never lost between the two renames.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for leftover in sorted(path.parent.glob(f".{path.name}.creating-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in sorted(path.parent.glob(f".{path.name}.replaced-*")):
+        if path.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            os.rename(leftover, path)
+
+
 def create_store(
     path: str | Path,
     layout: StoreLayout,
     attrs: Mapping[str, Any],
     settings: Mapping[str, Any],
+    replace: bool = False,
 ) -> None:
     """Create an empty store with every array, coordinate and attribute, but no data.
 
     All arrays exist before any sample is written, so several writers (processes or
-    ranks) can fill disjoint chunks afterwards.
+    ranks) can fill disjoint chunks afterwards. The store is built under a hidden name
+    beside ``path`` and renamed into place, so ``path`` is either absent or complete: an
+    interruption (Ctrl-C, SIGTERM, a kill, a full disk) never leaves a half-made store
+    that ``--resume`` would trust or ``--overwrite`` would refuse. With ``replace``, an
+    existing store at ``path`` is moved aside first and deleted only once the new one is
+    in place (see :func:`clean_leftovers` for a kill in between).
 
     Parameters
     ----------
@@ -219,6 +251,8 @@ def create_store(
         Global attributes (provenance, history).
     settings : mapping
         Settings that a later ``--resume`` must match; stored as JSON.
+    replace : bool
+        Replace an existing store at ``path`` (``--overwrite``).
     """
     import dask.array as da
     import xarray as xr
@@ -326,15 +360,29 @@ def create_store(
         # zarr warns that consolidated metadata is not (yet) part of the v3 spec; xarray
         # and zarr-python read it, and without it every plain xr.open_zarr(path) warns.
         warnings.simplefilter("ignore")
+        path = Path(path)
+        if path.exists() and not replace:
+            raise RunError(f"could not create {path}: it already exists (nothing was changed)")
+        staging = _staging(path, "creating")
         try:
             dataset.to_zarr(
-                str(path), mode="w-", compute=False, encoding=encoding, consolidated=True
+                str(staging), mode="w-", compute=False, encoding=encoding, consolidated=True
             )
+            if replace and path.exists():
+                aside = _staging(path, "replaced")
+                os.rename(path, aside)
+                os.rename(staging, path)
+                shutil.rmtree(aside)
+            else:
+                os.rename(staging, path)
         except OSError as err:
             raise RunError(
                 f"could not create {path} ({err.strerror or err}): free some space or fix the "
                 "permissions, then rerun"
             ) from err
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def is_store(path: str | Path) -> bool:
@@ -385,6 +433,48 @@ class StoreWriter:
     def completed(self) -> np.ndarray:
         """Completion flags, shape ``(time, [lead_time,] sample)``, dtype bool."""
         return np.asarray(self._array(COMPLETED)[...]).astype(bool)
+
+    def damaged(self) -> list[tuple[tuple[int, ...], str]]:
+        """Pieces marked complete whose data is missing or does not decode, with why.
+
+        A completion flag is only a promise: a chunk file deleted, truncated or corrupted
+        after the run (a copy cut short, a bad disk) would otherwise be trusted by
+        ``--resume`` and read back as a blank (all-NaN) field. Every chunk of every
+        complete piece is read and decoded: the samples, and for their (time, [lead]) the
+        inputs and the regression mean (a damaged one of those damages every sample there).
+        """
+        done = self.completed()
+        bad: list[tuple[tuple[int, ...], str]] = []
+        names = [name for name in self._group.array_keys() if name.startswith("lr_")]
+        names += [regression_name(v) for v in OUTPUT_VARIABLES if regression_name(v) in self._group]
+        for index in np.ndindex(done.shape[:-1]):
+            pieces = [(*index, int(s)) for s in np.flatnonzero(done[index])]
+            if not pieces:
+                continue
+            shared = self._unreadable(names, index)
+            for piece in pieces:
+                why = shared or self._unreadable(list(OUTPUT_VARIABLES), piece)
+                if why:
+                    bad.append((piece, why))
+        return bad
+
+    def _unreadable(self, names: Sequence[str], index: tuple[int, ...]) -> str | None:
+        for name in names:
+            try:
+                values = np.asarray(self._array(name)[index])
+            except Exception as err:  # noqa: BLE001 - codecs raise many types on bad bytes
+                return f"{name}{list(index)} does not decode ({type(err).__name__}: {err})"
+            if values.size and np.isnan(values).all():
+                return f"{name}{list(index)} is missing (its chunk reads as the fill value)"
+        return None
+
+    def unmark(self, pieces: Sequence[tuple[int, ...]]) -> None:
+        """Mark pieces incomplete, so that ``--resume`` computes them again."""
+        try:
+            for piece in pieces:
+                self._array(COMPLETED)[piece] = 0
+        except OSError as err:
+            raise self._failed(err) from err
 
     def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store the low-resolution fields of one (time, [lead]) at ``index``."""
@@ -535,94 +625,3 @@ def open_store(path: str | Path) -> Any:
         for key, value in VARIABLE_ATTRS[name].items():
             dataset[name].attrs.setdefault(key, value)
     return dataset
-
-
-def lock_path(path: str | Path) -> Path:
-    """The lock file of a store: ``<store>.lock`` beside it (it exists before the store does)."""
-    path = Path(path)
-    return path.with_name(f"{path.name}.lock")
-
-
-def _process_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class StoreLock:
-    """An exclusive claim on a store for one run, as a file beside it.
-
-    Created atomically (``O_EXCL``) with the owner's pid, host and start time; removed when
-    the run ends, however it ends, short of being killed. A second run refuses to start. A
-    lock left by a run that was killed is detected (its pid is gone, on this host) and
-    reported with what to do; it is never taken over silently, because a lock on a shared
-    filesystem may belong to a run on another node that this process cannot see.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = lock_path(path)
-        self._held = False
-        self._made_parent = False
-
-    def acquire(self) -> None:
-        """Take the lock, or raise ValueError saying who holds it and what to do."""
-        import os
-        import socket
-        import time
-
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True)
-            self._made_parent = True
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            raise ValueError(self._refusal()) from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(owner, handle)
-        self._held = True
-
-    def _refusal(self) -> str:
-        import socket
-        import time
-
-        try:
-            owner = json.loads(self.path.read_text())
-            pid, host = int(owner["pid"]), str(owner["host"])
-            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(owner["started"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            return (
-                f"{self.path} exists but is unreadable: if no run is writing this store, delete it"
-            )
-        target = self.path.name.removesuffix(".lock")
-        if host == socket.gethostname() and not _process_alive(pid):
-            return (
-                f"stale lock {self.path}: the run that took it (pid {pid}, started {since}) is "
-                f"no longer running; delete the lock file, then rerun with --resume to finish "
-                f"{target}"
-            )
-        return (
-            f"{target} is in use by another run (pid {pid} on {host}, started {since}): wait "
-            f"for it, or choose another --output; if that run is dead, delete {self.path}"
-        )
-
-    def release(self) -> None:
-        """Remove the lock if this process holds it."""
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
-            if self._made_parent and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()  # leave no empty outputs/ behind a failed run
-
-    def __enter__(self) -> StoreLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -22,6 +22,9 @@ ERA5_START = datetime(1940, 1, 1)
 #: GFS forecast lead times: hourly to 120 h, then every 3 h to 384 h.
 GFS_MAX_LEAD = 384
 GFS_HOURLY_LEAD_LIMIT = 120
+#: Most times one range may expand to (ten years of hourly times), checked before expanding.
+MAX_TIMES = 87_660
+
 #: Default step of a ``START/END`` range.
 DEFAULT_RANGE_STEP = timedelta(hours=6)
 
@@ -110,6 +113,12 @@ def parse_time_spec(text: str) -> list[datetime]:
         raise UsageError(f"range {text!r} ends before it starts: put the earlier time first")
     times = []
     current = start
+    count = (end - start) // step + 1
+    if count > MAX_TIMES:
+        raise UsageError(
+            f"range {text!r} holds {count:,} times, more than {MAX_TIMES:,}: split it into "
+            "several runs (each can --resume), or use a longer step"
+        )
     while current <= end:
         times.append(current)
         current += step

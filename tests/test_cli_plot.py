@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import OrderedDict
@@ -320,7 +321,9 @@ BAD = [
     (lambda s, t: [str(s), "--threshold", "mrr=nan"], "must be finite"),
     (lambda s, t: [str(s), "--colormap", "rainbowz"], "is not a matplotlib colormap"),
     (lambda s, t: [str(s), "--gif", str(t / "a.png")], "must end in .gif"),
-    (lambda s, t: [str(s), "--fps", "0"], "must be a positive number"),
+    (lambda s, t: [str(s), "--fps", "0"], "--fps 0: a GIF frame lasts 0.02 s to 655 s"),
+    (lambda s, t: [str(s), "--gif", "--fps", "0.001"], "so use 0.002 to 50 frames per second"),
+    (lambda s, t: [str(s), "--fps", "nan"], "--fps nan: a GIF frame lasts"),
     (lambda s, t: [str(s), "--format", "bmp"], "invalid choice: 'bmp'"),
     (lambda s, t: [str(s), "--jobs", "0"], "--jobs must be at least 1"),
     (lambda s, t: [str(s), "--outdir", "/proc/plots"], "cannot write in /proc"),
@@ -384,3 +387,85 @@ def test_forecast_store_names_files_by_lead_time(tmp_path: Path) -> None:
     fig = render.build_figure(render.Task("sample", 0, 1, 1, Path("x.png")), context)
     assert fig.get_suptitle() == "CorrDiff sample 1 of 2 · valid 2024-07-24 12:00 UTC (+12 h)"
     assert plot(str(path), "--lead-time", "3", *FAST) == 2
+
+
+def _session_processes(session: int) -> list[int]:
+    """Pids of live processes in a session (orphans keep their session id)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":  # field 6 of stat: session id
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_stopping_the_plot_tool_stops_its_workers(
+    signame: str, code: int, ensemble: Path, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    outdir = tmp_path / "plots"
+    process = subprocess.Popen(
+        [sys.executable, str(root / "plot_corrdiff.py"), str(ensemble), "--jobs", "2",
+         "--plot-lowres", "--dpi", "40", "--outdir", str(outdir)],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(_session_processes(process.pid)) < 3:  # the tool and its two workers
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    started = time.monotonic()
+    if signame == "SIGTERM":
+        process.send_signal(signal.SIGTERM)  # what kill, SLURM and Kubernetes send
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    assert process.wait(timeout=60) == code
+    assert time.monotonic() - started < 20
+    # Queued figures were cancelled, not drawn: at most the two in flight got written
+    # (the store's 2 times give 6 sample maps and 2 low-res maps).
+    assert len([p for p in outdir.rglob("*") if p.is_file()]) <= 2
+    _, err = process.communicate()
+    assert err.strip().splitlines()[-1] == (
+        f"plot_corrdiff.py: {'terminated' if code == 143 else 'interrupted'}"
+    )
+    for _ in range(50):  # workers and the resource tracker go within a few seconds
+        if not _session_processes(process.pid):
+            break
+        time.sleep(0.1)
+    assert _session_processes(process.pid) == []
+
+
+def test_damaged_pieces_are_skipped_with_a_warning_naming_the_file(
+    ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(ensemble, damaged)
+    (damaged / "t2m" / "c" / "0" / "1" / "0" / "0").unlink()  # time 0, sample 1: lost
+    chunk = damaged / "u10m" / "c" / "1" / "2" / "0" / "0"  # time 1, sample 2: cut short
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    outdir = tmp_path / "plots"
+    code = plot_main([str(damaged), "--dpi", "30", "--jobs", "1", "--outdir", str(outdir)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert (
+        "skipping sample 1 of 2024-07-24T06:00: it is marked complete but its t2m is missing "
+        "(a lost chunk reads as NaN); run_corrdiff.py --resume recomputes it"
+    ) in err
+    assert f"skipping sample 2 of 2024-07-24T12:00: it is marked complete but {chunk} " in err
+    assert "cannot be read (" in err
+    assert sorted(p.name for p in outdir.iterdir()) == [
+        "corrdiff-2024-07-24T06-sample-00.jpg",
+        "corrdiff-2024-07-24T06-sample-02.jpg",
+        "corrdiff-2024-07-24T12-sample-00.jpg",
+        "corrdiff-2024-07-24T12-sample-01.jpg",
+    ]

@@ -272,6 +272,10 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "no TIME given: name at least one"),
     (
+        ["0001-01-01T00/9999-12-31T00/1h"],
+        "holds 87,649,393 times, more than 87,660: split it into several runs",
+    ),
+    (
         ["2024-07-24T12", "--preset", "blog", "--sampler", "stochastic"],
         "--preset blog uses the deterministic sampler, not --sampler stochastic: drop one",
     ),

@@ -23,7 +23,7 @@ import pytest
 import torch
 import xarray as xr
 import zarr
-from conftest import offline_args
+from conftest import lively_package, load_inputs, offline_args
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,6 +31,7 @@ from corrdiff_tools import sources, store
 from corrdiff_tools.cli import parse_selection, parse_thresholds, plot_main, run_main
 from corrdiff_tools.downscale import CorrDiffSampler
 from corrdiff_tools.errors import UsageError
+from corrdiff_tools.lock import lock_path
 from corrdiff_tools.sampling import PRESETS
 from corrdiff_tools.store import OUTPUT_VARIABLES, StoreWriter
 
@@ -74,14 +75,24 @@ def one_line(err: str) -> str:
 
 DRIVER = """
 import os, signal, sys
+import xarray
 from corrdiff_tools import store
 from corrdiff_tools.cli import run_main
 
 point = os.environ["KILL_AT"]
+signum = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
 calls = {"write_samples": 0}
 
 def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signum)
+
+real_to_zarr = xarray.Dataset.to_zarr
+def to_zarr(self, *args, **kwargs):
+    result = real_to_zarr(self, *args, **kwargs)
+    if point == "mid-create":
+        die()
+    return result
+xarray.Dataset.to_zarr = to_zarr
 
 real_create = store.create_store
 def create(*args, **kwargs):
@@ -108,44 +119,90 @@ store.StoreWriter._array = array
 sys.exit(run_main(sys.argv[1:]))
 """
 
+#: Where each kill point leaves the completion flags (None: no store at all).
+KILL_POINTS = {
+    "mid-create": None,
+    "after-create": [[0, 0, 0], [0, 0, 0]],
+    "between-pieces": [[1, 1, 0], [0, 0, 0]],
+    "mid-write": [[1, 1, 0], [0, 0, 0]],
+}
+SIGNALS = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 143, "SIGINT": 130}
+SWEEP = [(p, "SIGKILL") for p in KILL_POINTS] + [
+    (p, s) for s in ("SIGTERM", "SIGINT") for p in ("mid-create", "mid-write")
+]
 
-@pytest.mark.parametrize(
-    ("point", "completed"),
-    [
-        ("after-create", [[0, 0, 0], [0, 0, 0]]),
-        ("between-pieces", [[1, 1, 0], [0, 0, 0]]),
-        ("mid-write", [[1, 1, 0], [0, 0, 0]]),
-    ],
-)
-def test_sigkill_then_resume_equals_an_uninterrupted_run(
+
+@pytest.mark.parametrize(("point", "signame"), SWEEP)
+def test_killed_then_resume_equals_an_uninterrupted_run(
     point: str,
-    completed: list,
+    signame: str,
     reference: xr.Dataset,
     package_dir: Path,
     input_file: Path,
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "killed.zarr"
+    path = tmp_path / "out" / "killed.zarr"
     args = [*JOB, *offline_args(package_dir, input_file)]
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, *args, "--output", str(path)],
         cwd=ROOT,
-        env={**os.environ, "KILL_AT": point},
+        env={**os.environ, "KILL_AT": point, "KILL_SIGNAL": signame},
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert result.returncode == -signal.SIGKILL, result.stderr
-    # Never reported complete when it is not: the half-written sample is not marked.
-    assert xr.open_zarr(path)["completed"].values.tolist() == completed
+    assert result.returncode == SIGNALS[signame], result.stderr
+    if signame != "SIGKILL":
+        # A clean stop: one line with the command that finishes the job, lock released.
+        what = "terminated" if signame == "SIGTERM" else "interrupted"
+        line = one_line(result.stderr)
+        assert line.startswith(f"run_corrdiff.py: {what}; completed samples are kept; ")
+        assert line.endswith(f"--output {path} --resume")
+        assert not lock_path(path).exists()
+    # The store is complete or absent, never half-made; nothing is marked complete that
+    # is not on disk.
+    if KILL_POINTS[point] is None:
+        assert not path.exists()
+        if signame != "SIGKILL":
+            assert not path.parent.exists()  # the directory the run made for it is gone too
+    else:
+        assert xr.open_zarr(path)["completed"].values.tolist() == KILL_POINTS[point]
 
-    code = run_main([*args, "--output", str(path), "--resume", "-q"])
-    assert code == 2  # the killed run's lock is reported, not silently taken over
-    assert store.lock_path(path).exists()
-    store.lock_path(path).unlink()  # what the message tells the user to do
+    # The kernel released a killed run's lock: --resume needs no clean-up by hand.
     assert run_main([*args, "--output", str(path), "--resume", "-q"]) == 0
     assert_same_ensemble(path, reference)
-    assert not store.lock_path(path).exists()
+    assert not lock_path(path).exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["killed.zarr"]
+
+
+# ------------------------------------------------------------------- damaged stores
+
+
+@pytest.mark.parametrize("damage", ["deleted sample chunk", "truncated input chunk", "both"])
+def test_resume_verifies_completed_pieces_and_recomputes_damaged_ones(
+    damage: str,
+    reference: xr.Dataset,
+    package_dir: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "damaged.zarr"
+    args = [*JOB, *offline_args(package_dir, input_file), "--output", str(path)]
+    assert run_main([*args, "-q"]) == 0
+    if damage in ("deleted sample chunk", "both"):
+        (path / "t2m" / "c" / "1" / "2" / "0" / "0").unlink()  # time 1, sample 2
+    if damage in ("truncated input chunk", "both"):
+        chunk = path / "lr_u850" / "c" / "0" / "0" / "0"  # time 0: all its samples
+        chunk.write_bytes(chunk.read_bytes()[:40])
+    capsys.readouterr()
+    assert run_main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    count = {"deleted sample chunk": 1, "truncated input chunk": 3, "both": 4}[damage]
+    assert f"{count} piece(s) marked complete in {path} are missing or unreadable" in err
+    assert f"resuming {path}: {count} sample(s) left to compute" in err
+    assert_same_ensemble(path, reference)
+    np.testing.assert_array_equal(xr.open_zarr(path)["lr_u850"].values, reference["lr_u850"].values)
 
 
 # ------------------------------------------------------------------- concurrent runs
@@ -167,7 +224,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_is_unharmed(
         text=True,
     )
     deadline = time.monotonic() + 300
-    while not store.lock_path(path).exists():
+    while not lock_path(path).exists():
         assert first.poll() is None and time.monotonic() < deadline, "first run never took its lock"
         time.sleep(0.2)
     code = run_main([*args, "--output", str(path), "--resume"])
@@ -176,27 +233,74 @@ def test_a_second_run_on_the_same_output_is_refused_and_the_first_is_unharmed(
     assert f"shared.zarr is in use by another run (pid {first.pid} on " in line
     assert first.wait(timeout=600) == 0, first.stderr.read() if first.stderr else ""
     assert_same_ensemble(path, reference)
-    assert not store.lock_path(path).exists()
+    assert not lock_path(path).exists()
 
 
-def test_a_stale_lock_is_reported_with_what_to_do(run_tool: Run, tmp_path: Path) -> None:
+def test_a_lock_file_left_by_a_dead_run_is_not_in_the_way(run_tool: Run, tmp_path: Path) -> None:
+    lock = lock_path(tmp_path / "s.zarr")
+    lock.write_text('{"pid": 1, "host": "elsewhere", "started": 0}')  # no flock held on it
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "s.zarr")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_a_symlinked_alias_of_a_busy_store_is_refused(run_tool: Run, tmp_path: Path) -> None:
+    from corrdiff_tools.lock import StoreLock
+
+    assert run_tool("2024-07-24T12", "--steps", "2", "--output", "real.zarr")[0] == 0
+    (tmp_path / "alias.zarr").symlink_to(tmp_path / "real.zarr")
+    with StoreLock(tmp_path / "real.zarr"):
+        code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "alias.zarr", "--resume")
+    assert code == 2
+    assert one_line(err).startswith(
+        "run_corrdiff.py: error: real.zarr is in use by another run (pid "
+    )
+
+
+def test_overwrite_through_a_symlinked_output_replaces_the_store_not_the_link(
+    run_tool: Run, tmp_path: Path
+) -> None:
+    assert run_tool("2024-07-24T12", "--steps", "2", "--output", "real.zarr")[0] == 0
+    (tmp_path / "alias.zarr").symlink_to(tmp_path / "real.zarr")
+    code, err = run_tool(
+        "2024-07-24T12", "--steps", "2", "--seed", "4", "--output", "alias.zarr", "--overwrite"
+    )
+    assert code == 0, err
+    assert (tmp_path / "alias.zarr").is_symlink()
+    assert xr.open_zarr(tmp_path / "alias.zarr").attrs["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.zarr", "real.zarr"]
+
+
+def test_without_flock_a_stale_lock_is_reported_with_what_to_do(
+    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filesystems without flock (Lustre without -o flock): the exclusive-file fallback."""
+    import fcntl
+    import json
+    import socket
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     pid = int(dead.stdout)
-    lock = store.lock_path(tmp_path / "s.zarr")
-    import json
-    import socket
-
+    lock = lock_path(tmp_path / "s.zarr")
     lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": 0}))
     code, err = run_tool("2024-07-24T12", "--output", "s.zarr")
     assert code == 2
     assert one_line(err) == (
-        f"run_corrdiff.py: error: stale lock {lock.relative_to(tmp_path)}: the run that took it (pid {pid}, "
-        "started 1970-01-01T00:00:00Z) is no longer running; delete the lock file, then rerun with "
-        "--resume to finish s.zarr"
+        f"run_corrdiff.py: error: stale lock {lock}: the run that took it (pid {pid}, "
+        "started 1970-01-01T00:00:00Z) is no longer running and this filesystem has no flock; "
+        "delete the lock file, then rerun with --resume to finish s.zarr"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr.lock"]
+    lock.unlink()
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "s.zarr")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
 
 # ------------------------------------------------------------------- network
@@ -239,7 +343,7 @@ def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     assert "--prefetch FILE" in line
     assert err.count("retrying in") == 2
     assert xr.open_zarr(path)["completed"].values.tolist() == [[1, 1, 1], [0, 0, 0]]
-    assert not store.lock_path(path).exists()
+    assert not lock_path(path).exists()
 
     monkeypatch.setattr(sources, "build_source", lambda spec, times: FlakySource(input_file))
     assert run_main([*gfs_args(package_dir), "--output", str(path), "--resume", "-q"]) == 0
@@ -397,7 +501,7 @@ def test_disk_full_mid_run_is_one_line_and_the_store_resumes(
         [1, 1, 0],
         [0, 0, 0],
     ]
-    assert not store.lock_path(tmp_path / "full.zarr").exists()
+    assert not lock_path(tmp_path / "full.zarr").exists()
     code, err = run_tool(*JOB, "--output", "full.zarr", "--resume")
     assert code == 0, err
     assert_same_ensemble(tmp_path / "full.zarr", reference)
@@ -431,6 +535,94 @@ def test_package_with_a_missing_checkpoint(run_tool: Run, tmp_path: Path) -> Non
     assert one_line(err).endswith(
         "corrdiff_inference_package/checkpoints/diffusion.mdlus is missing"
     )
+
+
+def _rewrite_args(checkpoint: Path, change: Callable[[dict], None]) -> None:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    args = json.loads(contents["args.json"])
+    change(args)
+    contents["args.json"] = json.dumps(args).encode()
+    with zipfile.ZipFile(checkpoint, "w") as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [("this", "EDMPrecondSR"), ("os", "system"), ("physicsnemo.models.mlp", "FullyConnected")],
+)
+def test_a_package_naming_foreign_code_is_refused_before_import(
+    run_tool: Run, tmp_path: Path, module: str, name: str
+) -> None:
+    from corrdiff_tools.synthetic import build_package
+
+    build_package(tmp_path / "pkg", zipped=False)
+    checkpoint = tmp_path / "pkg" / "corrdiff_inference_package" / "checkpoints" / "diffusion.mdlus"
+
+    def change(args: dict) -> None:
+        args.update({"__module__": module, "__name__": name})
+
+    _rewrite_args(checkpoint, change)
+    imported = set(sys.modules)
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--model-package", str(tmp_path / "pkg"))
+    assert code == 2
+    assert one_line(err).endswith(
+        f"checkpoints/diffusion.mdlus asks to import {module}.{name}, which a CorrDiff package "
+        "does not use (diffusion: EDMPrecondSR or EDMPrecondSuperResolution); refusing to load "
+        "it (a model package is code: use only packages you trust)"
+    )
+    assert module == "os" or module not in set(sys.modules) - imported
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_zip_bomb_package_is_refused_before_extraction(run_tool: Run, tmp_path: Path) -> None:
+    import zipfile
+
+    (tmp_path / "bomb").mkdir()
+    with zipfile.ZipFile(tmp_path / "bomb" / "corrdiff_inference_package.zip", "w",
+                         zipfile.ZIP_DEFLATED) as archive:  # fmt: skip
+        archive.writestr("corrdiff_inference_package/checkpoints/regression.mdlus", b"")
+        archive.writestr("corrdiff_inference_package/zeros.bin", bytes(300 * 2**20))
+    code, err = run_tool("2024-07-24T12", "--model-package", str(tmp_path / "bomb"))
+    assert code == 2
+    assert "would expand to 0.3 GiB from 0 MiB" in one_line(err)
+    assert "this is not a CorrDiff package" in one_line(err)
+    cache = Path(os.environ["CORRDIFF_TOOLS_CACHE"]) / "packages"
+    assert not any(p.name.startswith(".extract-") for p in cache.glob("*"))
+
+
+def test_resume_knows_inputs_and_packages_by_content_not_spelling(
+    run_tool: Run, tmp_path: Path, input_file: Path, package_dir: Path
+) -> None:
+    import shutil
+
+    local = tmp_path / "in.nc"
+    shutil.copy(input_file, local)
+    args = ("2024-07-24T12", "--samples", "2", "--steps", "2", "--output", "r.zarr")
+    assert run_tool(*args, "--source", "in.nc", "--samples", "1")[0] == 0
+    # The same file, spelled absolutely and through a symlink: the same source.
+    (tmp_path / "link.nc").symlink_to(local)
+    code, err = run_tool(*args, "--source", str(tmp_path / "link.nc"), "--resume")
+    assert code == 2 and "samples: store has 1, this run asks for 2" in err  # only that
+    assert "source:" not in err and "model_package:" not in err
+    # New content behind the same path: refused, naming the fingerprint.
+    changed = load_inputs(local)
+    changed.loc[{"variable": "t2m"}] = changed.sel(variable="t2m") + 0.5
+    changed.to_netcdf(local)
+    code, err = run_tool(*args, "--source", "in.nc", "--samples", "1", "--resume")
+    assert code == 2
+    assert "was made with other settings (source: store has {'path': " in err
+    assert "'sha256': " in err
+    # A package whose weights changed behind the same path is refused too.
+    shutil.copytree(package_dir, tmp_path / "pkg")
+    assert run_tool(*args, "--model-package", "pkg", "--output", "p.zarr")[0] == 0
+    lively_package(tmp_path / "pkg", seed=9)
+    code, err = run_tool(*args, "--model-package", "pkg", "--output", "p.zarr", "--resume")
+    assert code == 2 and "(model_package: store has {'path': " in err
 
 
 def test_package_with_the_wrong_grid(run_tool: Run, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 
 from corrdiff_tools import store
+from corrdiff_tools.errors import RunError
 
 
 def layout(lead_times=None) -> store.StoreLayout:
@@ -57,8 +58,28 @@ def test_lead_time_axis(tmp_path: Path) -> None:
 
 def test_create_refuses_an_existing_path(tmp_path: Path) -> None:
     store.create_store(tmp_path / "s.zarr", layout(), {}, {})
-    with pytest.raises(Exception, match="already contains data"):
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(RunError, match="s.zarr: it already exists"):
         store.create_store(tmp_path / "s.zarr", layout(), {}, {})
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(RunError, match="empty.zarr: it already exists"):
+        store.create_store(tmp_path / "empty.zarr", layout(), {}, {})
+    after = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
+    assert after == {*before, Path("empty.zarr")}  # nothing written, nothing replaced
+
+
+def test_replacing_a_store_keeps_it_until_the_new_one_is_in_place(tmp_path: Path) -> None:
+    store.create_store(tmp_path / "s.zarr", layout(), {"title": "old"}, {})
+    store.create_store(tmp_path / "s.zarr", layout(), {"title": "new"}, {}, replace=True)
+    assert store.read_attrs(tmp_path / "s.zarr")["title"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    # A kill between the two renames leaves the old store aside: put back, never lost.
+    (tmp_path / "s.zarr").rename(tmp_path / ".s.zarr.replaced-99")
+    store.clean_leftovers(tmp_path / "s.zarr")
+    assert store.read_attrs(tmp_path / "s.zarr")["title"] == "new"
+    (tmp_path / ".s.zarr.creating-98").mkdir()
+    store.clean_leftovers(tmp_path / "s.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
 
 def test_foreign_paths_are_not_stores(tmp_path: Path) -> None:
