@@ -187,7 +187,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--peak-tflops",
-        type=_positive_float("--peak-tflops"),
+        type=_number("--peak-tflops", positive=True),
         metavar="T",
         help="the device's peak TFLOP/s for the precision used, to report the fraction achieved",
     )
@@ -235,20 +235,7 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
         ("--s-max", "s_max", "highest noise level that churns, S_max (default inf)"),
         ("--s-noise", "s_noise", "churn noise inflation S_noise (default 1)"),
     ):
-        group.add_argument(flag, dest=name, type=_float_option(flag), metavar="X", help=text)
-
-
-def _float_option(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} needs a number, got {text!r}") from None
-        if math.isnan(value):
-            raise argparse.ArgumentTypeError(f"{name} needs a number, got {text!r}")
-        return value
-
-    return parse
+        group.add_argument(flag, dest=name, type=_number(flag), metavar="X", help=text)
 
 
 def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
@@ -261,22 +248,24 @@ def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
     """
     from corrdiff_tools import sampling
 
-    names = ("steps", "solver", "sigma_min", "sigma_max", "rho", "s_churn", "s_min", "s_max")
-    overrides = {name: getattr(args, name) for name in (*names, "s_noise")}  # CLI dests
+    overrides = {name: getattr(args, name) for name in sampling.OPTION_FIELDS}
     try:
         return sampling.resolve(args.preset, args.sampler, overrides)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
 
-def _positive_float(name: str) -> Callable[[str], float]:
+def _number(name: str, positive: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite-or-infinite real number (no NaN), or a positive finite one."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        if math.isnan(value) or (positive and not 0 < value < math.inf):
+            kind = "a positive number" if positive else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}")
         return value
 
     return parse
@@ -1217,7 +1206,12 @@ def _plot(args: argparse.Namespace) -> int:
     problems: dict[tuple[int, ...], str] = {}
     if "completed" in dataset:
         samples_ok = dataset["completed"].values.astype(bool)
-        problems = render.piece_problems(dataset, args.store, samples_ok)
+        # Only the selected times (and lead times) are read back: the ones drawn.
+        selected = np.zeros_like(samples_ok)
+        for ti in times:
+            for li in leads:
+                selected[(ti,) if li is None else (ti, li)] = True
+        problems = render.piece_problems(dataset, args.store, samples_ok & selected)
         for piece, why in problems.items():
             when = times_mod.format_time(
                 np.datetime64(dataset["time"].values[piece[0]], "s").astype(datetime)

@@ -116,6 +116,11 @@ class SamplerSettings:
         return common
 
 
+#: The settings a user can override, one command-line option each (``--sigma-min`` etc.).
+OPTION_FIELDS = (
+    "steps", "solver", "sigma_min", "sigma_max", "rho", "s_churn", "s_min", "s_max", "s_noise",
+)  # fmt: skip
+
 PRESETS: dict[str, SamplerSettings] = {
     "blog": SamplerSettings("deterministic", 8, "euler", sigma_min=0.002, sigma_max=80.0, rho=7.0),
     "paper": SamplerSettings("stochastic", 18, "heun", sigma_min=0.002, sigma_max=800.0, rho=7.0),

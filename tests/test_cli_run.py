@@ -288,7 +288,7 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--sigma-max", "inf"], "need 0 < sigma_min < sigma_max < inf"),
     (["2024-07-24T12", "--rho", "-1"], "--rho -1: must be positive (published: 7)"),
     (["2024-07-24T12", "--s-churn", "-0.5"], "--s-churn -0.5: must be 0 or more"),
-    (["2024-07-24T12", "--s-noise", "nan"], "--s-noise needs a number, got 'nan'"),
+    (["2024-07-24T12", "--s-noise", "nan"], "--s-noise must be a number, got 'nan'"),
     (["2024-07-24T12", "--s-min", "5", "--s-max", "1"], "need 0 <= S_min <= S_max"),
     (["2024-07-24T12", "--sampler", "ddim"], "invalid choice: 'ddim'"),
 ]
