@@ -140,14 +140,13 @@ def test_other_seed_other_ensemble_and_batch_size_does_not_matter(
     assert not np.allclose(one["t2m"].values, seven["t2m"].values)
 
 
-def test_sample_noise_does_not_depend_on_the_other_times(run_tool: Run, tmp_path: Path) -> None:
-    assert (
-        run_tool("2024-07-24T06", "--samples", "2", "--steps", "2", "--output", "alone.zarr")[0]
-        == 0
-    )
-    code, _ = run_tool(
-        "2024-07-24T00/2024-07-24T12", "--samples", "2", "--steps", "2", "--output", "many.zarr"
-    )
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sample_noise_does_not_depend_on_the_other_times(
+    run_tool: Run, tmp_path: Path, sampler: str
+) -> None:
+    args = ("--samples", "2", "--steps", "2", *SAMPLERS[sampler])
+    assert run_tool("2024-07-24T06", *args, "--output", "alone.zarr")[0] == 0
+    code, _ = run_tool("2024-07-24T00/2024-07-24T12", *args, "--output", "many.zarr")
     assert code == 0
     alone = open_store(tmp_path / "alone.zarr")
     many = open_store(tmp_path / "many.zarr").sel(time=["2024-07-24T06"])

@@ -145,3 +145,20 @@ def test_resume_a_distributed_run_that_died_part_way(stores: dict, tmp_path: Pat
     single = xr.open_zarr(stores["single"]).load()
     for name in [*OUTPUT_VARIABLES, "completed"]:
         np.testing.assert_array_equal(resumed[name].values, single[name].values)
+
+
+def test_two_ranks_give_the_same_stochastic_ensemble_with_churn(
+    package_dir: Path, input_file: Path, tmp_path: Path
+) -> None:
+    """Churn noise is drawn per sample, so the rank count does not change it either."""
+    churn = ["--sampler", "stochastic", "--s-churn", "0.5", "--steps", "3", "--sigma-max", "80"]
+    common = [*JOB, *churn, *offline_args(package_dir, input_file)]
+    single = run([*common, "--output", str(tmp_path / "single.zarr")], {})
+    assert single.returncode == 0, single.stderr
+    double = run([*common, "--output", str(tmp_path / "double.zarr")], {}, processes=2)
+    assert double.returncode == 0, double.stderr
+    one = xr.open_zarr(tmp_path / "single.zarr").load()
+    two = xr.open_zarr(tmp_path / "double.zarr").load()
+    assert two.attrs["sampler"] == "stochastic" and two.attrs["S_churn"] == 0.5
+    for name in [*OUTPUT_VARIABLES, "completed"]:
+        np.testing.assert_array_equal(two[name].values, one[name].values)
