@@ -190,13 +190,24 @@ def colour_scales(
         if "lr_refc" in dataset:
             reductions["mrr"] += [dataset["lr_refc"].min(), dataset["lr_refc"].max()]
     computed = dask.compute({k: [r.data for r in v] for k, v in reductions.items()})[0]
+    values = {key: [float(v) for v in found] for key, found in computed.items()}
+    return _to_scales(
+        {key: v[0::2] for key, v in values.items()},
+        {key: v[1::2] for key, v in values.items()},
+        colormap,
+    )
+
+
+def _to_scales(
+    lows: Mapping[str, Sequence[float]], highs: Mapping[str, Sequence[float]], colormap: str | None
+) -> dict[str, ColourScale]:
+    """Colour scales from each quantity's extremes; wind speed always starts at 0."""
     scales = {}
-    for key, values in computed.items():
-        values = [float(v) for v in values]
-        low, high = _finite_limits(values[0::2], values[1::2])
-        if key == "wind":
-            low = 0.0
-        scales[key] = ColourScale(low, high, colormap or plotting.COLORMAPS[key])
+    for key in lows:
+        low, high = _finite_limits(lows[key], highs[key])
+        scales[key] = ColourScale(
+            0.0 if key == "wind" else low, high, colormap or plotting.COLORMAPS[key]
+        )
     return scales
 
 
@@ -226,13 +237,7 @@ def _scales_from_pieces(
         if "lr_refc" in dataset:
             lows["mrr"].append(float(np.nanmin(dataset["lr_refc"].values)))
             highs["mrr"].append(float(np.nanmax(dataset["lr_refc"].values)))
-    scales = {}
-    for key in lows:
-        low, high = _finite_limits(lows[key], highs[key])
-        scales[key] = ColourScale(
-            0.0 if key == "wind" else low, high, colormap or plotting.COLORMAPS[key]
-        )
-    return scales
+    return _to_scales(lows, highs, colormap)
 
 
 @functools.lru_cache(maxsize=4)
