@@ -29,9 +29,8 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,16 +75,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
     args = parser.parse_args()
 
-    from corrdiff_tools.synthetic import build_package, synthetic_inputs
+    from workspace import prepare
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="corrdiff-compare-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    source_package = workdir / f"package-{args.width}"
-    if not (source_package / "corrdiff_inference_package.zip").is_file():
-        build_package(source_package, width=args.width, seed=0)
-    times = [datetime(2024, 7, 24, 0) + timedelta(hours=6 * i) for i in range(4)]
-    inputs = workdir / "inputs.nc"
-    synthetic_inputs(times).to_netcdf(inputs)
+    workdir, source_package, inputs, times = prepare(
+        args.workdir, args.width, 4, "corrdiff-compare-"
+    )
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
     python = sys.executable
     print(

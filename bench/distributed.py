@@ -18,9 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -53,17 +51,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
     args = parser.parse_args()
 
-    from corrdiff_tools.synthetic import build_package, synthetic_inputs
+    from workspace import prepare
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="corrdiff-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    package = workdir / f"package-{args.width}"
-    if not (package / "corrdiff_inference_package.zip").is_file():
-        build_package(package, width=args.width, seed=0)
-    first = datetime(2024, 7, 24, 0)
-    times = [first + timedelta(hours=6 * i) for i in range(args.times)]
-    inputs = workdir / "inputs.nc"
-    synthetic_inputs(times).to_netcdf(inputs)
+    workdir, package, inputs, times = prepare(
+        args.workdir, args.width, args.times, "corrdiff-bench-"
+    )
     env = {**os.environ, "CORRDIFF_TOOLS_CACHE": str(workdir / "cache"), "TQDM_DISABLE": "1"}
     job = [
         f"{times[0]:%Y-%m-%dT%H}/{times[-1]:%Y-%m-%dT%H}",

@@ -10,19 +10,20 @@ FLOPs are counted by torch's own ``FlopCounterMode`` on the warm-up calls, not a
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import tempfile
 import time as clock
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools.sampling import SamplerSettings
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
+
+if TYPE_CHECKING:
+    from corrdiff_tools.model import DeviceInfo
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +130,8 @@ def _timed(function: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, 
     return result, clock.perf_counter() - start
 
 
-def _host_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_benchmark(
-    device: Any,
+    device: DeviceInfo,
     size: str,
     samples: int,
     batch_size: int,
@@ -214,12 +211,6 @@ def run_benchmark(
         diffusion=diffusion,
         regression_flops=regression_flops,
         diffusion_flops=diffusion_flops,
-        peak_device_bytes=int(torch.cuda.max_memory_allocated(device.device)) if gpu else None,
-        peak_host_bytes=_host_peak_bytes(),
+        peak_device_bytes=model.peak_memory_bytes(device) if gpu else None,
+        peak_host_bytes=model.host_peak_bytes(),
     )
-
-
-def report(result: BenchmarkResult, peak_tflops: float | None) -> None:
-    """Write the table to stdout (it is the command's result, not a log line)."""
-    sys.stdout.write(result.table(peak_tflops))
-    sys.stdout.flush()

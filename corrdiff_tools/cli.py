@@ -10,29 +10,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
 import shlex
 import sys
-import tempfile
-import time as clock
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from corrdiff_tools import __version__
-from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, Terminated, UsageError
-from corrdiff_tools.sampling import SamplerSettings
+
+if TYPE_CHECKING:
+    from corrdiff_tools.run_workflow import ModelLoader, SourceFactory
 
 logger = logging.getLogger("corrdiff_tools")
-
-#: Frame rates a GIF can hold (see the --fps check).
-MIN_FPS, MAX_FPS = 0.002, 50.0
 
 RUN_EXAMPLES = """\
 examples:
@@ -238,23 +233,6 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=name, type=_number(flag), metavar="X", help=text)
 
 
-def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
-    """The :class:`~corrdiff_tools.sampling.SamplerSettings` the options ask for.
-
-    Raises
-    ------
-    UsageError
-        On conflicting options or values out of range.
-    """
-    from corrdiff_tools import sampling
-
-    overrides = {name: getattr(args, name) for name in sampling.OPTION_FIELDS}
-    try:
-        return sampling.resolve(args.preset, args.sampler, overrides)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-
-
 def _number(name: str, positive: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite-or-infinite real number (no NaN), or a positive finite one."""
 
@@ -303,50 +281,6 @@ def configure_logging(args: argparse.Namespace) -> None:
     logger.propagate = False
     if not args.debug:
         warnings.filterwarnings("ignore")
-
-
-def tame_library_logging(args: argparse.Namespace) -> None:
-    """Quieten earth2studio's loguru sink (it is reconfigured at import, so call after)."""
-    try:
-        from loguru import logger as loguru_logger
-    except ImportError:  # pragma: no cover - loguru comes with earth2studio
-        return
-    loguru_logger.remove()
-    level = "DEBUG" if args.debug else "WARNING" if args.verbose else "ERROR"
-    loguru_logger.add(sys.stderr, level=level, format="{level}: {message}")
-
-
-@contextlib.contextmanager
-def quiet_native_output(enabled: bool) -> Iterator[None]:
-    """Silence stdout and stderr at the C level while heavy libraries import.
-
-    warp (imported by physicsnemo) prints "Could not find or load the NVIDIA CUDA driver"
-    from native code on every machine without an NVIDIA driver, ROCm ones included.
-    It is harmless and unrelated to the user's run, so it is hidden unless --debug.
-    Python exceptions raised by the import still propagate and are reported.
-    """
-    if not enabled:
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        for fd, copy in zip((1, 2), saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-def import_model_stack(args: argparse.Namespace) -> None:
-    """Import earth2studio's CorrDiff (15-25 s) once, quietly, then tame its logging."""
-    with quiet_native_output(not args.debug):
-        import earth2studio.models.dx  # noqa: F401
-    tame_library_logging(args)
 
 
 @contextlib.contextmanager
@@ -432,549 +366,57 @@ def _report(prog: str, err: object, debug: bool) -> None:
 # --------------------------------------------------------------------------- run tool
 
 
-@dataclass(frozen=True)
-class RunRequest:
-    """Everything a run needs, validated."""
+def run_main(
+    argv: Sequence[str] | None = None,
+    *,
+    build_source: SourceFactory | None = None,
+    load_model: ModelLoader | None = None,
+) -> int:
+    """Entry point of ``run_corrdiff.py``; returns the exit code.
 
-    times: list[datetime]
-    lead_times: list[int] | None
-    source: Any
-    lowres_variables: list[str]
-    output: Path
-    settings: dict[str, Any]
-    sampler: SamplerSettings
-
-
-def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
-    """``outputs/corrdiff-<first>[_<last>][-forecast].zarr``.
-
-    Forecasts get their own suffix, so downscaling the 12Z forecast never collides with
-    (or is refused because of) the 12Z analysis downscaled before it.
+    ``build_source`` and ``load_model`` replace the real data sources
+    (:func:`corrdiff_tools.sources.build_source`) and model loader
+    (:func:`corrdiff_tools.model.load_corrdiff`): how tests run the whole tool offline
+    against a fake GFS, an unreachable one or a failing one.
     """
-    first = times_mod.time_label(times[0])
-    span = first if len(times) == 1 else f"{first}_{times_mod.time_label(times[-1])}"
-    return Path("outputs") / f"corrdiff-{span}{'-forecast' if forecast else ''}.zarr"
+    parser = build_run_parser()
+    command = list(sys.argv[1:] if argv is None else argv)
 
+    def body(args: argparse.Namespace) -> int:
+        from corrdiff_tools import model, requests, run_workflow, sources
 
-def _check_writable_location(path: Path, flag: str) -> None:
-    """Refuse a path whose nearest existing parent cannot be written."""
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    try:
-        # A real probe: os.access says yes to root even where writes fail (/proc, read-only
-        # mounts). The probe file is anonymous and gone when closed.
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as err:
-        raise UsageError(
-            f"{flag} {path}: cannot write in {parent} ({err.strerror}); choose another location"
-        ) from None
+        def import_libraries() -> None:
+            model.import_model_stack(args.debug, args.verbose)
 
-
-def validate_run(args: argparse.Namespace) -> RunRequest:
-    """Check every argument before anything is fetched, loaded or written."""
-    from corrdiff_tools import model as model_mod
-    from corrdiff_tools import sources
-
-    if not args.times:
-        raise UsageError(
-            "no TIME given: name at least one, e.g. run_corrdiff.py 2024-07-24T12:00, "
-            "or pass --benchmark to time the model without data"
-        )
-    times = times_mod.parse_times(args.times)
-    source = sources.parse_source(args.source)
-    if args.lead_time is not None and not source.is_forecast:
-        raise UsageError(
-            f"--lead-time needs --source gfs-forecast (got --source {args.source}); "
-            "analyses have no lead time"
-        )
-    lead_times = None
-    if source.is_forecast:
-        lead_times = times_mod.parse_lead_times(args.lead_time or ["0"])
-    file_variables = None
-    if source.kind in ("gfs", "gfs-forecast"):
-        for time in times:
-            times_mod.check_gfs_time(time)
-    elif source.kind == "era5":
-        for time in times:
-            times_mod.check_era5_time(time)
-    elif source.path is not None:
-        file_variables = sources.check_file_source(source.path, times)
-    model_mod.check_package_spec(args.model_package)
-    if args.threshold and not args.stats:
-        raise UsageError(
-            f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
-            "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
-        )
-    thresholds = parse_thresholds(args.threshold) if args.stats else None
-    sampler = sampler_settings(args)
-
-    from corrdiff_tools.downscale import GEOMETRY
-
-    settings = {
-        "times": [times_mod.format_time(t) for t in times],
-        "lead_times": lead_times,
-        "samples": args.samples,
-        "seed": args.seed,
-        "sampler": sampler.to_json(),
-        "geometry": GEOMETRY,
-        # By resolved path and content, not by spelling (see sources.file_identity).
-        "source": (
-            sources.file_identity(source.path, times) if source.path is not None else source.label
-        ),
-        "model_package": model_mod.package_identity(args.model_package),
-        "stats": thresholds,
-    }
-    output = args.output or default_output(times, source.is_forecast)
-    if output.is_symlink():
-        # --overwrite and --resume act on the store itself, not on the link to it.
-        output = output.resolve()
-    if args.prefetch is not None:
-        if source.kind not in ("gfs", "era5"):
-            raise UsageError(
-                f"--prefetch downloads from --source gfs or era5, not {args.source}: "
-                "forecasts and files cannot be prefetched into an analysis file"
-            )
-        if args.prefetch.exists():
-            raise UsageError(
-                f"--prefetch {args.prefetch} already exists: remove it or pick another name"
-            )
-        _check_writable_location(args.prefetch, "--prefetch")
-    else:
-        _check_output(output, args, settings)
-    return RunRequest(
-        times=times,
-        lead_times=lead_times,
-        source=source,
-        lowres_variables=sources.lowres_variables(source, file_variables),
-        output=output,
-        settings=settings,
-        sampler=sampler,
-    )
-
-
-def _check_output(output: Path, args: argparse.Namespace, settings: dict[str, Any]) -> None:
-    from corrdiff_tools import store
-
-    _check_writable_location(output, "--output")
-    if not output.exists():
-        return
-    if not store.is_store(output):
-        raise UsageError(
-            f"--output {output} exists and is not a corrdiff-tools store; refusing to touch it: "
-            "choose another --output"
-        )
-    if args.overwrite:
-        return
-    if not args.resume:
-        raise UsageError(
-            f"--output {output} already exists: pass --resume to complete it, --overwrite to "
-            "replace it, or choose another --output"
-        )
-    mismatch = store.settings_mismatch(store.read_settings(output) or {}, settings)
-    if mismatch:
-        raise UsageError(
-            f"--resume: {output} was made with other settings ({'; '.join(mismatch)}): "
-            "rerun with the same settings, or use --overwrite or another --output"
-        )
-
-
-def _provenance(
-    args: argparse.Namespace, request: RunRequest, device: str, precision: str
-) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from corrdiff_tools.downscale import GEOMETRY
-
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "unknown"
-
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    argv = args.argv if hasattr(args, "argv") else sys.argv[1:]
-    return {
-        "Conventions": "CF-1.10",
-        "title": "CorrDiff Taiwan km-scale downscaled ensemble",
-        "institution": "produced with corrdiff-tools",
-        "source": "NVIDIA CorrDiff Taiwan (Mardani et al. 2024, arXiv:2309.15214)",
-        "references": "https://arxiv.org/abs/2309.15214",
-        "history": f"{now} run_corrdiff.py {shlex.join(argv)}",
-        "corrdiff_tools_version": __version__,
-        "earth2studio_version": ver("earth2studio"),
-        "physicsnemo_version": ver("nvidia-physicsnemo"),
-        "torch_version": ver("torch"),
-        "model_package": args.model_package,
-        "input_source": (
-            str(request.source.path.resolve())
-            if request.source.path is not None
-            else request.source.label
-        ),
-        "seed": args.seed,
-        **_sampler_attrs(request.sampler),
-        "geometry": GEOMETRY,
-        "device": device,
-        "precision": precision,
-        "conditioning": "diffusion: [noisy(4), input(12), grid(4)], no regression-mean "
-        "conditioning (as the checkpoint was trained)",
-    }
-
-
-def _sampler_attrs(settings: SamplerSettings) -> dict[str, Any]:
-    """The sampler's settings as store attributes, under physicsnemo's config names."""
-    from corrdiff_tools.sampling import PRESETS
-
-    values = settings.to_json()
-    preset = next((name for name, known in PRESETS.items() if known == settings), "custom")
-    return {
-        "sampler": values["sampler"],
-        "sampler_preset": preset,
-        "steps": values["steps"],
-        "solver": values["solver"],
-        "network_calls_per_sample": settings.calls_per_sample,
-        "sigma_min": values["sigma_min"],
-        "sigma_max": values["sigma_max"],
-        "rho": values["rho"],
-        "S_churn": values["s_churn"],
-        "S_min": values["s_min"],
-        "S_max": values["s_max"],
-        "S_noise": values["s_noise"],
-    }
-
-
-def _default_batch_size(args: argparse.Namespace, device: Any) -> tuple[int, bool]:
-    """``--batch-size``, or all samples on CPU / what fits in free GPU memory."""
-    if args.batch_size is not None:
-        return args.batch_size, False
-    if not device.is_gpu:
-        return args.samples, False
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device.device)
-    # About 1.7 GiB per sample in float16 at full width (the blog's 7.5 GB for 4 samples,
-    # weights included); keep a quarter of free memory in reserve.
-    per_sample = int(1.7 * 2**30)
-    return max(1, min(args.samples, int(free * 0.75) // per_sample)), True
-
-
-def _benchmark(args: argparse.Namespace) -> int:
-    """``--benchmark``: time a random-weight model of the published shape, write nothing."""
-    from corrdiff_tools import benchmark, speed
-    from corrdiff_tools import model as model_mod
-
-    if args.times:
-        raise UsageError(
-            f"--benchmark takes no TIME (got {' '.join(args.times)}): it uses synthetic "
-            "inputs; drop the time, or drop --benchmark to downscale it"
-        )
-    for flag, given in (
-        ("--resume", args.resume),
-        ("--overwrite", args.overwrite),
-        ("--prefetch", args.prefetch is not None),
-        ("--output", args.output is not None),
-        ("--lead-time", args.lead_time is not None),
-    ):
-        if given:
-            raise UsageError(f"--benchmark writes nothing, so {flag} does not apply: drop it")
-    device = model_mod.resolve_device(args.device)
-    speed.tune_host_allocator()
-    logger.info("device: %s", device.description)
-    import_model_stack(args)
-    batch_size, _ = _default_batch_size(args, device)
-    result = benchmark.run_benchmark(
-        device,
-        args.benchmark_size,
-        samples=args.samples,
-        batch_size=batch_size,
-        sampler_settings=sampler_settings(args),
-        compile_nets=args.compile,
-        seed=args.seed,
-    )
-    benchmark.report(result, args.peak_tflops)
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    from corrdiff_tools import distributed
-    from corrdiff_tools import model as model_mod
-
-    if args.benchmark:
-        return _benchmark(args)
-    request = validate_run(args)
-    rank, world, local_rank = distributed.launched_ranks()
-    device_spec = args.device
-    if world > 1 and device_spec in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            device_spec = f"cuda:{local_rank}"  # one GPU per rank, pinned by LOCAL_RANK
-    device = model_mod.resolve_device(device_spec)
-    if rank != 0:
-        logger.setLevel(max(logger.level, logging.WARNING))  # one report, from rank 0
-    # Every rank has validated before any joins, so none can see another's store as
-    # "already existing"; joining the group is the first synchronisation point.
-    from corrdiff_tools import store
-    from corrdiff_tools.lock import StoreLock
-
-    lock = StoreLock(request.output) if rank == 0 and args.prefetch is None else None
-    if lock is not None:
-        try:
-            lock.acquire()  # after validation: a refused run has written nothing
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    try:
-        if lock is not None:
-            store.clean_leftovers(request.output)  # of a run killed mid-creation
-        ranks = distributed.start(device.is_gpu)
-        try:
-            return _run_ranked(args, request, device, ranks)
-        finally:
-            ranks.close()
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run_ranked(args: argparse.Namespace, request: RunRequest, device: Any, ranks: Any) -> int:
-    from corrdiff_tools import distributed
-    from corrdiff_tools import model as model_mod
-
-    wall_start = clock.perf_counter()
-    logger.info(
-        "device: %s%s",
-        device.description,
-        f" (rank {ranks.rank} of {ranks.world})" if ranks.enabled else "",
-    )
-    import_model_stack(args)
-
-    from corrdiff_tools import sources
-
-    source = sources.build_source(request.source, request.times) if ranks.is_root else None
-    extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
-
-    if args.prefetch is not None:
-        code = _prefetch(args, request, source, extras) if ranks.is_root else 0
-        ranks.barrier()
-        return code
-
-    from corrdiff_tools import speed
-
-    speed.tune_host_allocator()  # before the first large allocation (see speed.py)
-    load_start = clock.perf_counter()
-    if ranks.enabled and ranks.is_root:
-        model_mod.prepare_package(args.model_package)  # extract once, before the others load
-    ranks.barrier()
-    corrdiff, precision = model_mod.load_corrdiff(args.model_package, device)
-    load_time = clock.perf_counter() - load_start
-    logger.info("model loaded in %.1f s (%s)", load_time, precision)
-    if args.compile:
-        speed.compile_networks(corrdiff)
-        logger.info("networks will be compiled on their first call (slow once)")
-
-    from corrdiff_tools import downscale, store
-
-    sampler = downscale.CorrDiffSampler(corrdiff, request.sampler)
-    logger.info("%s", request.sampler.describe())
-    layout = store.StoreLayout(
-        times=request.times,
-        samples=args.samples,
-        lat=sampler.lat,
-        lon=sampler.lon,
-        lead_times=request.lead_times,
-        lowres_variables=request.lowres_variables,
-        statistics=request.settings["stats"],
-    )
-    output = request.output
-    resuming = args.resume and output.exists()
-    if resuming and ranks.is_root:
-        _recompute_damaged(store.StoreWriter(output))
-    ranks.barrier()  # every rank plans from the verified flags
-    done = store.StoreWriter(output).completed() if resuming else None
-    leads = request.lead_times or [0]
-    jobs = []
-    dealt = 0
-    for ti, time in enumerate(request.times):
-        for li, lead in enumerate(leads):
-            index = (ti,) if request.lead_times is None else (ti, li)
-            todo = tuple(
-                s for s in range(args.samples) if done is None or not bool(done[(*index, s)])
-            )
-            if todo:
-                # Every rank keeps every job (rank 0 fetches and broadcasts its inputs),
-                # even one whose share of samples here is empty.
-                mine = distributed.share(todo, ranks, dealt)
-                # The rank holding the first sample stores the regression mean.
-                jobs.append(downscale.Job(index, time, lead, mine, todo[0] in mine))
-                dealt += len(todo)
-    total = sum(len(job.samples) for job in jobs)
-    if resuming:
-        left = sum(ranks.gather(total))
-        logger.info("resuming %s: %d sample(s) left to compute", output, left)
-        if left == 0:
-            logger.info("nothing to do: %s is complete", output)
-            _store_statistics(output, request.settings["stats"], ranks)
+        if args.benchmark:
+            benchmark = requests.validate_benchmark(args)
+            result = run_workflow.benchmark(benchmark, import_libraries)
+            # The table is the command's result, not a log line: stdout.
+            sys.stdout.write(result.table(benchmark.peak_tflops))
+            sys.stdout.flush()
             return 0
-
-    attrs = _provenance(args, request, device.description, precision)
-
-    def open_writer() -> downscale.Writer:
-        if ranks.is_root and not resuming:
-            if output.exists() and args.overwrite:
-                logger.info("replacing %s (--overwrite)", output)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            store.create_store(output, layout, attrs, request.settings, replace=args.overwrite)
-        ranks.barrier()  # every array exists before any rank writes
-        writer = store.StoreWriter(output)
-        return writer if ranks.is_root else _SamplesOnly(writer)
-
-    def fetch(job: downscale.Job) -> dict[str, Any]:
-        return sources.fetch_inputs(source, request.source, job.time, job.lead_hours, extras)
-
-    batch_size, adaptive = _default_batch_size(args, device)
-    if device.is_gpu:
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(device.device)
-    with _progress(total, args) as bar:
-        timings = downscale.downscale(
-            jobs,
-            distributed.broadcast_fetch(fetch, ranks),
-            sampler,
-            open_writer,
-            seed=args.seed,
-            batch_size=batch_size,
-            adaptive_batch=adaptive,
-            progress=bar.update,
-            overlap_fetch=request.source.kind != "file",
+        request = requests.validate_run(args, command)
+        parts = run_workflow.RunParts(
+            build_source=build_source or sources.build_source,
+            load_model=load_model or model.load_corrdiff,
+            import_libraries=import_libraries,
+            progress=functools.partial(progress_bar, quiet=args.quiet, unit="sample"),
         )
-    _store_statistics(output, request.settings["stats"], ranks)
-    wall = clock.perf_counter() - wall_start
-    per_rank = ranks.gather((timings.samples, timings.inference, _peak_memory(device)))
-    logger.info(
-        "done: %d sample(s) for %d time(s) in %.1f s (fetch %.1f s, load %.1f s, inference "
-        "%.1f s, write %.1f s); peak %s memory %s; wrote %s",
-        sum(samples for samples, _, _ in per_rank),
-        len(jobs),
-        wall,
-        timings.fetch,
-        load_time,
-        timings.inference,
-        timings.write,
-        "device" if device.is_gpu else "host",
-        _peak_memory(device),
-        output,
-    )
-    if ranks.enabled:
-        for rank, (samples, seconds, peak) in enumerate(per_rank):
-            rate = samples / seconds if seconds > 0 else 0.0
-            logger.info(
-                "  rank %d: %d sample(s), %.1f s inference, %.3f samples/s, peak %s",
-                rank,
-                samples,
-                seconds,
-                rate,
-                peak,
-            )
-    return 0
+        return run_workflow.run(request, parts)
 
-
-def _recompute_damaged(writer: Any) -> None:
-    """``--resume`` trusts no completion flag it has not read back (see StoreWriter.damaged)."""
-    damaged = writer.damaged()
-    if not damaged:
-        return
-    logger.warning(
-        "%d piece(s) marked complete in %s are missing or unreadable (first: %s); "
-        "computing them again",
-        len(damaged),
-        writer.path,
-        damaged[0][1],
-    )
-    writer.unmark([piece for piece, _ in damaged])
-
-
-def _store_statistics(output: Path, thresholds: dict[str, float] | None, ranks: Any) -> None:
-    """``--stats``: once every rank's samples are on disk, rank 0 fills the statistics."""
-    from corrdiff_tools import store
-
-    if thresholds is None:
-        return
-    ranks.barrier()
-    if ranks.is_root:
-        written, waiting = store.write_statistics(output, thresholds)
-        logger.info(
-            "ensemble statistics stored for %d time(s)%s",
-            written,
-            f"; {waiting} incomplete, filled by a later --resume" if waiting else "",
-        )
-
-
-class _SamplesOnly:
-    """A store writer for ranks other than 0: inputs are written by rank 0 alone."""
-
-    def __init__(self, writer: Any) -> None:
-        self._writer = writer
-
-    def write_inputs(self, index: tuple[int, ...], fields: Any) -> None:
-        """Leave the inputs to rank 0."""
-
-    def write_regression(self, index: tuple[int, ...], fields: Any) -> None:
-        """Write the regression mean of a job whose first sample is this rank's."""
-        self._writer.write_regression(index, fields)
-
-    def write_samples(self, index: tuple[int, ...], samples: Any, fields: Any) -> None:
-        """Write this rank's samples."""
-        self._writer.write_samples(index, samples, fields)
-
-
-def _prefetch(args: argparse.Namespace, request: RunRequest, source: Any, extras: list[str]) -> int:
-    from corrdiff_tools import model as model_mod
-    from corrdiff_tools import sources
-
-    fields = []
-    for time in request.times:
-        logger.info("fetching %s", times_mod.format_time(time))
-        fields.append(sources.fetch_inputs(source, request.source, time, 0, extras))
-    args.prefetch.parent.mkdir(parents=True, exist_ok=True)
-    sources.write_input_file(args.prefetch, request.times, fields)
-    logger.info("inputs for %d time(s) written to %s", len(request.times), args.prefetch)
-    directory = model_mod.prepare_package(args.model_package)
-    logger.info("model package ready in %s: offline, pass --model-package %s", directory, directory)
-    return 0
-
-
-def _peak_memory(device: Any) -> str:
-    if device.is_gpu:
-        import torch
-
-        return f"{torch.cuda.max_memory_allocated(device.device) / 2**30:.2f} GiB"
-    import resource
-
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    return guarded(body, parser, resume_hint)(argv)
 
 
 @contextlib.contextmanager
-def _progress(total: int, args: argparse.Namespace) -> Iterator[Any]:
+def progress_bar(total: int, quiet: bool, unit: str) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar on stderr (off with -q, when stderr is not a terminal, or TQDM_DISABLE)."""
     from tqdm import tqdm
 
     disable = (
-        args.quiet or not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+        quiet or not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
     )
-    with tqdm(total=total, unit="sample", disable=disable, file=sys.stderr) as bar:
-        yield bar
-
-
-def run_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``run_corrdiff.py``; returns the exit code."""
-    parser = build_run_parser()
-
-    def body(args: argparse.Namespace) -> int:
-        args.argv = list(sys.argv[1:] if argv is None else argv)
-        return _run(args)
-
-    return guarded(body, parser, resume_hint)(argv)
+    with tqdm(total=total, unit=unit, disable=disable, file=sys.stderr) as bar:
+        yield bar.update
 
 
 # --------------------------------------------------------------------------- plot tool
@@ -1076,334 +518,14 @@ def build_plot_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_selection(text: str, size: int, flag: str) -> list[int]:
-    """Parse ``all``, ``N``, ``N,M`` and ``A-B`` (inclusive) into sorted indices < size."""
-    if text.strip().lower() == "all":
-        return list(range(size))
-    chosen: set[int] = set()
-    for part in text.split(","):
-        bounds = part.strip().split("-")
-        if len(bounds) > 2 or not all(b.strip().isascii() and b.strip().isdigit() for b in bounds):
-            raise UsageError(f"{flag} {text!r}: use all, N, N,M or A-B (e.g. 0-3,7)")
-        low, high = int(bounds[0]), int(bounds[-1])
-        if low > high:
-            raise UsageError(f"{flag} {text!r}: range {part.strip()} runs backwards")
-        if high >= size:
-            raise UsageError(f"{flag} {text!r}: the store has {size}, numbered 0 to {size - 1}")
-        chosen.update(range(low, high + 1))
-    return sorted(chosen)
-
-
-def _select_times(text: str, dataset: Any) -> list[int]:
-    import numpy as np
-
-    size = dataset.sizes["time"]
-    if text.strip().lower() == "all" or (text.strip().isascii() and text.strip().isdigit()):
-        return parse_selection(text, size, "--time")
-    wanted = np.datetime64(times_mod.parse_time(text), "ns")
-    matches = np.flatnonzero(dataset["time"].values == wanted)
-    if matches.size == 0:
-        held = ", ".join(
-            times_mod.format_time(np.datetime64(t, "s").astype(datetime))
-            for t in dataset["time"].values[:6]
-        )
-        raise UsageError(f"--time {text}: not in the store, which holds {held}")
-    return [int(matches[0])]
-
-
-def _select_leads(text: str, dataset: Any) -> list[int | None]:
-    if "lead_time" not in dataset.dims:
-        if text.strip().lower() != "all":
-            raise UsageError(f"--lead-time {text}: this store has no lead times (an analysis)")
-        return [None]
-    hours = [int(h) for h in dataset["lead_time"].values.astype("timedelta64[h]").astype(int)]
-    if text.strip().lower() == "all":
-        return list(range(len(hours)))
-    chosen: list[int | None] = []
-    for part in text.split(","):
-        value = part.strip().removesuffix("h")
-        if not (value.isascii() and value.isdigit()) or int(value) not in hours:
-            raise UsageError(
-                f"--lead-time {text}: {part.strip()} is not in the store, which holds "
-                f"{', '.join(str(h) for h in hours)} h"
-            )
-        chosen.append(hours.index(int(value)))
-    return chosen
-
-
-def parse_thresholds(values: Sequence[str]) -> dict[str, float]:
-    """``VAR=VALUE`` pairs over the defaults (mrr=35 dBZ, wind=17.2 m/s)."""
-    from corrdiff_tools.plotting import DEFAULT_THRESHOLDS, THRESHOLD_VARIABLES
-
-    thresholds = dict(DEFAULT_THRESHOLDS)
-    for text in values:
-        name, sep, value = text.partition("=")
-        name = name.strip()
-        if not sep or name not in THRESHOLD_VARIABLES:
-            raise UsageError(
-                f"--threshold {text!r}: use VAR=VALUE with VAR one of "
-                f"{', '.join(THRESHOLD_VARIABLES)}, e.g. --threshold mrr=40"
-            )
-        try:
-            thresholds[name] = float(value)
-        except ValueError:
-            raise UsageError(f"--threshold {text!r}: {value!r} is not a number") from None
-        if not math.isfinite(thresholds[name]):
-            raise UsageError(f"--threshold {text!r}: the value must be finite")
-    return thresholds
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _plot(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from corrdiff_tools import render, store
-
-    if not args.store.exists():
-        raise UsageError(f"STORE {args.store} does not exist: give the path of a .zarr store")
-    try:
-        dataset = store.open_store(args.store)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    times = _select_times(args.time, dataset)
-    leads = _select_leads(args.lead_time, dataset)
-    samples = (
-        []  # no sample maps: only what --plot-lowres/--stats/--spectra/--pdf/--truth ask for
-        if args.sample.strip().lower() == "none"
-        else parse_selection(args.sample, dataset.sizes["sample"], "--sample")
-    )
-    thresholds = parse_thresholds(args.threshold)
-    # A GIF frame lasts a whole number of 1/100 s, at most 655.35 s (16 bits), and
-    # viewers show frames shorter than 0.02 s at 0.1 s: outside that, Pillow fails (or
-    # the animation lies) only after every figure has been drawn.
-    if not (MIN_FPS <= args.fps <= MAX_FPS):
-        raise UsageError(
-            f"--fps {args.fps:g}: a GIF frame lasts 0.02 s to 655 s, so use {MIN_FPS} to "
-            f"{MAX_FPS:g} frames per second"
-        )
-    if args.colormap is not None:
-        import matplotlib
-
-        if args.colormap not in matplotlib.colormaps:
-            raise UsageError(
-                f"--colormap {args.colormap!r} is not a matplotlib colormap (e.g. viridis, "
-                "turbo, RdYlBu_r)"
-            )
-    if args.plot_lowres and "lr_t2m" not in dataset:
-        raise UsageError(
-            f"--plot-lowres: {args.store} holds no low-resolution inputs (made by the blog's "
-            "script?); rerun it with run_corrdiff.py, or drop --plot-lowres"
-        )
-    outdir = args.outdir or args.store.absolute().parent / f"{args.store.absolute().stem}-plots"
-    if args.gif and not samples:
-        raise UsageError("--gif animates samples: drop --sample none, or drop --gif")
-    problems: dict[tuple[int, ...], str] = {}
-    if "completed" in dataset:
-        samples_ok = dataset["completed"].values.astype(bool)
-        # Only the selected times (and lead times) are read back: the ones drawn.
-        selected = np.zeros_like(samples_ok)
-        for ti in times:
-            for li in leads:
-                selected[(ti,) if li is None else (ti, li)] = True
-        problems = render.piece_problems(dataset, args.store, samples_ok & selected)
-        for piece, why in problems.items():
-            when = times_mod.format_time(
-                np.datetime64(dataset["time"].values[piece[0]], "s").astype(datetime)
-            )
-            logger.warning(
-                "skipping sample %d of %s%s: it is marked complete but %s; "
-                "run_corrdiff.py --resume recomputes it",
-                piece[-1],
-                when,
-                f" (lead index {piece[1]})" if len(piece) == 3 else "",
-                why,
-            )
-            samples_ok[piece] = False
-    else:
-        # Stores from other tools have no completion record: a sample whose 2 m
-        # temperature is missing everywhere was never written (or was lost).
-        samples_ok = dataset["t2m"].notnull().any(dim=("y", "x")).values
-    tasks = render.plan(
-        dataset, times, leads, samples, outdir, args.format, args.plot_lowres, args.stats
-    )
-    if samples_ok is not None:
-        kept = []
-        for task in tasks:
-            index = (
-                (task.time_index,)
-                if task.lead_index is None
-                else (task.time_index, task.lead_index)
-            )
-            if task.kind == "sample" and not samples_ok[(*index, task.sample)]:
-                logger.warning(
-                    "skipping %s: that sample is not complete in the store", task.path.name
-                )
-                continue
-            if task.kind == "stats" and not samples_ok[index].all():
-                logger.warning("skipping %s: the ensemble is not complete", task.path.name)
-                continue
-            kept.append(task)
-        tasks = kept
-    gifs = _gif_paths(args, dataset, times, leads, outdir)
-    entries, science = _evaluation_request(args, dataset, times, leads, samples_ok, outdir)
-    from corrdiff_tools import evaluate
-
-    targets = [task.path for task in tasks] + list(gifs.values())
-    if science is not None:
-        targets += evaluate.planned_paths(entries, science)
-    existing = [path for path in targets if path.exists()]
-    if existing and not args.overwrite:
-        raise UsageError(
-            f"{len(existing)} output file(s) already exist, e.g. {existing[0]}: pass --overwrite "
-            "to replace them, or choose another --outdir"
-        )
-    _check_writable_location(outdir / "probe", "--outdir")
-    if not tasks and science is None:
-        if not samples:
-            raise UsageError(
-                "nothing to draw: --sample none with no --plot-lowres, --stats, --spectra, "
-                "--pdf or --truth"
-            )
-        raise UsageError("nothing to draw: every selected sample is incomplete in the store")
-    if not tasks:
-        outdir.mkdir(parents=True, exist_ok=True)
-        written = evaluate.evaluate(dataset, entries, science) if science else []
-        logger.info("wrote %d file(s) to %s", len(written), outdir)
-        return 0
-
-    from corrdiff_tools.coastlines import load_coastlines
-
-    coastlines = load_coastlines()
-    context = render.RenderContext(
-        store_path=args.store.absolute(),
-        scales=render.colour_scales(
-            dataset, args.plot_lowres, args.colormap, samples_ok if problems else None
-        ),
-        coastlines=coastlines.segments,
-        thresholds=thresholds,
-        fmt=args.format,
-        dpi=args.dpi,
-        frames=bool(gifs),
-    )
-    outdir.mkdir(parents=True, exist_ok=True)
-    jobs = min(args.jobs or _available_cores(), len(tasks))
-    with _progress(len(tasks), args) as bar:
-        frames = render.render_all(tasks, context, jobs, progress=bar.update)
-    from corrdiff_tools.animation import write_gif
-
-    for key, path in gifs.items():
-        sequence = [
-            frame
-            for task, frame in zip(tasks, frames, strict=True)
-            if frame is not None and (task.time_index, task.lead_index) == key
-        ]
-        if sequence:
-            write_gif(sequence, path, args.fps)
-    written = evaluate.evaluate(dataset, entries, science) if science is not None else []
-    logger.info(
-        "wrote %d figure(s)%s%s to %s (coastlines: %s)",
-        len(tasks),
-        f" and {len(written)} evaluation file(s)" if written else "",
-        f" and {len(gifs)} animation(s)" if gifs else "",
-        outdir,
-        coastlines.origin,
-    )
-    if args.show:
-        _show(tasks, context)
-    return 0
-
-
-def _evaluation_request(
-    args: argparse.Namespace,
-    dataset: Any,
-    times: Sequence[int],
-    leads: Sequence[int | None],
-    samples_ok: Any,
-    outdir: Path,
-) -> tuple[list[Any], Any]:
-    """The (time, lead) entries and request for --spectra/--pdf/--truth, validated."""
-    import numpy as np
-
-    from corrdiff_tools import diagnostics, evaluate, render
-
-    if not (args.spectra or args.pdf or args.truth is not None):
-        return [], None
-    entries = []
-    for ti in times:
-        for li in leads:
-            index = (ti,) if li is None else (ti, li)
-            whole = tuple(int(s) for s in np.flatnonzero(samples_ok[index]))
-            valid, _ = render.valid_time(dataset, ti, li)
-            if not whole:
-                logger.warning("no complete sample at %s: left out of the evaluation", valid)
-                continue
-            entries.append(
-                evaluate.Entry(
-                    ti, li, whole, render.stem(dataset, ti, li), np.datetime64(valid, "ns")
-                )
-            )
-    truth = None
-    if args.truth is not None:
-        if not args.truth.exists():
-            raise UsageError(f"--truth {args.truth} does not exist: give a NetCDF or Zarr path")
-        try:
-            truth = diagnostics.load_truth(
-                args.truth,
-                np.asarray(dataset["lat"].values, dtype="float64"),
-                np.asarray(dataset["lon"].values, dtype="float64"),
-                [entry.valid_time for entry in entries],
-            )
-        except ValueError as err:
-            raise UsageError(f"--truth {args.truth}: {err}") from None
-    request = evaluate.Request(
-        spectra=args.spectra,
-        pdf=args.pdf,
-        truth=truth,
-        truth_path=args.truth,
-        outdir=outdir,
-        fmt=args.format,
-        dpi=args.dpi,
-    )
-    return entries, request
-
-
-def _gif_paths(
-    args: argparse.Namespace, dataset: Any, times: list[int], leads: list[int | None], outdir: Path
-) -> dict[tuple[int, int | None], Path]:
-    from corrdiff_tools.render import stem
-
-    if args.gif is None:
-        return {}
-    keys = [(t, lead) for t in times for lead in leads]
-    if args.gif is True:
-        return {key: outdir / f"{stem(dataset, *key)}.gif" for key in keys}
-    path = Path(args.gif)
-    if path.suffix.lower() != ".gif":
-        raise UsageError(f"--gif {path}: the file name must end in .gif")
-    if len(keys) == 1:
-        return {keys[0]: path}
-    return {
-        key: path.with_name(f"{path.stem}-{stem(dataset, *key).removeprefix('corrdiff-')}.gif")
-        for key in keys
-    }
-
-
-def _show(tasks: Sequence[Any], context: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    from corrdiff_tools.render import build_figure
-
-    for task in tasks:
-        build_figure(task, context, fig=plt.figure())
-    plt.show()
-
-
 def plot_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``plot_corrdiff.py``; returns the exit code."""
-    return guarded(_plot, build_plot_parser())(argv)
+
+    def body(args: argparse.Namespace) -> int:
+        from corrdiff_tools import plot_workflow, requests
+
+        request = requests.validate_plot(args)
+        progress = functools.partial(progress_bar, quiet=args.quiet, unit="figure")
+        return plot_workflow.plot(request, progress)
+
+    return guarded(body, build_plot_parser())(argv)

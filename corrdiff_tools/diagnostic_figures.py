@@ -7,24 +7,19 @@ ensemble mean black, regression mean blue, interpolated input orange (dashed), t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from corrdiff_tools import quantities
 from corrdiff_tools.plotting import new_figure
 
 #: Physical variables, in store units except t2m in deg C (as the maps show it).
 DIAGNOSTIC_VARIABLES = ("mrr", "t2m", "u10m", "v10m")
 PDF_VARIABLES = (*DIAGNOSTIC_VARIABLES, "wind")
-VARIABLE_LABELS = {
-    "mrr": "Maximum radar reflectivity [dBZ]",
-    "t2m": "2 m temperature [°C]",
-    "u10m": "10 m eastward wind [m/s]",
-    "v10m": "10 m northward wind [m/s]",
-    "wind": "10 m wind speed [m/s]",
-}
+VARIABLE_LABELS = {name: quantities.label(name) for name in PDF_VARIABLES}
 STYLES: dict[str, dict[str, Any]] = {
     "samples": {"color": "0.6", "linewidth": 0.6, "alpha": 0.5},
     "ensemble mean": {"color": "black", "linewidth": 1.6},
@@ -66,6 +61,18 @@ def _figure(figsize: tuple[float, float], fig: Any | None) -> Any:
     return new_figure(figsize, fig, layout="constrained")  # room for log-axis labels
 
 
+def _panels(
+    fig: Any, grid: tuple[int, int], names: Sequence[str], curves: Mapping[str, Curves]
+) -> Iterator[tuple[int, Any, str, Curves]]:
+    """One subplot per name, in order; a name without curves leaves a blank panel."""
+    for index, name in enumerate(names, start=1):
+        ax = fig.add_subplot(*grid, index)
+        if name not in curves:
+            ax.set_axis_off()
+            continue
+        yield index, ax, name, curves[name]
+
+
 def spectra_figure(
     wavelength_km: np.ndarray, curves: Mapping[str, Curves], title: str, fig: Any | None = None
 ) -> Any:
@@ -76,12 +83,7 @@ def spectra_figure(
     the right.
     """
     fig = _figure((11.0, 8.5), fig)
-    for index, name in enumerate(DIAGNOSTIC_VARIABLES, start=1):
-        ax = fig.add_subplot(2, 2, index)
-        if name not in curves:
-            ax.set_axis_off()
-            continue
-        entry = curves[name]
+    for index, ax, name, entry in _panels(fig, (2, 2), DIAGNOSTIC_VARIABLES, curves):
         for row, values in enumerate(entry.samples):
             ax.loglog(
                 wavelength_km, values, label="samples" if row == 0 else None, **STYLES["samples"]
@@ -104,12 +106,7 @@ def pdf_figure(
 ) -> Any:
     """Probability densities on a log scale, one panel per variable and wind speed."""
     fig = _figure((15.0, 8.5), fig)
-    for index, name in enumerate(PDF_VARIABLES, start=1):
-        ax = fig.add_subplot(2, 3, index)
-        if name not in curves:
-            ax.set_axis_off()
-            continue
-        entry = curves[name]
+    for _, ax, name, entry in _panels(fig, (2, 3), PDF_VARIABLES, curves):
         centres = 0.5 * (bins[name][:-1] + bins[name][1:])
         ax.semilogy(
             centres,

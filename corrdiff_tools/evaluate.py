@@ -20,8 +20,9 @@ import numpy as np
 
 from corrdiff_tools import diagnostics
 from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
-from corrdiff_tools.plotting import KELVIN
+from corrdiff_tools.quantities import displayed
 from corrdiff_tools.store import lowres_name, regression_name
+from corrdiff_tools.truth import Truth, interpolate_lowres
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Request:
 
     spectra: bool
     pdf: bool
-    truth: diagnostics.Truth | None
+    truth: Truth | None
     truth_path: Path | None
     outdir: Path
     fmt: str
@@ -98,35 +99,26 @@ def _fields(dataset: Any, entry: Entry) -> dict[str, dict[str, Any]]:
         if key in dataset:
             values = np.asarray(dataset[key][entry.index].values, dtype="float64")
             if np.isfinite(values).any():
-                lowres = diagnostics.interpolate_lowres(
+                lowres = interpolate_lowres(
                     values, dataset["lat_lr"].values, dataset["lon_lr"].values, lat, lon
                 )
-        if name == "t2m":  # deg C, as the maps show it
-            members = members - KELVIN
-            regression = None if regression is None else regression - KELVIN
-            lowres = None if lowres is None else lowres - KELVIN
         out[name] = {"members": members, "regression": regression, "lowres": lowres}
-    wind = {
-        kind: (
-            None
-            if out["u10m"][kind] is None or out["v10m"][kind] is None
-            else np.hypot(out["u10m"][kind], out["v10m"][kind])
-        )
+    # deg C and wind speed, as the maps show them
+    shown = {
+        kind: displayed({name: out[name][kind] for name in DIAGNOSTIC_VARIABLES})
         for kind in ("members", "regression", "lowres")
     }
-    out["wind"] = wind
-    return out
+    return {
+        name: {kind: shown[kind][name] for kind in shown}
+        for name in (*DIAGNOSTIC_VARIABLES, "wind")
+    }
 
 
 def _truth_fields(request: Request, entry: Entry) -> dict[str, np.ndarray]:
     if request.truth is None or entry.valid_time not in request.truth.fields:
         return {}
-    fields = dict(request.truth.fields[entry.valid_time])
-    if "t2m" in fields:
-        fields["t2m"] = fields["t2m"] - KELVIN
-    if "u10m" in fields and "v10m" in fields:
-        fields["wind"] = np.hypot(fields["u10m"], fields["v10m"])
-    return fields
+    shown = displayed(request.truth.fields[entry.valid_time])
+    return {name: values for name, values in shown.items() if values is not None}
 
 
 def _spectra(fields: dict[str, Any], truth: dict[str, np.ndarray], spacing: float) -> Any:

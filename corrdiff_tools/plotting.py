@@ -16,21 +16,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from corrdiff_tools import quantities
+from corrdiff_tools.quantities import UNITS, EnsembleStats
+
 #: The paper's domain (Mardani et al. 2024), which the map projection is centred on.
 PAPER_LAT = (19.5483, 27.8446)
 PAPER_LON = (116.371, 125.568)
-KELVIN = 273.15
 #: Panels of a sample figure, in order.
 SAMPLE_PANELS = ("mrr", "t2m", "wind")
 #: Panels of a low-resolution input figure: GFS composite reflectivity replaces mrr.
 LOWRES_PANELS = ("refc", "t2m", "wind")
-TITLES = {
-    "mrr": "Maximum radar reflectivity",
-    "refc": "Composite reflectivity (input)",
-    "t2m": "2 m temperature",
-    "wind": "10 m wind speed",
-}
-UNITS = {"mrr": "dBZ", "refc": "dBZ", "t2m": "°C", "wind": "m/s"}
+#: Panel titles: the quantity's name (the input's reflectivity says it is the input).
+TITLES = {**quantities.TITLES, "refc": f"{quantities.TITLES['refc']} (input)"}
 LABELS = {
     "mrr": "Radar reflectivity [dBZ]",
     "refc": "Composite reflectivity [dBZ]",
@@ -44,9 +41,6 @@ SPREAD_COLORMAP = "magma"
 PROBABILITY_COLORMAP = "Blues"
 #: Colour scale shared by mrr and refc (both dBZ).
 SCALE_KEY = {"mrr": "mrr", "refc": "mrr", "t2m": "t2m", "wind": "wind"}
-#: Default exceedance thresholds for --stats (17.2 m/s is gale force, 35 dBZ heavy rain).
-DEFAULT_THRESHOLDS = {"mrr": 35.0, "wind": 17.2}
-THRESHOLD_VARIABLES = ("mrr", "t2m", "wind")
 #: One wind arrow every this many grid points (448 / 16 = 28 arrows a row).
 ARROW_STEP = 16
 SAMPLE_FIGSIZE = (15.0, 5.5)
@@ -79,16 +73,6 @@ class Fields:
     v: np.ndarray
     lat: np.ndarray
     lon: np.ndarray
-
-
-def to_plot_units(
-    mrr_or_refc: np.ndarray | None, t2m_kelvin: np.ndarray, u: np.ndarray, v: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Convert stored fields to what the panels show: dBZ, deg C, wind speed in m/s."""
-    out = {"t2m": np.asarray(t2m_kelvin, dtype="float64") - KELVIN, "wind": np.hypot(u, v)}
-    if mrr_or_refc is not None:
-        out["mrr"] = np.asarray(mrr_or_refc, dtype="float64")
-    return out
 
 
 def projection() -> Any:
@@ -228,36 +212,6 @@ def map_figure(
         _decorate(ax, coastlines)
     fig.suptitle(title)
     return fig
-
-
-@dataclass(frozen=True)
-class EnsembleStats:
-    """Ensemble mean, standard deviation and exceedance probabilities for one time."""
-
-    mean: Mapping[str, np.ndarray]
-    std: Mapping[str, np.ndarray]
-    probability: Mapping[str, np.ndarray]
-    thresholds: Mapping[str, float]
-    members: int
-
-
-def ensemble_stats(
-    members: Mapping[str, np.ndarray], thresholds: Mapping[str, float]
-) -> EnsembleStats:
-    """Mean, std (ddof=0) and P(x >= threshold) over axis 0 of each panel quantity.
-
-    Parameters
-    ----------
-    members : mapping
-        Panel key (mrr, t2m, wind) -> array (sample, y, x) in plotting units.
-    thresholds : mapping
-        Panel key -> threshold, in plotting units.
-    """
-    mean = {key: np.mean(values, axis=0) for key, values in members.items()}
-    std = {key: np.std(values, axis=0) for key, values in members.items()}
-    probability = {key: np.mean(members[key] >= value, axis=0) for key, value in thresholds.items()}
-    size = next(iter(members.values())).shape[0]
-    return EnsembleStats(mean, std, probability, dict(thresholds), size)
 
 
 def stats_figure(

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from corrdiff_tools import plotting, store
-from corrdiff_tools.plotting import KELVIN, ColourScale, Fields
+from corrdiff_tools import plotting, quantities, store
+from corrdiff_tools.plotting import ColourScale, Fields
+from corrdiff_tools.quantities import KELVIN
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def build_figure(task: Task, context: RenderContext, fig: Any | None = None) -> 
         title += f" (+{lead} h)"
     if task.kind == "sample":
         assert task.sample is not None  # noqa: S101 - by construction in plan()
-        values = plotting.to_plot_units(
+        values = quantities.to_display_units(
             _select(dataset, "mrr", task, task.sample),
             _select(dataset, "t2m", task, task.sample),
             u := _select(dataset, "u10m", task, task.sample),
@@ -272,7 +273,7 @@ def build_figure(task: Task, context: RenderContext, fig: Any | None = None) -> 
         )
     if task.kind == "lowres":
         has_refc = "lr_refc" in dataset
-        values = plotting.to_plot_units(
+        values = quantities.to_display_units(
             None,
             _select(dataset, "lr_t2m", task),
             u := _select(dataset, "lr_u10m", task),
@@ -290,13 +291,13 @@ def build_figure(task: Task, context: RenderContext, fig: Any | None = None) -> 
             f"Low-resolution input · {title}",
             fig,
         )
-    members = plotting.to_plot_units(
+    members = quantities.to_display_units(
         _select(dataset, "mrr", task),
         _select(dataset, "t2m", task),
         _select(dataset, "u10m", task),
         _select(dataset, "v10m", task),
     )
-    stats = plotting.ensemble_stats(members, context.thresholds)
+    stats = quantities.ensemble_stats(members, context.thresholds)
     return plotting.stats_figure(
         stats,
         dataset["lat"].values,

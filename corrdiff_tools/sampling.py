@@ -237,3 +237,23 @@ def run_sampler(
     from physicsnemo.diffusion.samplers.legacy_stochastic_sampler import stochastic_sampler
 
     return stochastic_sampler(net, latents, condition, randn_like=randn_like, **settings.keywords())
+
+
+def store_attrs(settings: SamplerSettings) -> dict[str, Any]:
+    """The sampler's settings as store attributes, under physicsnemo's config names."""
+    values = settings.to_json()
+    preset = next((name for name, known in PRESETS.items() if known == settings), "custom")
+    return {
+        "sampler": values["sampler"],
+        "sampler_preset": preset,
+        "steps": values["steps"],
+        "solver": values["solver"],
+        "network_calls_per_sample": settings.calls_per_sample,
+        "sigma_min": values["sigma_min"],
+        "sigma_max": values["sigma_max"],
+        "rho": values["rho"],
+        "S_churn": values["s_churn"],
+        "S_min": values["s_min"],
+        "S_max": values["s_max"],
+        "S_noise": values["s_noise"],
+    }

@@ -15,13 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
 from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, INPUT_VARIABLES, LR_LAT, LR_LON
+
+if TYPE_CHECKING:
+    from earth2studio.data.base import DataSource, ForecastSource
+
+    #: What a run reads its inputs from: an earth2studio analysis or forecast source.
+    InputSource: TypeAlias = DataSource | ForecastSource
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +260,7 @@ def lowres_variables(spec: SourceSpec, file_variables: Sequence[str] | None = No
     return list(INPUT_VARIABLES)
 
 
-def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> Any:
+def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSource:
     """Construct the earth2studio data source for ``spec``.
 
     For a file, earth2studio's ``DataArrayFile`` is used, but only the requested times on
@@ -293,7 +299,7 @@ def cache_hint(source: Any) -> str:
 
 
 def fetch_fields(
-    source: Any,
+    source: InputSource,
     spec: SourceSpec,
     time: datetime,
     lead_hours: int,
@@ -359,7 +365,7 @@ def fetch_fields(
 
 
 def fetch_inputs(
-    source: Any,
+    source: InputSource,
     spec: SourceSpec,
     time: datetime,
     lead_hours: int,

@@ -25,17 +25,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from corrdiff_tools import quantities
+from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError
+from corrdiff_tools.quantities import THRESHOLD_UNITS
 
 #: Variables CorrDiff Taiwan writes, in the model's output order.
 OUTPUT_VARIABLES: tuple[str, ...] = ("mrr", "t2m", "u10m", "v10m")
@@ -125,6 +129,75 @@ FORMAT_VERSION = 1
 COMPLETED = "completed"
 
 
+def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
+    """``outputs/corrdiff-<first>[_<last>][-forecast].zarr``.
+
+    Forecasts get their own suffix, so downscaling the 12Z forecast never collides with
+    (or is refused because of) the 12Z analysis downscaled before it.
+    """
+    first = times_mod.time_label(times[0])
+    span = first if len(times) == 1 else f"{first}_{times_mod.time_label(times[-1])}"
+    return Path("outputs") / f"corrdiff-{span}{'-forecast' if forecast else ''}.zarr"
+
+
+def piece_index(time_index: int, lead_index: int | None) -> tuple[int, ...]:
+    """Index of one (time, [lead]) entry, before the sample axis: ``(t,)`` or ``(t, l)``."""
+    return (time_index,) if lead_index is None else (time_index, lead_index)
+
+
+def lead_hours(dataset: Any) -> list[int]:
+    """The lead times of a forecast store, in whole hours ([] for an analysis store)."""
+    if "lead_time" not in dataset.dims:
+        return []
+    return [int(h) for h in dataset["lead_time"].values.astype("timedelta64[h]").astype(int)]
+
+
+def provenance(
+    *,
+    command: Sequence[str],
+    model_package: str,
+    input_source: str,
+    seed: int,
+    sampler: Mapping[str, Any],
+    geometry: str,
+    device: str,
+    precision: str,
+) -> dict[str, Any]:
+    """The global attributes of a new store: CF, what made it, and with which settings."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from corrdiff_tools import __version__
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "Conventions": "CF-1.10",
+        "title": "CorrDiff Taiwan km-scale downscaled ensemble",
+        "institution": "produced with corrdiff-tools",
+        "source": "NVIDIA CorrDiff Taiwan (Mardani et al. 2024, arXiv:2309.15214)",
+        "references": "https://arxiv.org/abs/2309.15214",
+        "history": f"{now} run_corrdiff.py {shlex.join(command)}",
+        "corrdiff_tools_version": __version__,
+        "earth2studio_version": ver("earth2studio"),
+        "physicsnemo_version": ver("nvidia-physicsnemo"),
+        "torch_version": ver("torch"),
+        "model_package": model_package,
+        "input_source": input_source,
+        "seed": seed,
+        **sampler,
+        "geometry": geometry,
+        "device": device,
+        "precision": precision,
+        "conditioning": "diffusion: [noisy(4), input(12), grid(4)], no regression-mean "
+        "conditioning (as the checkpoint was trained)",
+    }
+
+
 def lowres_name(variable: str) -> str:
     """Name of the stored low-resolution field of ``variable`` (``t2m`` -> ``lr_t2m``)."""
     return f"lr_{variable}"
@@ -152,10 +225,6 @@ def ensemble_std_name(variable: str) -> str:
 def exceedance_name(quantity: str) -> str:
     """``run_corrdiff.py --stats``: P(quantity >= threshold), quantity mrr, t2m or wind."""
     return f"{quantity}_exceedance"
-
-
-#: Units of the exceedance thresholds (the plot tool's units: t2m in deg C).
-THRESHOLD_UNITS = {"mrr": "dBZ", "t2m": "degC", "wind": "m s-1"}
 
 
 @dataclass(frozen=True)
@@ -478,19 +547,22 @@ class StoreWriter:
 
     def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store the low-resolution fields of one (time, [lead]) at ``index``."""
-        try:
-            for name, values in fields.items():
-                key = lowres_name(name)
-                if key in self._group:
-                    self._array(key)[index] = np.asarray(values, dtype="float32")
-        except OSError as err:
-            raise self._failed(err) from err
+        self._write_fields(lowres_name, index, fields)
 
     def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store the regression mean of one (time, [lead]); stores from before 0.2 have none."""
+        self._write_fields(regression_name, index, fields)
+
+    def _write_fields(
+        self,
+        stored_name: Callable[[str], str],
+        index: tuple[int, ...],
+        fields: Mapping[str, np.ndarray],
+    ) -> None:
+        """Write each field the store has an array for (``stored_name(variable)``)."""
         try:
             for name, values in fields.items():
-                key = regression_name(name)
+                key = stored_name(name)
                 if key in self._group:
                     self._array(key)[index] = np.asarray(values, dtype="float32")
         except OSError as err:
@@ -526,20 +598,21 @@ class StoreWriter:
 def ensemble_statistics(
     members: Mapping[str, np.ndarray], thresholds: Mapping[str, float]
 ) -> dict[str, np.ndarray]:
-    """Mean, std (ddof=0) and exceedance probabilities over axis 0, keyed by store name.
+    """The ``--stats`` arrays of one (time, [lead]), keyed by store name.
 
-    ``members`` maps each output variable to ``(sample, y, x)`` in physical units;
-    thresholds are in :data:`THRESHOLD_UNITS` (t2m in deg C, wind speed from u10m/v10m).
+    ``members`` maps each output variable to ``(sample, y, x)`` in store units. Mean and
+    standard deviation are in store units too (CF: the variable's own units); the
+    exceedance probabilities are over the display quantities, in which the thresholds are
+    given (:data:`~corrdiff_tools.quantities.THRESHOLD_UNITS`: t2m in deg C, wind speed).
     """
-    out = {}
-    for name in OUTPUT_VARIABLES:
-        out[ensemble_mean_name(name)] = np.mean(members[name], axis=0)
-        out[ensemble_std_name(name)] = np.std(members[name], axis=0)
-    from corrdiff_tools.plotting import to_plot_units  # the thresholds' units: deg C, speed
-
-    quantities = to_plot_units(members["mrr"], members["t2m"], members["u10m"], members["v10m"])
-    for quantity, threshold in thresholds.items():
-        out[exceedance_name(quantity)] = np.mean(quantities[quantity] >= threshold, axis=0)
+    mean, std = quantities.moments({name: members[name] for name in OUTPUT_VARIABLES})
+    out = {ensemble_mean_name(name): mean[name] for name in OUTPUT_VARIABLES}
+    out |= {ensemble_std_name(name): std[name] for name in OUTPUT_VARIABLES}
+    shown = quantities.to_display_units(
+        members["mrr"], members["t2m"], members["u10m"], members["v10m"]
+    )
+    for quantity, probability in quantities.exceedance(shown, thresholds).items():
+        out[exceedance_name(quantity)] = probability
     return out
 
 

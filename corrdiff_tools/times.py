@@ -135,6 +135,13 @@ def parse_times(texts: Sequence[str]) -> list[datetime]:
     return sorted(times)
 
 
+def parse_hours(text: str) -> int | None:
+    """Whole hours as typed (``"6"``, ``"6h"``), or None if it is not that."""
+    raw = text.strip()
+    raw = raw[:-1] if raw.lower().endswith("h") else raw
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 def parse_lead_times(values: Iterable[str]) -> list[int]:
     """Parse GFS forecast lead times in whole hours and check that GFS has them.
 
@@ -150,13 +157,11 @@ def parse_lead_times(values: Iterable[str]) -> list[int]:
     """
     leads: set[int] = set()
     for text in values:
-        raw = text.strip()
-        raw = raw[:-1] if raw.lower().endswith("h") else raw
-        if not (raw.isascii() and raw.isdigit()):
+        hours = parse_hours(text)
+        if hours is None:
             raise UsageError(
                 f"lead time {text!r} is not a whole number of hours: use e.g. --lead-time 0 6 12"
             )
-        hours = int(raw)
         if hours > GFS_MAX_LEAD:
             raise UsageError(
                 f"lead time {hours} h is beyond the GFS forecast range: use 0 to {GFS_MAX_LEAD} h"

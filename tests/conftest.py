@@ -108,10 +108,11 @@ def run_tool(
 
     monkeypatch.chdir(tmp_path)
 
-    def run(*args: str) -> tuple[int, str]:
+    def run(*args: str, build_source: Any = None) -> tuple[int, str]:
         # The offline defaults come first, so a test's own --source (say) overrides them.
+        # build_source: a fake data-source factory (see cli.run_main).
         capsys.readouterr()
-        code = run_main([*offline_args(package_dir, input_file), *args])
+        code = run_main([*offline_args(package_dir, input_file), *args], build_source=build_source)
         return code, capsys.readouterr().err
 
     return run

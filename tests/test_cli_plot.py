@@ -15,7 +15,7 @@ from PIL import Image, ImageSequence
 
 from corrdiff_tools import render, store
 from corrdiff_tools.cli import plot_main, run_main
-from corrdiff_tools.plotting import KELVIN
+from corrdiff_tools.quantities import KELVIN
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--dpi", "30", "-q"]

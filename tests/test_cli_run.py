@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -362,17 +363,13 @@ def test_nan_input_is_refused_naming_variable_and_time(
 def test_network_failure_is_one_line_with_the_offline_options(
     run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from corrdiff_tools import sources
 
     class Unreachable:
         def __call__(self, time: object, variable: object) -> None:
             raise OSError("Temporary failure in name resolution: noaa-gfs-bdp-pds.s3.amazonaws.com")
 
-    monkeypatch.setattr(sources, "build_source", lambda spec, times: Unreachable())
     code, err = run_tool(
-        "2024-07-24T12",
-        "--source",
-        "gfs",
+        "2024-07-24T12", "--source", "gfs", build_source=lambda spec, times: Unreachable()
     )
     assert code == 1
     lines = err.strip().splitlines()
@@ -391,25 +388,22 @@ def test_prefetch_writes_a_file_the_run_can_use(
     from corrdiff_tools import sources
 
     # The GFS seam, fed from the local file: the real prefetch path runs offline.
-    real_build_source = sources.build_source
-    monkeypatch.setattr(
-        sources,
-        "build_source",
-        lambda spec, times: real_build_source(sources.SourceSpec("file", input_file), times),
-    )
+    def from_file(spec: object, times: list[datetime]) -> object:
+        return sources.build_source(sources.SourceSpec("file", input_file), times)
+
     code, err = run_tool(
         "2024-07-24T00/2024-07-24T06",
         "--source",
         "gfs",
         "--prefetch",
         "pre.nc",
+        build_source=from_file,
     )
     assert code == 0, err
     fetched = load_inputs(tmp_path / "pre.nc")
     assert fetched.dims == ("time", "variable", "lat", "lon")
     assert list(fetched["variable"].values) == [*INPUT_VARIABLES, "refc"]
     assert fetched.sizes == {"time": 2, "variable": 13, "lat": 36, "lon": 40}
-    monkeypatch.setattr(sources, "build_source", real_build_source)
     code, err = run_tool(
         "2024-07-24T06",
         "--source",
@@ -423,11 +417,7 @@ def test_prefetch_writes_a_file_the_run_can_use(
     np.testing.assert_array_equal(ds["lr_u850"].values[0], original.sel(variable="u850").values)
 
     code, err = run_tool(
-        "2024-07-24T06",
-        "--source",
-        "gfs",
-        "--prefetch",
-        "pre.nc",
+        "2024-07-24T06", "--source", "gfs", "--prefetch", "pre.nc", build_source=from_file
     )
     assert code == 2 and "--prefetch pre.nc already exists" in err
 
@@ -466,9 +456,6 @@ def test_forecast_source_adds_a_lead_time_axis(
     monkeypatch: pytest.MonkeyPatch,
     input_file: Path,
 ) -> None:
-    from corrdiff_tools import sources
-
-    monkeypatch.setattr(sources, "build_source", lambda spec, times: FileForecast(input_file))
     code, err = run_tool(
         "2024-07-24T06",
         "--source",
@@ -480,6 +467,7 @@ def test_forecast_source_adds_a_lead_time_axis(
         "2",
         "--steps",
         "2",
+        build_source=lambda spec, times: FileForecast(input_file),
     )
     assert code == 0, err
     ds = open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T06-forecast.zarr")

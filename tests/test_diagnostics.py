@@ -4,7 +4,7 @@ import numpy as np
 import properscoring
 import pytest
 
-from corrdiff_tools import diagnostics
+from corrdiff_tools import diagnostics, truth
 from corrdiff_tools.synthetic import curvilinear_grid
 
 SPACING = 2.0
@@ -68,7 +68,7 @@ def test_interpolating_a_linear_field_is_exact() -> None:
     lon_lr = np.linspace(116, 126, 40, endpoint=False)
     values = 2 * lat_lr[:, None] + 0.5 * lon_lr[None, :]
     lat, lon = curvilinear_grid((448, 448))
-    out = diagnostics.interpolate_lowres(values, lat_lr, lon_lr, lat, lon)
+    out = truth.interpolate_lowres(values, lat_lr, lon_lr, lat, lon)
     np.testing.assert_allclose(out, 2 * lat + 0.5 * lon, rtol=1e-5)
 
 

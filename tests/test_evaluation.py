@@ -236,7 +236,7 @@ def test_truth_scores_match_properscoring_and_are_written(
     assert float(row["crps"]) == pytest.approx(expected, rel=1e-6)
     mae = np.abs(observed - ds["t2m_regression"].values[1]).mean()
     assert float(row["mae_regression"]) == pytest.approx(mae, rel=1e-6)
-    from corrdiff_tools.diagnostics import interpolate_lowres
+    from corrdiff_tools.truth import interpolate_lowres
 
     interpolated = interpolate_lowres(
         ds["lr_t2m"].values[1], ds["lat_lr"].values, ds["lon_lr"].values,
@@ -281,7 +281,7 @@ def test_truth_on_a_regular_lat_lon_grid_is_interpolated(
 @pytest.mark.parametrize("layout", ["time-x-y", "x-time-y-with-2d-latlon", "time-lon-lat-regular"])
 def test_truth_is_aligned_by_dimension_names(made: Path, tmp_path: Path, layout: str) -> None:
     """A truth file in another dim order scores exactly as the canonical one."""
-    from corrdiff_tools.diagnostics import load_truth
+    from corrdiff_tools.truth import load_truth
 
     ds = store.open_store(made)
     lat, lon = ds["lat"].values.astype("float64"), ds["lon"].values.astype("float64")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from corrdiff_tools import plotting
+from corrdiff_tools import plotting, quantities
 from corrdiff_tools.plotting import ColourScale, Fields
 
 N = 48
@@ -16,7 +16,7 @@ COAST = [np.array([[120.0, 22.0], [121.0, 25.0], [122.0, 25.0]])]
 def fields(seed: int) -> Fields:
     rng = np.random.default_rng(seed)
     u, v = rng.normal(0, 8, (2, N, N))
-    values = plotting.to_plot_units(
+    values = quantities.to_display_units(
         rng.uniform(0, 40, (N, N)), 300 + rng.normal(0, 2, (N, N)), u, v
     )
     return Fields(values, u, v, LAT, LON)
@@ -31,7 +31,7 @@ def maps(fig) -> list:
 
 
 def test_to_plot_units_converts_kelvin_and_wind_speed() -> None:
-    out = plotting.to_plot_units(
+    out = quantities.to_display_units(
         np.array([10.0]), np.array([273.15, 300.0]), np.array([3.0]), np.array([4.0])
     )
     np.testing.assert_allclose(out["t2m"], [0.0, 26.85])
@@ -74,7 +74,7 @@ def test_colour_limits_are_the_given_ones_for_every_sample() -> None:
 def test_temperature_panel_shows_degrees_celsius() -> None:
     f = fields(1)
     t2m_k = np.full((N, N), 300.0)
-    values = plotting.to_plot_units(f.values["mrr"], t2m_k, f.u, f.v)
+    values = quantities.to_display_units(f.values["mrr"], t2m_k, f.u, f.v)
     fig = plotting.map_figure(
         Fields(values, f.u, f.v, LAT, LON), plotting.SAMPLE_PANELS, SCALES, COAST, "t"
     )
@@ -106,12 +106,12 @@ def test_ensemble_stats_match_numpy() -> None:
         "t2m": rng.normal(25, 2, (5, 8, 8)),
         "wind": rng.uniform(0, 30, (5, 8, 8)),
     }
-    stats = plotting.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2})
+    stats = quantities.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2})
     np.testing.assert_allclose(stats.mean["t2m"], members["t2m"].mean(axis=0))
     np.testing.assert_allclose(stats.std["wind"], members["wind"].std(axis=0))
     np.testing.assert_allclose(stats.probability["mrr"], (members["mrr"] >= 35).sum(axis=0) / 5)
     assert set(stats.probability) == {"mrr", "wind"} and stats.members == 5
-    exact = plotting.ensemble_stats({"mrr": np.array([[[35.0]], [[34.9]]])}, {"mrr": 35.0})
+    exact = quantities.ensemble_stats({"mrr": np.array([[[35.0]], [[34.9]]])}, {"mrr": 35.0})
     assert float(exact.probability["mrr"][0, 0]) == 0.5  # ">=" counts the threshold itself
 
 
@@ -122,7 +122,7 @@ def test_stats_figure_panels() -> None:
         "t2m": rng.normal(25, 2, (4, N, N)),
         "wind": rng.uniform(0, 30, (4, N, N)),
     }
-    stats = plotting.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2, "t2m": 30.0})
+    stats = quantities.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2, "t2m": 30.0})
     fig = plotting.stats_figure(stats, LAT, LON, SCALES, COAST, "stats")
     titles = [ax.get_title() for ax in maps(fig)]
     assert len(titles) == 9

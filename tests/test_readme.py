@@ -84,7 +84,7 @@ def _cut_range(text: str) -> str:
 
 
 def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> list[str]:
-    from corrdiff_tools import cli
+    from corrdiff_tools import store
 
     given = build_run_parser().parse_args(args)
     out = []
@@ -107,7 +107,7 @@ def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> li
         return [*out, "--benchmark-size", "tiny"]
     if parsed.prefetch is None and not (parsed.resume or parsed.overwrite):
         forecast = parsed.source == "gfs-forecast"
-        target = parsed.output or cli.default_output(times.parse_times(parsed.times), forecast)
+        target = parsed.output or store.default_output(times.parse_times(parsed.times), forecast)
         if target.exists():
             out.append("--overwrite")
     return out
@@ -174,7 +174,6 @@ def test_every_readme_command_runs_offline(
             return FileForecast(inputs)
         return real_build_source(sources.SourceSpec("file", inputs), wanted)
 
-    monkeypatch.setattr(sources, "build_source", offline)
     monkeypatch.chdir(tmp_path)
     ran = {"run_corrdiff.py": 0, "plot_corrdiff.py": 0}
     for command in COMMANDS:
@@ -182,7 +181,7 @@ def test_every_readme_command_runs_offline(
         capsys.readouterr()
         if tool == "run_corrdiff.py":
             args = _adapt_run(command[1:], package_dir, inputs)
-            code = run_main(args)
+            code = run_main(args, build_source=offline)
         else:
             prepare_plot_inputs(command[1:], tmp_path)
             args = [*command[1:], *PLOT_LIMITS]

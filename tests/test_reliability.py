@@ -28,17 +28,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corrdiff_tools import sources, store
-from corrdiff_tools.cli import parse_selection, parse_thresholds, plot_main, run_main
+from corrdiff_tools.cli import plot_main, run_main
 from corrdiff_tools.downscale import CorrDiffSampler
 from corrdiff_tools.errors import UsageError
 from corrdiff_tools.lock import lock_path
+from corrdiff_tools.requests import parse_selection, parse_thresholds
 from corrdiff_tools.sampling import PRESETS
 from corrdiff_tools.store import OUTPUT_VARIABLES, StoreWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ["2024-07-24T06/2024-07-24T12", "--samples", "3", "--steps", "2", "--batch-size", "2"]
 Run = Callable[..., tuple[int, str]]
-REAL_BUILD_SOURCE = sources.build_source
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ class FlakySource:
     """The input file behind a source that fails as configured (the GFS seam)."""
 
     def __init__(self, path: Path, fail_from: str | None = None, failures: int = 0) -> None:
-        self.inner = REAL_BUILD_SOURCE(sources.SourceSpec("file", path))
+        self.inner = sources.build_source(sources.SourceSpec("file", path))
         self.fail_from = np.datetime64(fail_from) if fail_from else None
         self.failures = failures
 
@@ -323,6 +323,11 @@ class FlakySource:
         return self.inner(time, variable)
 
 
+def serving(source: object) -> Callable[[object, object], object]:
+    """A data-source factory for ``run_main(build_source=...)`` that returns ``source``."""
+    return lambda spec, times: source
+
+
 def gfs_args(package_dir: Path) -> list[str]:
     return [*JOB, "--source", "gfs", "--model-package", str(package_dir), "--device", "cpu"]
 
@@ -332,10 +337,8 @@ def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     path = tmp_path / "net.zarr"
-    monkeypatch.setattr(
-        sources, "build_source", lambda spec, times: FlakySource(input_file, "2024-07-24T12")
-    )
-    assert run_main([*gfs_args(package_dir), "--output", str(path)]) == 1
+    cut_at_noon = serving(FlakySource(input_file, "2024-07-24T12"))
+    assert run_main([*gfs_args(package_dir), "--output", str(path)], build_source=cut_at_noon) == 1
     err = capsys.readouterr().err
     line = one_line(err)
     assert line.startswith("run_corrdiff.py: error: could not fetch")
@@ -345,8 +348,8 @@ def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     assert xr.open_zarr(path)["completed"].values.tolist() == [[1, 1, 1], [0, 0, 0]]
     assert not lock_path(path).exists()
 
-    monkeypatch.setattr(sources, "build_source", lambda spec, times: FlakySource(input_file))
-    assert run_main([*gfs_args(package_dir), "--output", str(path), "--resume", "-q"]) == 0
+    resumed = [*gfs_args(package_dir), "--output", str(path), "--resume", "-q"]
+    assert run_main(resumed, build_source=serving(FlakySource(input_file))) == 0
     assert_same_ensemble(path, reference)
 
 
@@ -355,8 +358,8 @@ def test_a_brief_network_hiccup_is_retried(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     flaky = FlakySource(input_file, failures=2)
-    monkeypatch.setattr(sources, "build_source", lambda spec, times: flaky)
-    assert run_main([*gfs_args(package_dir), "--output", str(tmp_path / "h.zarr")]) == 0
+    args = [*gfs_args(package_dir), "--output", str(tmp_path / "h.zarr")]
+    assert run_main(args, build_source=serving(flaky)) == 0
     assert capsys.readouterr().err.count("retrying in") == 2
     assert_same_ensemble(tmp_path / "h.zarr", reference)
 
@@ -373,8 +376,8 @@ def test_a_corrupt_download_points_at_the_cache(
         def __call__(self, time: object, variable: object) -> None:
             raise RuntimeError("ECCODES ERROR: grib_handle_new_from_message: truncated message")
 
-    monkeypatch.setattr(sources, "build_source", lambda spec, times: Corrupt())
-    assert run_main([*gfs_args(package_dir), "--output", str(tmp_path / "c.zarr")]) == 1
+    args = [*gfs_args(package_dir), "--output", str(tmp_path / "c.zarr")]
+    assert run_main(args, build_source=serving(Corrupt())) == 1
     line = one_line(capsys.readouterr().err)
     assert "truncated message" in line
     assert line.endswith(

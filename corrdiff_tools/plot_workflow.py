@@ -1,0 +1,278 @@
+"""The plot tool after validation: plan the figures, render them, animate, evaluate.
+
+Takes a :class:`~corrdiff_tools.requests.PlotRequest` (the store already opened and every
+selection checked) and a progress display. In order:
+
+1. find which selected pieces can be drawn: marked complete *and* readable (a damaged
+   chunk is skipped with a warning, never drawn blank);
+2. plan the figures (:func:`corrdiff_tools.render.plan`), the GIFs and the evaluation
+   files, and refuse to replace existing files without ``--overwrite``;
+3. fix one colour scale per quantity over the store, render (in worker processes),
+   write the GIFs, then the ``--spectra/--pdf/--truth`` evaluation.
+
+Nothing here imports torch or earth2studio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from corrdiff_tools import times as times_mod
+from corrdiff_tools.errors import UsageError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from corrdiff_tools import evaluate
+    from corrdiff_tools.render import RenderContext, Task
+    from corrdiff_tools.requests import PlotRequest, ProgressFactory
+    from corrdiff_tools.truth import Truth
+
+logger = logging.getLogger("corrdiff_tools")
+
+#: A (time index, lead index or None) entry of the store.
+Key = tuple[int, int | None]
+
+
+def plot(request: PlotRequest, progress: ProgressFactory) -> int:
+    """Draw and evaluate what ``request`` asks for; return the exit code."""
+    from corrdiff_tools import evaluate, render
+
+    dataset = request.dataset
+    samples_ok, damaged = drawable_pieces(request)
+    tasks = render.plan(
+        dataset,
+        request.times,
+        request.leads,
+        request.samples,
+        request.outdir,
+        request.fmt,
+        request.plot_lowres,
+        request.stats,
+    )
+    tasks = _complete_tasks(tasks, samples_ok)
+    gifs = gif_paths(request)
+    entries, science = evaluation_plan(request, samples_ok)
+    targets = [task.path for task in tasks] + list(gifs.values())
+    if science is not None:
+        targets += evaluate.planned_paths(entries, science)
+    existing = [path for path in targets if path.exists()]
+    if existing and not request.overwrite:
+        raise UsageError(
+            f"{len(existing)} output file(s) already exist, e.g. {existing[0]}: pass --overwrite "
+            "to replace them, or choose another --outdir"
+        )
+    from corrdiff_tools.requests import check_writable_location
+
+    check_writable_location(request.outdir / "probe", "--outdir")
+    if not tasks and science is None:
+        if not request.samples:
+            raise UsageError(
+                "nothing to draw: --sample none with no --plot-lowres, --stats, --spectra, "
+                "--pdf or --truth"
+            )
+        raise UsageError("nothing to draw: every selected sample is incomplete in the store")
+    request.outdir.mkdir(parents=True, exist_ok=True)
+    if not tasks:
+        written = evaluate.evaluate(dataset, entries, science) if science else []
+        logger.info("wrote %d file(s) to %s", len(written), request.outdir)
+        return 0
+    context, coastlines = _draw(request, tasks, gifs, samples_ok if damaged else None, progress)
+    written = evaluate.evaluate(dataset, entries, science) if science is not None else []
+    logger.info(
+        "wrote %d figure(s)%s%s to %s (coastlines: %s)",
+        len(tasks),
+        f" and {len(written)} evaluation file(s)" if written else "",
+        f" and {len(gifs)} animation(s)" if gifs else "",
+        request.outdir,
+        coastlines,
+    )
+    if request.show:
+        _show(tasks, context)
+    return 0
+
+
+def drawable_pieces(request: PlotRequest) -> tuple[np.ndarray, bool]:
+    """Which (time, [lead,] sample) pieces can be drawn, and whether any was damaged.
+
+    A piece of one of our stores is drawable when it is marked complete and its chunks
+    decode; only the selected times (and lead times) are read back. Stores from other
+    tools have no completion record: a sample whose 2 m temperature is missing
+    everywhere was never written (or was lost).
+    """
+    from corrdiff_tools import render, store
+
+    dataset = request.dataset
+    if "completed" not in dataset:
+        return dataset["t2m"].notnull().any(dim=("y", "x")).values, False
+    samples_ok = dataset["completed"].values.astype(bool)
+    selected = np.zeros_like(samples_ok)
+    for ti in request.times:
+        for li in request.leads:
+            selected[store.piece_index(ti, li)] = True
+    problems = render.piece_problems(dataset, request.store, samples_ok & selected)
+    for piece, why in problems.items():
+        logger.warning(
+            "skipping sample %d of %s%s: it is marked complete but %s; "
+            "run_corrdiff.py --resume recomputes it",
+            piece[-1],
+            _format_time(dataset, piece[0]),
+            f" (lead index {piece[1]})" if len(piece) == 3 else "",
+            why,
+        )
+        samples_ok[piece] = False
+    return samples_ok, bool(problems)
+
+
+def _format_time(dataset: xr.Dataset, time_index: int) -> str:
+    value = np.datetime64(dataset["time"].values[time_index], "s").astype(datetime)
+    return times_mod.format_time(value)
+
+
+def _complete_tasks(tasks: list[Task], samples_ok: np.ndarray) -> list[Task]:
+    """Leave out the samples that are not complete, and statistics of partial ensembles."""
+    from corrdiff_tools import store
+
+    kept = []
+    for task in tasks:
+        index = store.piece_index(task.time_index, task.lead_index)
+        if task.kind == "sample" and not samples_ok[(*index, task.sample)]:
+            logger.warning("skipping %s: that sample is not complete in the store", task.path.name)
+            continue
+        if task.kind == "stats" and not samples_ok[index].all():
+            logger.warning("skipping %s: the ensemble is not complete", task.path.name)
+            continue
+        kept.append(task)
+    return kept
+
+
+def gif_paths(request: PlotRequest) -> dict[Key, Path]:
+    """Where each (time, lead)'s animation goes (``--gif`` alone: named after the store)."""
+    from corrdiff_tools.render import stem
+
+    if not request.gif:
+        return {}
+    dataset = request.dataset
+    keys = [(t, lead) for t in request.times for lead in request.leads]
+    if not isinstance(request.gif, Path):
+        return {key: request.outdir / f"{stem(dataset, *key)}.gif" for key in keys}
+    path = request.gif
+    if len(keys) == 1:
+        return {keys[0]: path}
+    return {
+        key: path.with_name(f"{path.stem}-{stem(dataset, *key).removeprefix('corrdiff-')}.gif")
+        for key in keys
+    }
+
+
+def evaluation_plan(
+    request: PlotRequest, samples_ok: np.ndarray
+) -> tuple[list[evaluate.Entry], evaluate.Request | None]:
+    """The (time, lead) entries and request for --spectra/--pdf/--truth, validated."""
+    from corrdiff_tools import evaluate, render, store
+
+    if not (request.spectra or request.pdf or request.truth is not None):
+        return [], None
+    dataset = request.dataset
+    entries = []
+    for ti in request.times:
+        for li in request.leads:
+            whole = tuple(int(s) for s in np.flatnonzero(samples_ok[store.piece_index(ti, li)]))
+            valid, _ = render.valid_time(dataset, ti, li)
+            if not whole:
+                logger.warning("no complete sample at %s: left out of the evaluation", valid)
+                continue
+            entries.append(
+                evaluate.Entry(
+                    ti, li, whole, render.stem(dataset, ti, li), np.datetime64(valid, "ns")
+                )
+            )
+    return entries, evaluate.Request(
+        spectra=request.spectra,
+        pdf=request.pdf,
+        truth=_truth(request, entries),
+        truth_path=request.truth,
+        outdir=request.outdir,
+        fmt=request.fmt,
+        dpi=request.dpi,
+    )
+
+
+def _truth(request: PlotRequest, entries: Sequence[evaluate.Entry]) -> Truth | None:
+    from corrdiff_tools.truth import load_truth
+
+    if request.truth is None:
+        return None
+    if not request.truth.exists():
+        raise UsageError(f"--truth {request.truth} does not exist: give a NetCDF or Zarr path")
+    try:
+        return load_truth(
+            request.truth,
+            np.asarray(request.dataset["lat"].values, dtype="float64"),
+            np.asarray(request.dataset["lon"].values, dtype="float64"),
+            [entry.valid_time for entry in entries],
+        )
+    except ValueError as err:
+        raise UsageError(f"--truth {request.truth}: {err}") from None
+
+
+def _draw(
+    request: PlotRequest,
+    tasks: list[Task],
+    gifs: dict[Key, Path],
+    healthy: np.ndarray | None,
+    progress: ProgressFactory,
+) -> tuple[RenderContext, str]:
+    """Render every task (in worker processes), then the GIFs; where coastlines came from."""
+    from corrdiff_tools import render
+    from corrdiff_tools.animation import write_gif
+    from corrdiff_tools.coastlines import load_coastlines
+
+    coastlines = load_coastlines()
+    context = render.RenderContext(
+        store_path=request.store.absolute(),
+        scales=render.colour_scales(
+            request.dataset, request.plot_lowres, request.colormap, healthy
+        ),
+        coastlines=coastlines.segments,
+        thresholds=request.thresholds,
+        fmt=request.fmt,
+        dpi=request.dpi,
+        frames=bool(gifs),
+    )
+    jobs = min(request.jobs or _available_cores(), len(tasks))
+    with progress(len(tasks)) as update:
+        frames = render.render_all(tasks, context, jobs, progress=update)
+    for key, path in gifs.items():
+        sequence = [
+            frame
+            for task, frame in zip(tasks, frames, strict=True)
+            if frame is not None and (task.time_index, task.lead_index) == key
+        ]
+        if sequence:
+            write_gif(sequence, path, request.fps)
+    return context, coastlines.origin
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _show(tasks: Sequence[Task], context: RenderContext) -> None:
+    import matplotlib.pyplot as plt
+
+    from corrdiff_tools.render import build_figure
+
+    for task in tasks:
+        build_figure(task, context, fig=plt.figure())
+    plt.show()

@@ -1,0 +1,412 @@
+"""The run: a validated request and its parts in, a complete store out.
+
+Like earth2studio's ``run.deterministic(time, nsteps, model, data, io)``, the workflow
+constructs none of its outside parts: the data source factory, the model loader, the
+heavy-library import and the progress display come in a :class:`RunParts` (the CLI passes
+the real ones, tests pass fakes). It owns the order of things: device, store lock,
+ranks, inputs, model, resume plan, the loop (:func:`corrdiff_tools.downscale.downscale`),
+statistics, summary. It never reads argparse.
+
+A run, step by step (rank 0 alone where only one may act):
+
+1. resolve the device (one GPU per rank under torchrun) and take the store's lock;
+2. finish what a killed run left (:func:`corrdiff_tools.store.clean_leftovers`);
+3. import the model stack, build the data source, load the model;
+4. on ``--resume``, verify every completed piece and plan only what is missing;
+5. downscale: fetch, compute and write each (time, [lead]) piece by piece, the store
+   created (atomically) once the first inputs have arrived;
+6. fill the ``--stats`` arrays of complete ensembles, and log a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as clock
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from corrdiff_tools import times as times_mod
+from corrdiff_tools.errors import UsageError
+
+if TYPE_CHECKING:
+    from earth2studio.models.dx import CorrDiffTaiwan
+
+    from corrdiff_tools.benchmark import BenchmarkResult
+    from corrdiff_tools.distributed import Context
+    from corrdiff_tools.downscale import CorrDiffSampler, Job, Timings, Writer
+    from corrdiff_tools.model import DeviceInfo
+    from corrdiff_tools.requests import BenchmarkRequest, ProgressFactory, RunRequest
+    from corrdiff_tools.sources import InputSource, SourceSpec
+    from corrdiff_tools.store import StoreLayout, StoreWriter
+
+logger = logging.getLogger("corrdiff_tools")
+
+#: Builds the data source for a ``--source`` and the run's times.
+SourceFactory = Callable[["SourceSpec", Sequence[datetime]], "InputSource"]
+#: Loads CorrDiff from a ``--model-package`` onto a device: the model and its precision.
+ModelLoader = Callable[[str, "DeviceInfo"], tuple["CorrDiffTaiwan", str]]
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """The outside parts a run is built from (see the module docstring)."""
+
+    build_source: SourceFactory
+    load_model: ModelLoader
+    #: Imports earth2studio's model stack (slow), quietly, and tames its logging.
+    import_libraries: Callable[[], None]
+    progress: ProgressFactory
+
+
+def run(request: RunRequest, parts: RunParts) -> int:
+    """Downscale (or prefetch) what ``request`` asks for; return the exit code."""
+    from corrdiff_tools import distributed, model, store
+    from corrdiff_tools.lock import StoreLock
+
+    rank, world, local_rank = distributed.launched_ranks()
+    device_spec = request.device
+    if world > 1 and device_spec in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            device_spec = f"cuda:{local_rank}"  # one GPU per rank, pinned by LOCAL_RANK
+    device = model.resolve_device(device_spec)
+    if rank != 0:
+        logger.setLevel(max(logger.level, logging.WARNING))  # one report, from rank 0
+    # Every rank has validated before any joins, so none can see another's store as
+    # "already existing"; joining the group is the first synchronisation point.
+    lock = StoreLock(request.output) if rank == 0 and request.prefetch is None else None
+    if lock is not None:
+        try:
+            lock.acquire()  # after validation: a refused run has written nothing
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    try:
+        if lock is not None:
+            store.clean_leftovers(request.output)  # of a run killed mid-creation
+        ranks = distributed.start(device.is_gpu)
+        try:
+            return _run_ranked(request, parts, device, ranks)
+        finally:
+            ranks.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_ranked(request: RunRequest, parts: RunParts, device: DeviceInfo, ranks: Context) -> int:
+    from corrdiff_tools import downscale, sources, speed, store
+
+    wall_start = clock.perf_counter()
+    logger.info(
+        "device: %s%s",
+        device.description,
+        f" (rank {ranks.rank} of {ranks.world})" if ranks.enabled else "",
+    )
+    parts.import_libraries()
+    source = parts.build_source(request.source, request.times) if ranks.is_root else None
+    extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
+    if request.prefetch is not None:
+        code = prefetch(request, source, extras) if source is not None else 0
+        ranks.barrier()
+        return code
+
+    speed.tune_host_allocator()  # before the first large allocation (see speed.py)
+    corrdiff, precision, load_time = _load(request, parts, device, ranks)
+    sampler = downscale.CorrDiffSampler(corrdiff, request.sampler)
+    logger.info("%s", request.sampler.describe())
+    resuming = request.resume and request.output.exists()
+    if resuming and ranks.is_root:
+        _recompute_damaged(store.StoreWriter(request.output))
+    ranks.barrier()  # every rank plans from the verified flags
+    done = store.StoreWriter(request.output).completed() if resuming else None
+    jobs = plan_jobs(request, done, ranks)
+    if resuming:
+        left = sum(ranks.gather(sum(len(job.samples) for job in jobs)))
+        logger.info("resuming %s: %d sample(s) left to compute", request.output, left)
+        if left == 0:
+            logger.info("nothing to do: %s is complete", request.output)
+            _store_statistics(request.output, request.statistics, ranks)
+            return 0
+
+    def fetch(job: Job) -> dict[str, np.ndarray]:
+        assert source is not None  # noqa: S101 - only rank 0 fetches (broadcast_fetch)
+        return sources.fetch_inputs(source, request.source, job.time, job.lead_hours, extras)
+
+    attrs = _attributes(request, device.description, precision)
+    open_writer = _writer_opener(request, _layout(request, sampler), attrs, ranks, resuming)
+    timings = _downscale(request, parts, device, jobs, fetch, sampler, open_writer, ranks)
+    _store_statistics(request.output, request.statistics, ranks)
+    _summary(
+        request, device, ranks, len(jobs), timings, load_time, clock.perf_counter() - wall_start
+    )
+    return 0
+
+
+def _load(
+    request: RunRequest, parts: RunParts, device: DeviceInfo, ranks: Context
+) -> tuple[CorrDiffTaiwan, str, float]:
+    """Load the model on every rank (extracted once, by rank 0); the load time."""
+    from corrdiff_tools import model, speed
+
+    start = clock.perf_counter()
+    if ranks.enabled and ranks.is_root:
+        model.prepare_package(request.model_package)  # extract once, before the others load
+    ranks.barrier()
+    corrdiff, precision = parts.load_model(request.model_package, device)
+    seconds = clock.perf_counter() - start
+    logger.info("model loaded in %.1f s (%s)", seconds, precision)
+    if request.compile:
+        speed.compile_networks(corrdiff)
+        logger.info("networks will be compiled on their first call (slow once)")
+    return corrdiff, precision, seconds
+
+
+def plan_jobs(request: RunRequest, done: np.ndarray | None, ranks: Context) -> list[Job]:
+    """The (time, [lead]) jobs of this rank, each with the samples not ``done`` yet.
+
+    Samples are dealt round-robin across ranks, continuing from one job to the next so
+    ranks stay balanced. Every rank keeps every job (rank 0 fetches and broadcasts its
+    inputs), even one whose share of samples here is empty.
+    """
+    from corrdiff_tools import distributed, downscale, store
+
+    jobs = []
+    dealt = 0
+    for ti, time in enumerate(request.times):
+        leads = [None] if request.lead_times is None else range(len(request.lead_times))
+        for li in leads:
+            index = store.piece_index(ti, li)
+            todo = tuple(
+                s for s in range(request.samples) if done is None or not bool(done[(*index, s)])
+            )
+            if todo:
+                mine = distributed.share(todo, ranks, dealt)
+                lead = 0 if li is None or request.lead_times is None else request.lead_times[li]
+                # The rank holding the first sample stores the regression mean.
+                jobs.append(downscale.Job(index, time, lead, mine, todo[0] in mine))
+                dealt += len(todo)
+    return jobs
+
+
+def _layout(request: RunRequest, sampler: CorrDiffSampler) -> StoreLayout:
+    from corrdiff_tools import store
+
+    return store.StoreLayout(
+        times=request.times,
+        samples=request.samples,
+        lat=sampler.lat,
+        lon=sampler.lon,
+        lead_times=request.lead_times,
+        lowres_variables=request.lowres_variables,
+        statistics=request.statistics,
+    )
+
+
+def _attributes(request: RunRequest, device: str, precision: str) -> dict[str, object]:
+    from corrdiff_tools import sampling, store
+    from corrdiff_tools.downscale import GEOMETRY
+
+    source = request.source
+    return store.provenance(
+        command=request.command,
+        model_package=request.model_package,
+        input_source=str(source.path.resolve()) if source.path is not None else source.label,
+        seed=request.seed,
+        sampler=sampling.store_attrs(request.sampler),
+        geometry=GEOMETRY,
+        device=device,
+        precision=precision,
+    )
+
+
+def _writer_opener(
+    request: RunRequest,
+    layout: StoreLayout,
+    attrs: dict[str, object],
+    ranks: Context,
+    resuming: bool,
+) -> Callable[[], Writer]:
+    """What the loop calls once its first inputs have arrived: create (rank 0), then open."""
+    from corrdiff_tools import store
+
+    output = request.output
+
+    def open_writer() -> Writer:
+        if ranks.is_root and not resuming:
+            if output.exists() and request.overwrite:
+                logger.info("replacing %s (--overwrite)", output)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            store.create_store(
+                output, layout, attrs, request.resume_settings(), replace=request.overwrite
+            )
+        ranks.barrier()  # every array exists before any rank writes
+        writer = store.StoreWriter(output)
+        return writer if ranks.is_root else _SamplesOnly(writer)
+
+    return open_writer
+
+
+def _downscale(
+    request: RunRequest,
+    parts: RunParts,
+    device: DeviceInfo,
+    jobs: list[Job],
+    fetch: Callable[[Job], dict[str, np.ndarray]],
+    sampler: CorrDiffSampler,
+    open_writer: Callable[[], Writer],
+    ranks: Context,
+) -> Timings:
+    from corrdiff_tools import distributed, downscale, model
+
+    batch_size, adaptive = model.default_batch_size(request.samples, request.batch_size, device)
+    if device.is_gpu:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device.device)
+    with parts.progress(sum(len(job.samples) for job in jobs)) as update:
+        return downscale.downscale(
+            jobs,
+            distributed.broadcast_fetch(fetch, ranks),
+            sampler,
+            open_writer,
+            seed=request.seed,
+            batch_size=batch_size,
+            adaptive_batch=adaptive,
+            progress=update,
+            overlap_fetch=request.source.kind != "file",
+        )
+
+
+def _summary(
+    request: RunRequest,
+    device: DeviceInfo,
+    ranks: Context,
+    entries: int,
+    timings: Timings,
+    load_time: float,
+    wall: float,
+) -> None:
+    from corrdiff_tools import model
+
+    peak = model.peak_memory_bytes(device)
+    per_rank = ranks.gather((timings.samples, timings.inference, peak))
+    logger.info(
+        "done: %d sample(s) for %d time(s) in %.1f s (fetch %.1f s, load %.1f s, inference "
+        "%.1f s, write %.1f s); peak %s memory %.2f GiB; wrote %s",
+        sum(samples for samples, _, _ in per_rank),
+        entries,
+        wall,
+        timings.fetch,
+        load_time,
+        timings.inference,
+        timings.write,
+        "device" if device.is_gpu else "host",
+        peak / 2**30,
+        request.output,
+    )
+    if ranks.enabled:
+        for rank, (samples, seconds, rank_peak) in enumerate(per_rank):
+            rate = samples / seconds if seconds > 0 else 0.0
+            logger.info(
+                "  rank %d: %d sample(s), %.1f s inference, %.3f samples/s, peak %.2f GiB",
+                rank,
+                samples,
+                seconds,
+                rate,
+                rank_peak / 2**30,
+            )
+
+
+def _recompute_damaged(writer: StoreWriter) -> None:
+    """``--resume`` trusts no completion flag it has not read back (see StoreWriter.damaged)."""
+    damaged = writer.damaged()
+    if not damaged:
+        return
+    logger.warning(
+        "%d piece(s) marked complete in %s are missing or unreadable (first: %s); "
+        "computing them again",
+        len(damaged),
+        writer.path,
+        damaged[0][1],
+    )
+    writer.unmark([piece for piece, _ in damaged])
+
+
+def _store_statistics(output: Path, thresholds: dict[str, float] | None, ranks: Context) -> None:
+    """``--stats``: once every rank's samples are on disk, rank 0 fills the statistics."""
+    from corrdiff_tools import store
+
+    if thresholds is None:
+        return
+    ranks.barrier()
+    if ranks.is_root:
+        written, waiting = store.write_statistics(output, thresholds)
+        logger.info(
+            "ensemble statistics stored for %d time(s)%s",
+            written,
+            f"; {waiting} incomplete, filled by a later --resume" if waiting else "",
+        )
+
+
+class _SamplesOnly:
+    """A store writer for ranks other than 0: inputs are written by rank 0 alone."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self._writer = writer
+
+    def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Leave the inputs to rank 0."""
+
+    def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Write the regression mean of a job whose first sample is this rank's."""
+        self._writer.write_regression(index, fields)
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
+    ) -> None:
+        """Write this rank's samples."""
+        self._writer.write_samples(index, samples, fields)
+
+
+def prefetch(request: RunRequest, source: InputSource, extras: list[str]) -> int:
+    """``--prefetch FILE``: the inputs of every time into FILE, the model into the cache."""
+    from corrdiff_tools import model, sources
+
+    assert request.prefetch is not None  # noqa: S101 - the caller checks
+    fields = []
+    for time in request.times:
+        logger.info("fetching %s", times_mod.format_time(time))
+        fields.append(sources.fetch_inputs(source, request.source, time, 0, extras))
+    request.prefetch.parent.mkdir(parents=True, exist_ok=True)
+    sources.write_input_file(request.prefetch, request.times, fields)
+    logger.info("inputs for %d time(s) written to %s", len(request.times), request.prefetch)
+    directory = model.prepare_package(request.model_package)
+    logger.info("model package ready in %s: offline, pass --model-package %s", directory, directory)
+    return 0
+
+
+def benchmark(request: BenchmarkRequest, import_libraries: Callable[[], None]) -> BenchmarkResult:
+    """``--benchmark``: time a random-weight model of the published shape, write nothing."""
+    from corrdiff_tools import benchmark as bench
+    from corrdiff_tools import model, speed
+
+    device = model.resolve_device(request.device)
+    speed.tune_host_allocator()
+    logger.info("device: %s", device.description)
+    import_libraries()
+    batch_size, _ = model.default_batch_size(request.samples, request.batch_size, device)
+    return bench.run_benchmark(
+        device,
+        request.size,
+        samples=request.samples,
+        batch_size=batch_size,
+        sampler_settings=request.sampler,
+        compile_nets=request.compile,
+        seed=request.seed,
+    )

@@ -1,0 +1,233 @@
+"""Reference fields for ``plot_corrdiff.py --truth``: read a file, put it on the store's grid.
+
+A truth file is NetCDF or Zarr with variables named as the store's (mrr, t2m, u10m, v10m,
+any subset) and dims (time, <2 spatial dims>), on either
+
+* the store's 448 x 448 output grid: its spatial dims are matched to the store's y and x
+  by *name* (y/x), or by comparing its own 2-D lat/lon with the store's in both
+  orientations; never by position, so a file written as (time, x, y) is not read
+  transposed; or
+* a regular lat/lon grid that covers the output grid, interpolated bilinearly onto it
+  with :func:`interpolate_lowres` (the same interpolation as the paper's first baseline,
+  the low-resolution input interpolated to the output grid).
+
+Everything wrong with a file is a ``ValueError`` whose message says what and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from corrdiff_tools.store import HR_SHAPE, OUTPUT_VARIABLES
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+#: Units a ``--truth`` file may state for each variable (ours first).
+TRUTH_UNITS = {
+    "mrr": ("dBZ",),
+    "t2m": ("K", "kelvin", "Kelvin"),
+    "u10m": ("m s-1", "m/s", "m s**-1", "m.s-1"),
+    "v10m": ("m s-1", "m/s", "m s**-1", "m.s-1"),
+}
+_LAT_NAMES = ("lat", "latitude", "XLAT")
+_LON_NAMES = ("lon", "longitude", "XLONG")
+#: Most a 448 x 448 file's own lat/lon may differ from the store's grid, degrees.
+GRID_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Reference fields on the output grid: ``fields[valid_time][variable]`` is (y, x)."""
+
+    fields: dict[np.datetime64, dict[str, np.ndarray]]
+    variables: tuple[str, ...]
+
+
+def interpolate_lowres(
+    values: np.ndarray,
+    lat_lr: np.ndarray,
+    lon_lr: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+) -> np.ndarray:
+    """Bilinear interpolation of a regular lat/lon field onto the 2-D output grid.
+
+    The paper's first baseline. Points outside the low-resolution box come back NaN.
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    lat_lr = np.asarray(lat_lr, dtype="float64")
+    values = np.asarray(values, dtype="float64")
+    if lat_lr[0] > lat_lr[-1]:
+        lat_lr, values = lat_lr[::-1], values[::-1]
+    interpolator = RegularGridInterpolator(
+        (lat_lr, np.asarray(lon_lr, dtype="float64")), values, bounds_error=False
+    )
+    return interpolator(np.stack((lat.ravel(), lon.ravel()), axis=-1)).reshape(lat.shape)
+
+
+def load_truth(
+    path: str | Path, lat: np.ndarray, lon: np.ndarray, valid_times: Sequence[np.datetime64]
+) -> Truth:
+    """Read observed/reference fields and put them on the store's grid and times.
+
+    Raises
+    ------
+    ValueError
+        With a message saying what is wrong with the file.
+    """
+    dataset = _open(Path(path))
+    present = _variables(dataset)
+    common = _common_times(dataset, valid_times)
+    fields: dict[np.datetime64, dict[str, np.ndarray]] = {t: {} for t in common}
+    for name in present:
+        array = dataset[name]
+        spatial = [dim for dim in array.dims if dim != "time"]
+        if len(spatial) != 2 or "time" not in array.dims:
+            raise ValueError(f"{name} has dims {array.dims}; expected (time, y, x)")
+        order, regrid = _placement(dataset, name, [str(dim) for dim in spatial], lat, lon)
+        for time in common:
+            values = np.asarray(array.sel(time=time).transpose(*order).values, dtype="float64")
+            if regrid is not None:
+                values = interpolate_lowres(values, regrid[0], regrid[1], lat, lon)
+            fields[time][name] = values
+    dataset.close()
+    return Truth(fields, present)
+
+
+def _open(path: Path) -> xr.Dataset:
+    import xarray as xr
+
+    try:
+        return xr.open_zarr(path) if path.is_dir() else xr.open_dataset(path)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a readable file"
+        raise ValueError(f"cannot be read as NetCDF or Zarr ({type(err).__name__})") from None
+
+
+def _variables(dataset: xr.Dataset) -> tuple[str, ...]:
+    """The store's variables the file holds, their units checked."""
+    present = tuple(name for name in OUTPUT_VARIABLES if name in dataset.data_vars)
+    if not present:
+        raise ValueError(
+            f"holds none of {', '.join(OUTPUT_VARIABLES)} (it has "
+            f"{', '.join(map(str, list(dataset.data_vars)[:6])) or 'no variables'}): name the "
+            "reference fields as the store does"
+        )
+    for name in present:
+        units = dataset[name].attrs.get("units")
+        if units is not None and units not in TRUTH_UNITS[name]:
+            raise ValueError(f"{name} is in {units!r}; expected {TRUTH_UNITS[name][0]}")
+    return present
+
+
+def _common_times(dataset: xr.Dataset, valid_times: Sequence[np.datetime64]) -> list[np.datetime64]:
+    if "time" not in dataset.coords:
+        raise ValueError("has no time coordinate: the fields need dims (time, y, x)")
+    wanted = np.array(valid_times, dtype="datetime64[ns]")
+    available = np.atleast_1d(dataset["time"].values).astype("datetime64[ns]")
+    common = list(np.intersect1d(wanted, available))
+    if not common:
+        raise ValueError(
+            f"has no time in common with the selected store times (file: "
+            f"{_span(available)}; store: {_span(wanted)})"
+        )
+    return common
+
+
+def _span(times: np.ndarray) -> str:
+    if times.size == 0:
+        return "none"
+    ordered = np.sort(times)
+    first, last = (np.datetime_as_string(t, "m") for t in (ordered[0], ordered[-1]))
+    return first if first == last else f"{first} to {last}"
+
+
+def _coordinate(dataset: xr.Dataset, names: Sequence[str]) -> xr.DataArray | None:
+    for name in names:
+        if name in dataset.coords or name in dataset.variables:
+            return dataset[name]
+    return None
+
+
+def _placement(
+    dataset: xr.Dataset, name: str, spatial: list[str], lat: np.ndarray, lon: np.ndarray
+) -> tuple[list[str], tuple[np.ndarray, np.ndarray] | None]:
+    """The file dims that are the store's (y, x), and the 1-D grid to regrid from if any."""
+    shape = tuple(dataset[name].sizes[dim] for dim in spatial)
+    file_lat, file_lon = _coordinate(dataset, _LAT_NAMES), _coordinate(dataset, _LON_NAMES)
+    if shape == HR_SHAPE:
+        return _output_grid_order(name, spatial, file_lat, file_lon, lat, lon), None
+    if (
+        file_lat is not None
+        and file_lon is not None
+        and file_lat.ndim == 1
+        and file_lon.ndim == 1
+        and {file_lat.dims[0], file_lon.dims[0]} == set(spatial)
+    ):
+        lat_values, lon_values = np.asarray(file_lat), np.asarray(file_lon)
+        if not (
+            lat_values.min() <= lat.min()
+            and lat_values.max() >= lat.max()
+            and lon_values.min() <= lon.min()
+            and lon_values.max() >= lon.max()
+        ):
+            raise ValueError(
+                f"{name}'s lat/lon grid ({lat_values.min():g} to {lat_values.max():g} N, "
+                f"{lon_values.min():g} to {lon_values.max():g} E) does not cover the "
+                "output grid"
+            )
+        return [str(file_lat.dims[0]), str(file_lon.dims[0])], (lat_values, lon_values)
+    raise ValueError(
+        f"{name} is on a {shape[0]}x{shape[1]} grid without 1-D lat/lon: put it on "
+        "the store's 448x448 grid (dims time, y, x) or on a regular lat/lon grid "
+        "that covers it"
+    )
+
+
+def _output_grid_order(
+    name: str,
+    spatial: list[str],
+    file_lat: xr.DataArray | None,
+    file_lon: xr.DataArray | None,
+    lat: np.ndarray,
+    lon: np.ndarray,
+) -> list[str]:
+    """Which file dim is the store's y, for a field already on the 448 x 448 grid.
+
+    Spatial dims are aligned by *name*, never by position: a file stored as (time, x, y)
+    must not be read as if it were (time, y, x).
+    """
+    if (
+        file_lat is not None
+        and file_lon is not None
+        and file_lat.ndim == file_lon.ndim == 2
+        and set(file_lat.dims) == set(file_lon.dims) == set(spatial)
+    ):
+        # The orientation in which the file's own 2-D lat/lon match the store's grid.
+        worst, order = np.inf, spatial
+        for candidate in ([str(d) for d in file_lat.dims], [str(d) for d in file_lat.dims][::-1]):
+            error = max(
+                float(np.nanmax(np.abs(np.asarray(file_lat.transpose(*candidate)) - lat))),
+                float(np.nanmax(np.abs(np.asarray(file_lon.transpose(*candidate)) - lon))),
+            )
+            if error < worst:
+                worst, order = error, candidate
+        if worst > GRID_TOLERANCE:
+            raise ValueError(
+                f"{name} is 448x448 but its lat/lon differ from the store's grid by up "
+                f"to {worst:.3g} degrees: is it another grid?"
+            )
+        return order
+    if set(spatial) == {"y", "x"}:
+        return ["y", "x"]
+    raise ValueError(
+        f"{name} is 448x448 on dims {tuple(spatial)} without 2-D lat/lon on them: "
+        "name the dims y and x (as the store does) or add 2-D lat/lon, so they can "
+        "be aligned by name"
+    )
