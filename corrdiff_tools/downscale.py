@@ -58,7 +58,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time as clock
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -247,9 +247,72 @@ class Timings:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def _batches(samples: Sequence[int], size: int) -> Iterator[tuple[int, ...]]:
-    for start in range(0, len(samples), size):
-        yield tuple(samples[start : start + size])
+def _compute(
+    job: Job,
+    fields: Mapping[str, np.ndarray],
+    sampler: CorrDiffSampler,
+    writer: Writer,
+    seed: int,
+    batch_size: int,
+    adaptive_batch: bool,
+    timings: Timings,
+    progress: Callable[[int], Any] | None,
+) -> int:
+    """One job: its regression mean, then its samples batch by batch, each written at once.
+
+    Returns the batch size that worked (halved on out-of-memory with ``adaptive_batch``),
+    which the following jobs keep.
+    """
+    import torch
+
+    start = clock.perf_counter()
+    inputs = np.stack([fields[name] for name in INPUT_VARIABLES])
+    condition = sampler.condition(inputs)
+    mean = sampler.regression_mean(condition)
+    timings.inference += clock.perf_counter() - start
+    if job.writes_mean:
+        start = clock.perf_counter()
+        regression = sampler.denormalise(mean)[0]
+        writer.write_regression(
+            job.index, {name: regression[i] for i, name in enumerate(OUTPUT_VARIABLES)}
+        )
+        timings.write += clock.perf_counter() - start
+
+    remaining = list(job.samples)
+    while remaining:
+        batch = tuple(remaining[:batch_size])
+        seeds = [sample_seed(seed, job.time, job.lead_hours, s) for s in batch]
+        start = clock.perf_counter()
+        try:
+            fields_hr = sampler.denormalise(mean + sampler.residuals(condition, seeds))
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            if not adaptive_batch or len(batch) == 1:
+                where = "device" if isinstance(err, torch.OutOfMemoryError) else "host"
+                raise RunError(
+                    f"out of {where} memory with a batch of {len(batch)} sample(s): "
+                    "rerun with --resume and a smaller --batch-size (e.g. --batch-size "
+                    f"{max(1, len(batch) // 2)}); completed samples are kept"
+                ) from err
+            batch_size = max(1, len(batch) // 2)
+            logger.warning("out of memory: retrying with --batch-size %d", batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        timings.inference += clock.perf_counter() - start
+        timings.batch_sizes.append(len(batch))
+
+        start = clock.perf_counter()
+        writer.write_samples(
+            job.index,
+            batch,
+            {name: fields_hr[:, i] for i, name in enumerate(OUTPUT_VARIABLES)},
+        )
+        timings.write += clock.perf_counter() - start
+        timings.samples += len(batch)
+        remaining = remaining[len(batch) :]
+        if progress is not None:
+            progress(len(batch))
+    return batch_size
 
 
 def downscale(
@@ -294,8 +357,6 @@ def downscale(
     Timings
         Time spent waiting for inputs (not overlapped with compute), computing and writing.
     """
-    import torch
-
     timings = Timings()
     writer: Writer | None = None
     if not jobs:
@@ -323,53 +384,16 @@ def downscale(
             writer.write_inputs(job.index, fields)
             timings.write += clock.perf_counter() - start
 
-            if not job.samples:
-                continue  # another rank computes this time: no regression pass here
-            start = clock.perf_counter()
-            inputs = np.stack([fields[name] for name in INPUT_VARIABLES])
-            condition = sampler.condition(inputs)
-            mean = sampler.regression_mean(condition)
-            timings.inference += clock.perf_counter() - start
-            if job.writes_mean:
-                start = clock.perf_counter()
-                regression = sampler.denormalise(mean)[0]
-                writer.write_regression(
-                    job.index, {name: regression[i] for i, name in enumerate(OUTPUT_VARIABLES)}
+            if job.samples:  # else another rank computes this time: no regression here
+                batch_size = _compute(
+                    job,
+                    fields,
+                    sampler,
+                    writer,
+                    seed,
+                    batch_size,
+                    adaptive_batch,
+                    timings,
+                    progress,
                 )
-                timings.write += clock.perf_counter() - start
-
-            remaining = list(job.samples)
-            while remaining:
-                batch = tuple(remaining[:batch_size])
-                seeds = [sample_seed(seed, job.time, job.lead_hours, s) for s in batch]
-                start = clock.perf_counter()
-                try:
-                    fields_hr = sampler.denormalise(mean + sampler.residuals(condition, seeds))
-                except (torch.OutOfMemoryError, MemoryError) as err:
-                    if not adaptive_batch or len(batch) == 1:
-                        where = "device" if isinstance(err, torch.OutOfMemoryError) else "host"
-                        raise RunError(
-                            f"out of {where} memory with a batch of {len(batch)} sample(s): "
-                            "rerun with --resume and a smaller --batch-size (e.g. --batch-size "
-                            f"{max(1, len(batch) // 2)}); completed samples are kept"
-                        ) from err
-                    batch_size = max(1, len(batch) // 2)
-                    logger.warning("out of memory: retrying with --batch-size %d", batch_size)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    continue
-                timings.inference += clock.perf_counter() - start
-                timings.batch_sizes.append(len(batch))
-
-                start = clock.perf_counter()
-                writer.write_samples(
-                    job.index,
-                    batch,
-                    {name: fields_hr[:, i] for i, name in enumerate(OUTPUT_VARIABLES)},
-                )
-                timings.write += clock.perf_counter() - start
-                timings.samples += len(batch)
-                remaining = remaining[len(batch) :]
-                if progress is not None:
-                    progress(len(batch))
     return timings

@@ -14,15 +14,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools import diagnostics
 from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
 from corrdiff_tools.quantities import displayed
-from corrdiff_tools.store import lowres_name, regression_name
+from corrdiff_tools.store import lead_hours, lowres_name, piece_index, regression_name
 from corrdiff_tools.truth import Truth, interpolate_lowres
+
+if TYPE_CHECKING:
+    import xarray as xr
+
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class Entry:
     @property
     def index(self) -> tuple[int, ...]:
         """Store index before the sample axis."""
-        return (self.time_index,) if self.lead_index is None else (self.time_index, self.lead_index)
+        return piece_index(self.time_index, self.lead_index)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def planned_paths(entries: Sequence[Entry], request: Request) -> list[Path]:
     return paths
 
 
-def _fields(dataset: Any, entry: Entry) -> dict[str, dict[str, Any]]:
+def _fields(dataset: xr.Dataset, entry: Entry) -> dict[str, dict[str, Any]]:
     """Per variable: members (n, y, x), regression and interpolated input (y, x) or None."""
     lat = np.asarray(dataset["lat"].values, dtype="float64")
     lon = np.asarray(dataset["lon"].values, dtype="float64")
@@ -169,7 +173,7 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
     fig.savefig(path, dpi=dpi)
 
 
-def evaluate(dataset: Any, entries: Sequence[Entry], request: Request) -> list[Path]:
+def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) -> list[Path]:
     """Compute and write everything ``request`` asks for; return the files written."""
     from corrdiff_tools import diagnostic_figures as figures
 
@@ -204,13 +208,7 @@ def evaluate(dataset: Any, entries: Sequence[Entry], request: Request) -> list[P
                 result = diagnostics.score(
                     truth[name], members, fields[name]["regression"], fields[name]["lowres"]
                 )
-                lead = (
-                    None
-                    if entry.lead_index is None
-                    else int(
-                        dataset["lead_time"].values[entry.lead_index] // np.timedelta64(1, "h")
-                    )
-                )
+                lead = None if entry.lead_index is None else lead_hours(dataset)[entry.lead_index]
                 rows.append(
                     {"valid_time": when, "lead_hours": lead, "variable": name, **result.as_row()}
                 )
@@ -218,36 +216,45 @@ def evaluate(dataset: Any, entries: Sequence[Entry], request: Request) -> list[P
                 counts = np.asarray(result.rank_histogram)
                 pooled[name] = counts if previous is None else previous + counts
     if request.truth is not None:
-        if not rows:
-            logger.warning(
-                "--truth: no selected time has both a complete ensemble of 2 or more samples "
-                "and reference fields; no scores written"
-            )
-            return written
-        outdir = request.outdir
-        (outdir / "scores.csv").write_text(diagnostics.score_table(rows))
-        (outdir / "scores.json").write_text(
-            json.dumps(
-                {
-                    "truth": str(request.truth_path),
-                    "units": "t2m scores in K (differences), winds in m s-1, mrr in dBZ",
-                    "scores": rows,
-                },
-                indent=1,
-            )
-        )
-        title = f"Scores against {request.truth_path.name if request.truth_path else 'truth'}"
-        _save(figures.scores_figure(rows, title), outdir / f"scores.{request.fmt}", request.dpi)
-        spread_skill = {
-            name: float(np.mean([r["spread_skill_ratio"] for r in rows if r["variable"] == name]))
-            for name in pooled
-        }
-        _save(
-            figures.rank_histogram_figure(pooled, spread_skill, f"Rank histograms: {title}"),
-            outdir / f"rank-histograms.{request.fmt}",
-            request.dpi,
-        )
-        written += [
-            outdir / name for name in ("scores.csv", "scores.json", f"scores.{request.fmt}")
-        ] + [outdir / f"rank-histograms.{request.fmt}"]
+        written += _write_scores(request, rows, pooled)
     return written
+
+
+def _write_scores(
+    request: Request, rows: list[dict[str, Any]], pooled: dict[str, np.ndarray]
+) -> list[Path]:
+    """scores.csv/.json and their figures, from every (time, variable) row."""
+    from corrdiff_tools import diagnostic_figures as figures
+
+    if not rows:
+        logger.warning(
+            "--truth: no selected time has both a complete ensemble of 2 or more samples "
+            "and reference fields; no scores written"
+        )
+        return []
+    outdir = request.outdir
+    (outdir / "scores.csv").write_text(diagnostics.score_table(rows))
+    (outdir / "scores.json").write_text(
+        json.dumps(
+            {
+                "truth": str(request.truth_path),
+                "units": "t2m scores in K (differences), winds in m s-1, mrr in dBZ",
+                "scores": rows,
+            },
+            indent=1,
+        )
+    )
+    title = f"Scores against {request.truth_path.name if request.truth_path else 'truth'}"
+    _save(figures.scores_figure(rows, title), outdir / f"scores.{request.fmt}", request.dpi)
+    spread_skill = {
+        name: float(np.mean([r["spread_skill_ratio"] for r in rows if r["variable"] == name]))
+        for name in pooled
+    }
+    _save(
+        figures.rank_histogram_figure(pooled, spread_skill, f"Rank histograms: {title}"),
+        outdir / f"rank-histograms.{request.fmt}",
+        request.dpi,
+    )
+    return [outdir / name for name in ("scores.csv", "scores.json", f"scores.{request.fmt}")] + [
+        outdir / f"rank-histograms.{request.fmt}"
+    ]

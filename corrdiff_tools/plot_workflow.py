@@ -156,6 +156,7 @@ def _complete_tasks(tasks: list[Task], samples_ok: np.ndarray) -> list[Task]:
 def gif_paths(request: PlotRequest) -> dict[Key, Path]:
     """Where each (time, lead)'s animation goes (``--gif`` alone: named after the store)."""
     from corrdiff_tools.render import stem
+    from corrdiff_tools.store import NAME_PREFIX
 
     if not request.gif:
         return {}
@@ -167,7 +168,7 @@ def gif_paths(request: PlotRequest) -> dict[Key, Path]:
     if len(keys) == 1:
         return {keys[0]: path}
     return {
-        key: path.with_name(f"{path.stem}-{stem(dataset, *key).removeprefix('corrdiff-')}.gif")
+        key: path.with_name(f"{path.stem}-{stem(dataset, *key).removeprefix(NAME_PREFIX)}.gif")
         for key in keys
     }
 

@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools import plotting, quantities, store
 from corrdiff_tools.plotting import ColourScale, Fields
 from corrdiff_tools.quantities import KELVIN
+from corrdiff_tools.times import time_label
+
+if TYPE_CHECKING:
+    import xarray as xr
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +60,9 @@ class RenderContext:
     lowres_panels: tuple[str, ...] = field(default=plotting.LOWRES_PANELS)
 
 
-def valid_time(dataset: Any, time_index: int, lead_index: int | None) -> tuple[datetime, int]:
+def valid_time(
+    dataset: xr.Dataset, time_index: int, lead_index: int | None
+) -> tuple[datetime, int]:
     """(valid time, lead hours) of one entry of the store."""
     init = np.datetime64(dataset["time"].values[time_index], "s").astype(datetime)
     if lead_index is None:
@@ -64,10 +71,10 @@ def valid_time(dataset: Any, time_index: int, lead_index: int | None) -> tuple[d
     return init + np.timedelta64(int(lead), "h").astype(object), int(lead)
 
 
-def stem(dataset: Any, time_index: int, lead_index: int | None) -> str:
+def stem(dataset: xr.Dataset, time_index: int, lead_index: int | None) -> str:
     """``corrdiff-<YYYY-MM-DDTHH>[-f<lead>]``, by initialisation time and lead."""
     init = np.datetime64(dataset["time"].values[time_index], "s").astype(datetime)
-    text = f"corrdiff-{init:%Y-%m-%dT%H}"
+    text = f"{store.NAME_PREFIX}{time_label(init)}"
     if lead_index is not None:
         _, lead = valid_time(dataset, time_index, lead_index)
         text += f"-f{lead:03d}"
@@ -80,7 +87,7 @@ def sample_label(sample: int, size: int) -> str:
 
 
 def plan(
-    dataset: Any,
+    dataset: xr.Dataset,
     times: Sequence[int],
     leads: Sequence[int | None],
     samples: Sequence[int],
@@ -105,7 +112,7 @@ def plan(
     return tasks
 
 
-def _select(dataset: Any, name: str, task: Task, sample: int | None = None) -> np.ndarray:
+def _select(dataset: xr.Dataset, name: str, task: Task, sample: int | None = None) -> np.ndarray:
     index: dict[str, int] = {"time": task.time_index}
     if task.lead_index is not None:
         index["lead_time"] = task.lead_index
@@ -123,7 +130,9 @@ def _finite_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float
     return (low - 1.0, high + 1.0) if low == high else (low, high)
 
 
-def piece_problems(dataset: Any, path: Path, marked: np.ndarray) -> dict[tuple[int, ...], str]:
+def piece_problems(
+    dataset: xr.Dataset, path: Path, marked: np.ndarray
+) -> dict[tuple[int, ...], str]:
     """Pieces marked complete whose fields are missing or cannot be read, with why.
 
     A completion flag is a promise, not a proof: a chunk lost or cut short after the run
@@ -163,7 +172,7 @@ def _chunk_key(array: Any, coords: tuple[int, ...]) -> str:
 
 
 def colour_scales(
-    dataset: Any,
+    dataset: xr.Dataset,
     include_lowres: bool,
     colormap: str | None = None,
     healthy: np.ndarray | None = None,
@@ -213,7 +222,7 @@ def _to_scales(
 
 
 def _scales_from_pieces(
-    dataset: Any, include_lowres: bool, colormap: str | None, healthy: np.ndarray
+    dataset: xr.Dataset, include_lowres: bool, colormap: str | None, healthy: np.ndarray
 ) -> dict[str, ColourScale]:
     lead = ("lead_time",) if "lead_time" in dataset.dims else ()
     lows: dict[str, list[float]] = {"mrr": [], "t2m": [], "wind": []}
@@ -242,7 +251,7 @@ def _scales_from_pieces(
 
 
 @functools.lru_cache(maxsize=4)
-def _open(path: Path) -> Any:
+def _open(path: Path) -> xr.Dataset:
     return store.open_store(path)
 
 

@@ -215,29 +215,8 @@ def _check_output(request: RunRequest) -> None:
     """``--output`` may be created, replaced (--overwrite) or completed (--resume)."""
     from corrdiff_tools import store
 
-    output = request.output
-    check_writable_location(output, "--output")
-    if not output.exists():
-        return
-    if not store.is_store(output):
-        raise UsageError(
-            f"--output {output} exists and is not a corrdiff-tools store; refusing to touch it: "
-            "choose another --output"
-        )
-    if request.overwrite:
-        return
-    if not request.resume:
-        raise UsageError(
-            f"--output {output} already exists: pass --resume to complete it, --overwrite to "
-            "replace it, or choose another --output"
-        )
-    stored = store.read_settings(output) or {}
-    mismatch = store.settings_mismatch(stored, request.resume_settings())
-    if mismatch:
-        raise UsageError(
-            f"--resume: {output} was made with other settings ({'; '.join(mismatch)}): "
-            "rerun with the same settings, or use --overwrite or another --output"
-        )
+    check_writable_location(request.output, "--output")
+    store.check_target(request.output, request.overwrite, request.resume, request.resume_settings())
 
 
 def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:

@@ -24,6 +24,7 @@ from corrdiff_tools.errors import RunError, UsageError
 from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, INPUT_VARIABLES, LR_LAT, LR_LON
 
 if TYPE_CHECKING:
+    import xarray as xr
     from earth2studio.data.base import DataSource, ForecastSource
 
     #: What a run reads its inputs from: an earth2studio analysis or forecast source.
@@ -121,7 +122,7 @@ def check_physical(fields: dict[str, np.ndarray], where: str) -> str | None:
     return None
 
 
-def open_file_source(path: Path) -> Any:
+def open_file_source(path: Path) -> xr.DataArray:
     """Open a source file as an xarray DataArray with dims (time, variable, lat, lon).
 
     The dimensions are matched by name and the array is transposed to :data:`FILE_DIMS`:
@@ -219,7 +220,7 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
     return [*INPUT_VARIABLES, *(v for v in EXTRA_LOWRES_VARIABLES if v in variables)]
 
 
-def _model_box(array: Any) -> Any:
+def _model_box(array: xr.DataArray) -> xr.DataArray:
     """The model's 36 x 40 input box of a (time, variable, lat, lon) array.
 
     Selected by the nearest labels (any lat order, lon in 0..360 or -180..180) and

@@ -32,14 +32,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools import quantities
 from corrdiff_tools import times as times_mod
-from corrdiff_tools.errors import RunError
+from corrdiff_tools.errors import RunError, UsageError
 from corrdiff_tools.quantities import THRESHOLD_UNITS
+
+if TYPE_CHECKING:
+    import xarray as xr
+
 
 #: Variables CorrDiff Taiwan writes, in the model's output order.
 OUTPUT_VARIABLES: tuple[str, ...] = ("mrr", "t2m", "u10m", "v10m")
@@ -81,27 +85,20 @@ VARIABLE_ATTRS: dict[str, dict[str, str]] = {
         "units": "dBZ",
     },
 }
+#: Pressure-level inputs: prefix -> (CF standard name, what it is, units).
+_LEVEL_FIELDS = {
+    "z": ("geopotential", "geopotential", "m2 s-2"),
+    "t": ("air_temperature", "air temperature", "K"),
+    "u": ("eastward_wind", "eastward wind", "m s-1"),
+    "v": ("northward_wind", "northward wind", "m s-1"),
+}
 for _level in (500, 850):
-    VARIABLE_ATTRS[f"z{_level}"] = {
-        "standard_name": "geopotential",
-        "long_name": f"geopotential at {_level} hPa",
-        "units": "m2 s-2",
-    }
-    VARIABLE_ATTRS[f"t{_level}"] = {
-        "standard_name": "air_temperature",
-        "long_name": f"air temperature at {_level} hPa",
-        "units": "K",
-    }
-    VARIABLE_ATTRS[f"u{_level}"] = {
-        "standard_name": "eastward_wind",
-        "long_name": f"eastward wind at {_level} hPa",
-        "units": "m s-1",
-    }
-    VARIABLE_ATTRS[f"v{_level}"] = {
-        "standard_name": "northward_wind",
-        "long_name": f"northward wind at {_level} hPa",
-        "units": "m s-1",
-    }
+    for _prefix, (_standard, _what, _units) in _LEVEL_FIELDS.items():
+        VARIABLE_ATTRS[f"{_prefix}{_level}"] = {
+            "standard_name": _standard,
+            "long_name": f"{_what} at {_level} hPa",
+            "units": _units,
+        }
 
 COORD_ATTRS: dict[str, dict[str, str]] = {
     "lat": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
@@ -129,6 +126,10 @@ FORMAT_VERSION = 1
 COMPLETED = "completed"
 
 
+#: How every file the tools name begins: stores, figures, animations.
+NAME_PREFIX = "corrdiff-"
+
+
 def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
     """``outputs/corrdiff-<first>[_<last>][-forecast].zarr``.
 
@@ -137,7 +138,7 @@ def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
     """
     first = times_mod.time_label(times[0])
     span = first if len(times) == 1 else f"{first}_{times_mod.time_label(times[-1])}"
-    return Path("outputs") / f"corrdiff-{span}{'-forecast' if forecast else ''}.zarr"
+    return Path("outputs") / f"{NAME_PREFIX}{span}{'-forecast' if forecast else ''}.zarr"
 
 
 def piece_index(time_index: int, lead_index: int | None) -> tuple[int, ...]:
@@ -145,7 +146,7 @@ def piece_index(time_index: int, lead_index: int | None) -> tuple[int, ...]:
     return (time_index,) if lead_index is None else (time_index, lead_index)
 
 
-def lead_hours(dataset: Any) -> list[int]:
+def lead_hours(dataset: xr.Dataset) -> list[int]:
     """The lead times of a forecast store, in whole hours ([] for an analysis store)."""
     if "lead_time" not in dataset.dims:
         return []
@@ -323,8 +324,28 @@ def create_store(
     replace : bool
         Replace an existing store at ``path`` (``--overwrite``).
     """
-    import dask.array as da
+    dataset, encoding = _empty_dataset(layout, attrs, settings)
+    _write_atomically(dataset, encoding, Path(path), replace)
+
+
+def _empty_dataset(
+    layout: StoreLayout, attrs: Mapping[str, Any], settings: Mapping[str, Any]
+) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
+    """Every array of ``layout``, lazily NaN-filled (dask), with its encoding."""
     import xarray as xr
+
+    data_vars, encoding = _data_arrays(layout)
+    dataset = xr.Dataset(
+        data_vars,
+        coords=_coordinates(layout),
+        attrs={**attrs, FORMAT_ATTR: FORMAT_VERSION, SETTINGS_ATTR: json.dumps(dict(settings))},
+    )
+    return dataset, encoding
+
+
+def _data_arrays(layout: StoreLayout) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The data variables (dims, lazy NaN array, attrs) of a new store, and their encoding."""
+    import dask.array as da
 
     lead = layout.leading_dims
     lead_shape = layout.leading_shape
@@ -355,57 +376,62 @@ def create_store(
     grid_shape = (*lead_shape, *HR_SHAPE)
     grid_chunks = (*(1 for _ in lead), *HR_SHAPE)
 
-    def grid_array(name: str, attrs: Mapping[str, Any]) -> None:
+    for name, attrs in _grid_attrs(layout).items():
         data_vars[name] = (
             grid_dims,
             da.full(grid_shape, np.nan, dtype="float32", chunks=grid_chunks),
-            dict(attrs),
+            attrs,
         )
         encoding[name] = {"_FillValue": np.nan}
-
-    for name in OUTPUT_VARIABLES:
-        base = VARIABLE_ATTRS[name]
-        grid_array(
-            regression_name(name),
-            {**base, "long_name": f"{base['long_name']}, regression mean (deterministic part)"},
-        )
-    if layout.statistics is not None:
-        members = f"over the {layout.samples} ensemble members"
-        for name in OUTPUT_VARIABLES:
-            base = VARIABLE_ATTRS[name]
-            grid_array(
-                ensemble_mean_name(name),
-                {
-                    **base,
-                    "long_name": f"{base['long_name']}, ensemble mean",
-                    "cell_methods": f"realization: mean ({members})",
-                },
-            )
-            grid_array(
-                ensemble_std_name(name),
-                {
-                    "long_name": f"{base['long_name']}, ensemble standard deviation",
-                    "units": base["units"],
-                    "cell_methods": f"realization: standard_deviation (ddof=0, {members})",
-                },
-            )
-        for quantity, threshold in layout.statistics.items():
-            grid_array(
-                exceedance_name(quantity),
-                {
-                    "long_name": f"probability that {quantity} >= {threshold:g} "
-                    f"{THRESHOLD_UNITS[quantity]}",
-                    "units": "1",
-                    "threshold": float(threshold),
-                    "threshold_units": THRESHOLD_UNITS[quantity],
-                },
-            )
     data_vars[COMPLETED] = (
         (*lead, "sample"),
         da.zeros((*lead_shape, layout.samples), dtype="int8", chunks=1),
         {"long_name": "1 where this piece of the ensemble is fully written, else 0"},
     )
 
+    return data_vars, encoding
+
+
+def _grid_attrs(layout: StoreLayout) -> dict[str, dict[str, Any]]:
+    """The (time, [lead,] y, x) arrays of a store and their CF attributes.
+
+    The regression mean of each output variable, and with ``--stats`` the ensemble mean,
+    standard deviation and exceedance probabilities.
+    """
+    arrays: dict[str, dict[str, Any]] = {}
+    for name in OUTPUT_VARIABLES:
+        base = VARIABLE_ATTRS[name]
+        arrays[regression_name(name)] = {
+            **base,
+            "long_name": f"{base['long_name']}, regression mean (deterministic part)",
+        }
+    if layout.statistics is None:
+        return arrays
+    members = f"over the {layout.samples} ensemble members"
+    for name in OUTPUT_VARIABLES:
+        base = VARIABLE_ATTRS[name]
+        arrays[ensemble_mean_name(name)] = {
+            **base,
+            "long_name": f"{base['long_name']}, ensemble mean",
+            "cell_methods": f"realization: mean ({members})",
+        }
+        arrays[ensemble_std_name(name)] = {
+            "long_name": f"{base['long_name']}, ensemble standard deviation",
+            "units": base["units"],
+            "cell_methods": f"realization: standard_deviation (ddof=0, {members})",
+        }
+    for quantity, threshold in layout.statistics.items():
+        arrays[exceedance_name(quantity)] = {
+            "long_name": f"probability that {quantity} >= {threshold:g} "
+            f"{THRESHOLD_UNITS[quantity]}",
+            "units": "1",
+            "threshold": float(threshold),
+            "threshold_units": THRESHOLD_UNITS[quantity],
+        }
+    return arrays
+
+
+def _coordinates(layout: StoreLayout) -> dict[str, Any]:
     coords: dict[str, Any] = {
         "time": ("time", np.array(layout.times, dtype="datetime64[ns]"), COORD_ATTRS["time"]),
         "sample": ("sample", np.arange(layout.samples, dtype="int32"), COORD_ATTRS["sample"]),
@@ -420,16 +446,17 @@ def create_store(
             np.array(layout.lead_times, dtype="timedelta64[h]").astype("timedelta64[ns]"),
             COORD_ATTRS["lead_time"],
         )
-    dataset = xr.Dataset(
-        data_vars,
-        coords=coords,
-        attrs={**attrs, FORMAT_ATTR: FORMAT_VERSION, SETTINGS_ATTR: json.dumps(dict(settings))},
-    )
+    return coords
+
+
+def _write_atomically(
+    dataset: xr.Dataset, encoding: dict[str, dict[str, Any]], path: Path, replace: bool
+) -> None:
+    """Write ``dataset`` under a hidden name beside ``path``, then rename it into place."""
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not (yet) part of the v3 spec; xarray
         # and zarr-python read it, and without it every plain xr.open_zarr(path) warns.
         warnings.simplefilter("ignore")
-        path = Path(path)
         if path.exists() and not replace:
             raise RunError(f"could not create {path}: it already exists (nothing was changed)")
         staging = _staging(path, "creating")
@@ -651,6 +678,40 @@ def write_statistics(path: str | Path, thresholds: Mapping[str, float]) -> tuple
     return written, skipped
 
 
+def check_target(path: Path, overwrite: bool, resume: bool, settings: Mapping[str, Any]) -> None:
+    """Refuse a run's --output unless it may be created, replaced or completed.
+
+    The one place that decides. Only our own stores are ever replaced or completed, and
+    only when asked; a ``--resume`` must ask for exactly the settings the store was made
+    with (see :func:`settings_mismatch`).
+
+    Raises
+    ------
+    UsageError
+        Saying why not, and what to do instead.
+    """
+    if not path.exists():
+        return
+    if not is_store(path):
+        raise UsageError(
+            f"--output {path} exists and is not a corrdiff-tools store; refusing to touch it: "
+            "choose another --output"
+        )
+    if overwrite:
+        return
+    if not resume:
+        raise UsageError(
+            f"--output {path} already exists: pass --resume to complete it, --overwrite to "
+            "replace it, or choose another --output"
+        )
+    mismatch = settings_mismatch(read_settings(path) or {}, settings)
+    if mismatch:
+        raise UsageError(
+            f"--resume: {path} was made with other settings ({'; '.join(mismatch)}): "
+            "rerun with the same settings, or use --overwrite or another --output"
+        )
+
+
 def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
     """Describe each setting that differs between a store and a new request."""
     keys = sorted(set(stored) | set(requested))
@@ -661,7 +722,7 @@ def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -
     ]
 
 
-def open_store(path: str | Path) -> Any:
+def open_store(path: str | Path) -> xr.Dataset:
     """Open a store for reading, ours or the blog's, in our layout.
 
     The blog's ``ZarrBackend`` stores have dims (time, sample, ilat, ilon), 2-D ``lat`` /

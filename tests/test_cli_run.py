@@ -361,7 +361,7 @@ def test_nan_input_is_refused_naming_variable_and_time(
 
 
 def test_network_failure_is_one_line_with_the_offline_options(
-    run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_tool: Run, tmp_path: Path
 ) -> None:
 
     class Unreachable:
@@ -382,7 +382,6 @@ def test_network_failure_is_one_line_with_the_offline_options(
 def test_prefetch_writes_a_file_the_run_can_use(
     run_tool: Run,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     input_file: Path,
 ) -> None:
     from corrdiff_tools import sources
@@ -453,7 +452,6 @@ def test_script_entry_point_and_version() -> None:
 def test_forecast_source_adds_a_lead_time_axis(
     run_tool: Run,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     input_file: Path,
 ) -> None:
     code, err = run_tool(

@@ -334,7 +334,7 @@ def gfs_args(package_dir: Path) -> list[str]:
 
 def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     reference: xr.Dataset, package_dir: Path, input_file: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     path = tmp_path / "net.zarr"
     cut_at_noon = serving(FlakySource(input_file, "2024-07-24T12"))
@@ -355,7 +355,7 @@ def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
 
 def test_a_brief_network_hiccup_is_retried(
     reference: xr.Dataset, package_dir: Path, input_file: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     flaky = FlakySource(input_file, failures=2)
     args = [*gfs_args(package_dir), "--output", str(tmp_path / "h.zarr")]
@@ -367,7 +367,6 @@ def test_a_brief_network_hiccup_is_retried(
 def test_a_corrupt_download_points_at_the_cache(
     package_dir: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     class Corrupt:
