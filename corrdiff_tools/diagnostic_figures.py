@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools import quantities
 from corrdiff_tools.plotting import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: Physical variables, in store units except t2m in deg C (as the maps show it).
 DIAGNOSTIC_VARIABLES = ("mrr", "t2m", "u10m", "v10m")
@@ -57,13 +61,13 @@ class Curves:
         return [(name, values) for name, values in named if values is not None]
 
 
-def _figure(figsize: tuple[float, float], fig: Any | None) -> Any:
+def _figure(figsize: tuple[float, float], fig: Figure | None) -> Figure:
     return new_figure(figsize, fig, layout="constrained")  # room for log-axis labels
 
 
 def _panels(
-    fig: Any, grid: tuple[int, int], names: Sequence[str], curves: Mapping[str, Curves]
-) -> Iterator[tuple[int, Any, str, Curves]]:
+    fig: Figure, grid: tuple[int, int], names: Sequence[str], curves: Mapping[str, Curves]
+) -> Iterator[tuple[int, Axes, str, Curves]]:
     """One subplot per name, in order; a name without curves leaves a blank panel."""
     for index, name in enumerate(names, start=1):
         ax = fig.add_subplot(*grid, index)
@@ -74,8 +78,8 @@ def _panels(
 
 
 def spectra_figure(
-    wavelength_km: np.ndarray, curves: Mapping[str, Curves], title: str, fig: Any | None = None
-) -> Any:
+    wavelength_km: np.ndarray, curves: Mapping[str, Curves], title: str, fig: Figure | None = None
+) -> Figure:
     """Radially averaged power spectra, one log-log panel per variable.
 
     The x axis is wavelength in km, large scales on the left, so the small scales where
@@ -102,8 +106,11 @@ def spectra_figure(
 
 
 def pdf_figure(
-    bins: Mapping[str, np.ndarray], curves: Mapping[str, Curves], title: str, fig: Any | None = None
-) -> Any:
+    bins: Mapping[str, np.ndarray],
+    curves: Mapping[str, Curves],
+    title: str,
+    fig: Figure | None = None,
+) -> Figure:
     """Probability densities on a log scale, one panel per variable and wind speed."""
     fig = _figure((15.0, 8.5), fig)
     for _, ax, name, entry in _panels(fig, (2, 3), PDF_VARIABLES, curves):
@@ -127,7 +134,9 @@ def pdf_figure(
     return fig
 
 
-def scores_figure(rows: Sequence[Mapping[str, Any]], title: str, fig: Any | None = None) -> Any:
+def scores_figure(
+    rows: Sequence[Mapping[str, Any]], title: str, fig: Figure | None = None
+) -> Figure:
     """CRPS and MAE/RMSE baselines per variable against valid time."""
     fig = _figure((11.0, 8.5), fig)
     variables = [v for v in DIAGNOSTIC_VARIABLES if any(r["variable"] == v for r in rows)]
@@ -162,8 +171,8 @@ def rank_histogram_figure(
     histograms: Mapping[str, np.ndarray],
     spread_skill: Mapping[str, float],
     title: str,
-    fig: Any | None = None,
-) -> Any:
+    fig: Figure | None = None,
+) -> Figure:
     """Rank histograms (relative frequency), with the flat line of a calibrated ensemble."""
     fig = _figure((11.0, 8.5), fig)
     for index, (name, counts) in enumerate(histograms.items(), start=1):

@@ -16,13 +16,15 @@ noise, the store is the same whatever the number of ranks.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from corrdiff_tools.errors import RunError
 
 T = TypeVar("T")
+J = TypeVar("J")  # what a fetch is asked for (a job)
+R = TypeVar("R")  # what it returns
 
 _ENV_SETS = (
     ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
@@ -125,7 +127,7 @@ def share(samples: Sequence[int], context: Context, dealt: int = 0) -> tuple[int
     return tuple(samples[start :: context.world])
 
 
-def broadcast_fetch(fetch: Any, context: Context) -> Any:
+def broadcast_fetch(fetch: Callable[[J], R], context: Context) -> Callable[[J], R]:
     """Wrap ``fetch`` so rank 0 fetches and every rank receives the result (or the error).
 
     Rank 0's failure is sent to the others as a message, so no rank waits forever.
@@ -133,7 +135,7 @@ def broadcast_fetch(fetch: Any, context: Context) -> Any:
     if not context.enabled:
         return fetch
 
-    def shared(job: Any) -> Any:
+    def shared(job: J) -> R:
         result: tuple[str, Any] | None = None
         error: BaseException | None = None
         if context.is_root:

@@ -62,13 +62,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from corrdiff_tools.errors import RunError
 from corrdiff_tools.sampling import PRESETS, SampleNoise, SamplerSettings, run_sampler
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
+
+if TYPE_CHECKING:
+    import torch
+    from earth2studio.models.dx import CorrDiffTaiwan
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +138,7 @@ class CorrDiffSampler:
         The diffusion sampler and its settings (default: the ``blog`` preset).
     """
 
-    def __init__(self, model: Any, settings: SamplerSettings = PRESETS["blog"]) -> None:
+    def __init__(self, model: CorrDiffTaiwan, settings: SamplerSettings = PRESETS["blog"]) -> None:
         import torch
 
         self.model = model
@@ -142,7 +146,7 @@ class CorrDiffSampler:
         self.device = model.in_center.device
         self._grid = torch.as_tensor(grid_channels(), device=self.device)[None]
 
-    def condition(self, inputs: np.ndarray) -> Any:
+    def condition(self, inputs: np.ndarray) -> torch.Tensor:
         """Interpolate, normalise and add the grid: (12, 36, 40) -> (1, 16, 448, 448).
 
         The inputs are interpolated (earth2studio's bilinear function, as its
@@ -164,7 +168,7 @@ class CorrDiffSampler:
         x = (x - self.model.in_center) / self.model.in_scale
         return torch.cat((x, self._grid), dim=1)
 
-    def regression_mean(self, condition: Any) -> Any:
+    def regression_mean(self, condition: torch.Tensor) -> torch.Tensor:
         """The regression net's mean, normalised, shape (1, 4, 448, 448)."""
         import torch
 
@@ -174,7 +178,7 @@ class CorrDiffSampler:
         with torch.inference_mode():
             return self.model.regression_model(x=zeros, img_lr=condition)
 
-    def residuals(self, condition: Any, seeds: Sequence[int]) -> Any:
+    def residuals(self, condition: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """Diffusion residuals for one batch of samples, normalised, shape (B, 4, 448, 448).
 
         The initial noise (and any churn noise) is drawn on the CPU from one generator
@@ -193,7 +197,7 @@ class CorrDiffSampler:
                 noise,
             )
 
-    def denormalise(self, x: Any) -> np.ndarray:
+    def denormalise(self, x: torch.Tensor) -> np.ndarray:
         """Normalised model output -> physical units on the host, float32."""
         out = x.float() * self.model.out_scale + self.model.out_center
         return out.cpu().numpy().astype("float32")

@@ -26,6 +26,7 @@ from corrdiff_tools.truth import Truth, interpolate_lowres
 
 if TYPE_CHECKING:
     import xarray as xr
+    from matplotlib.figure import Figure
 
 
 logger = logging.getLogger(__name__)
@@ -125,8 +126,10 @@ def _truth_fields(request: Request, entry: Entry) -> dict[str, np.ndarray]:
     return {name: values for name, values in shown.items() if values is not None}
 
 
-def _spectra(fields: dict[str, Any], truth: dict[str, np.ndarray], spacing: float) -> Any:
-    curves = {}
+def _spectra(
+    fields: dict[str, dict[str, Any]], truth: dict[str, np.ndarray], spacing: float
+) -> tuple[np.ndarray, dict[str, Curves]]:
+    curves: dict[str, Curves] = {}
     wavelength = np.empty(0)
     for name in DIAGNOSTIC_VARIABLES:
         members = fields[name]["members"]
@@ -148,8 +151,11 @@ def _spectra(fields: dict[str, Any], truth: dict[str, np.ndarray], spacing: floa
     return wavelength, curves
 
 
-def _densities(fields: dict[str, Any], truth: dict[str, np.ndarray]) -> Any:
-    bins, curves = {}, {}
+def _densities(
+    fields: dict[str, dict[str, Any]], truth: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, Curves]]:
+    bins: dict[str, np.ndarray] = {}
+    curves: dict[str, Curves] = {}
     for name, entry in fields.items():
         members = entry["members"]
         candidates = [members, entry["regression"], entry["lowres"], truth.get(name)]
@@ -169,7 +175,7 @@ def _densities(fields: dict[str, Any], truth: dict[str, np.ndarray]) -> Any:
     return bins, curves
 
 
-def _save(fig: Any, path: Path, dpi: int) -> None:
+def _save(fig: Figure, path: Path, dpi: int) -> None:
     fig.savefig(path, dpi=dpi)
 
 

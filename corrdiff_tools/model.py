@@ -33,10 +33,14 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corrdiff_tools.errors import RunError, UsageError
 from corrdiff_tools.speed import prefer_layout, use_inplace_group_norm
+
+if TYPE_CHECKING:
+    import torch
+    from earth2studio.models.dx import CorrDiffTaiwan
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +307,7 @@ def prepare_package(spec: str) -> Path:
 class DeviceInfo:
     """The torch device a run uses, and how to describe it to a person."""
 
-    device: Any
+    device: torch.device
     description: str
 
     @property
@@ -427,7 +431,7 @@ def import_model_stack(debug: bool, verbose: bool) -> None:
     loguru_logger.add(sys.stderr, level=level, format="{level}: {message}")
 
 
-def set_precision(model: Any, device: DeviceInfo) -> str:
+def set_precision(model: CorrDiffTaiwan, device: DeviceInfo) -> str:
     """Choose the weights' precision for ``device``; return its name for provenance."""
     half = device.is_gpu
     for net in (model.regression_model, model.residual_model):
@@ -501,7 +505,7 @@ def check_checkpoint_classes(root: Path, spec: str) -> None:
                 )
 
 
-def check_loaded(model: Any, spec: str) -> None:
+def check_loaded(model: CorrDiffTaiwan, spec: str) -> None:
     """Refuse a package whose grid or normalisation has the wrong shape, naming the file."""
     dataset = f"{PACKAGE_DIR}/{DATASET}"
     expected = {
@@ -517,7 +521,7 @@ def check_loaded(model: Any, spec: str) -> None:
             )
 
 
-def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[Any, str]:
+def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[CorrDiffTaiwan, str]:
     """Load CorrDiff Taiwan from ``spec`` onto ``device``.
 
     Returns

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from corrdiff_tools import quantities
 from corrdiff_tools.quantities import UNITS, EnsembleStats
+
+if TYPE_CHECKING:
+    from cartopy.crs import LambertConformal
+    from cartopy.mpl.geoaxes import GeoAxes
+    from matplotlib.collections import QuadMesh
+    from matplotlib.figure import Figure
 
 #: The paper's domain (Mardani et al. 2024), which the map projection is centred on.
 PAPER_LAT = (19.5483, 27.8446)
@@ -75,7 +81,7 @@ class Fields:
     lon: np.ndarray
 
 
-def projection() -> Any:
+def projection() -> LambertConformal:
     """Lambert conformal projection centred on the paper's domain."""
     import cartopy.crs as ccrs
 
@@ -87,9 +93,9 @@ def projection() -> Any:
 
 def new_figure(
     figsize: tuple[float, float],
-    fig: Any | None,
+    fig: Figure | None,
     layout: Literal["compressed", "constrained"] = "compressed",
-) -> Any:
+) -> Figure:
     """A Figure not registered with pyplot, or ``fig`` (a pyplot one) resized for reuse."""
     from matplotlib.figure import Figure
 
@@ -100,7 +106,7 @@ def new_figure(
     return fig
 
 
-def _map_axes(fig: Any, rows: int, cols: int, index: int) -> Any:
+def _map_axes(fig: Figure, rows: int, cols: int, index: int) -> GeoAxes:
     import cartopy.crs as ccrs
 
     ax = fig.add_subplot(rows, cols, index, projection=projection())
@@ -108,7 +114,7 @@ def _map_axes(fig: Any, rows: int, cols: int, index: int) -> Any:
     return ax
 
 
-def _decorate(ax: Any, coastlines: Sequence[np.ndarray]) -> None:
+def _decorate(ax: GeoAxes, coastlines: Sequence[np.ndarray]) -> None:
     import cartopy.crs as ccrs
 
     for segment in coastlines:
@@ -126,14 +132,14 @@ def _decorate(ax: Any, coastlines: Sequence[np.ndarray]) -> None:
 
 
 def _mesh(
-    fig: Any,
-    ax: Any,
+    fig: Figure,
+    ax: GeoAxes,
     lon: np.ndarray,
     lat: np.ndarray,
     values: np.ndarray,
     scale: ColourScale,
     label: str,
-) -> Any:
+) -> QuadMesh:
     import cartopy.crs as ccrs
 
     mesh = ax.pcolormesh(
@@ -151,7 +157,7 @@ def _mesh(
     return mesh
 
 
-def _arrows(ax: Any, fields: Fields) -> None:
+def _arrows(ax: GeoAxes, fields: Fields) -> None:
     import cartopy.crs as ccrs
 
     step = ARROW_STEP if fields.lat.ndim == 2 else max(1, ARROW_STEP // 8)
@@ -177,8 +183,8 @@ def map_figure(
     scales: Mapping[str, ColourScale],
     coastlines: Sequence[np.ndarray],
     title: str,
-    fig: Any | None = None,
-) -> Any:
+    fig: Figure | None = None,
+) -> Figure:
     """One row of map panels (the blog's three: reflectivity, temperature, wind with arrows).
 
     Parameters
@@ -221,8 +227,8 @@ def stats_figure(
     scales: Mapping[str, ColourScale],
     coastlines: Sequence[np.ndarray],
     title: str,
-    fig: Any | None = None,
-) -> Any:
+    fig: Figure | None = None,
+) -> Figure:
     """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities."""
     fig = new_figure(STATS_FIGSIZE, fig)
     for column, key in enumerate(SAMPLE_PANELS, start=1):

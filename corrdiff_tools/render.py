@@ -27,6 +27,7 @@ from corrdiff_tools.times import time_label
 
 if TYPE_CHECKING:
     import xarray as xr
+    from matplotlib.figure import Figure
 
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def _open(path: Path) -> xr.Dataset:
     return store.open_store(path)
 
 
-def build_figure(task: Task, context: RenderContext, fig: Any | None = None) -> Any:
+def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) -> Figure:
     """Draw one task's figure (not saved)."""
     dataset = _open(context.store_path)
     when, lead = valid_time(dataset, task.time_index, task.lead_index)

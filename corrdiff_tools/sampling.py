@@ -42,7 +42,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 SamplerKind = Literal["deterministic", "stochastic"]
 SAMPLERS: tuple[SamplerKind, ...] = ("deterministic", "stochastic")
@@ -202,14 +205,14 @@ class SampleNoise:
 
         self._generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
-    def latents(self, shape: tuple[int, ...], device: Any) -> Any:
+    def latents(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Standard normal latents, one (shape) draw per sample, stacked on ``device``."""
         import torch
 
         draws = [torch.randn(shape, generator=g) for g in self._generators]
         return torch.stack(draws).to(device)
 
-    def randn_like(self, x: Any) -> Any:
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """The sampler's ``randn_like``: sample ``i`` of ``x`` gets generator ``i``'s draw."""
         import torch
 
@@ -220,8 +223,12 @@ class SampleNoise:
 
 
 def run_sampler(
-    net: Any, latents: Any, condition: Any, settings: SamplerSettings, noise: SampleNoise
-) -> Any:
+    net: torch.nn.Module,
+    latents: torch.Tensor,
+    condition: torch.Tensor,
+    settings: SamplerSettings,
+    noise: SampleNoise,
+) -> torch.Tensor:
     """Draw residuals with physicsnemo's own sampler function for ``settings``."""
     from corrdiff_tools.speed import zero_churn_noise
 

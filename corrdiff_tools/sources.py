@@ -406,7 +406,7 @@ def input_dataarray(
     variables: Sequence[str],
     lat: np.ndarray,
     lon: np.ndarray,
-) -> Any:
+) -> xr.DataArray:
     """Wrap fields as the DataArray ``--source PATH`` reads: dims (time, variable, lat, lon).
 
     The same layout earth2studio's ``datasource_to_file`` writes and ``DataArrayFile`` reads.

@@ -26,7 +26,11 @@ import ctypes.util
 import logging
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from earth2studio.models.dx import CorrDiffTaiwan
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +62,11 @@ def tune_host_allocator() -> bool:
     return all(mallopt(param, value) == 1 for param, value in settings)
 
 
-def _group_norm_inplace(self: Any, x: Any) -> Any:
+def _group_norm_inplace(self: Any, x: torch.Tensor) -> torch.Tensor:
     """Eval-mode physicsnemo ``GroupNorm.forward`` with one allocation instead of four.
+
+    ``self`` is a physicsnemo ``GroupNorm`` carrying the ``_physicsnemo_forward`` that
+    :func:`use_inplace_group_norm` saved on it, which no static type describes (hence Any).
 
     The same operations in the same order on the same values (so the same roundings):
     ``((x - mean) * rsqrt(var + eps)) * weight + bias``, where ``mean`` and ``var`` are
@@ -88,7 +95,7 @@ def _group_norm_inplace(self: Any, x: Any) -> Any:
     return out
 
 
-def use_inplace_group_norm(net: Any) -> int:
+def use_inplace_group_norm(net: torch.nn.Module) -> int:
     """Give every physicsnemo ``GroupNorm`` in ``net`` the in-place eval forward.
 
     Returns the number of layers changed. Inputs in a layout other than contiguous or
@@ -97,15 +104,16 @@ def use_inplace_group_norm(net: Any) -> int:
     from physicsnemo.nn.module.group_norm import GroupNorm
 
     changed = 0
-    for module in net.modules():
-        if type(module) is GroupNorm and not hasattr(module, "_physicsnemo_forward"):
-            module._physicsnemo_forward = module.forward
-            module.forward = types.MethodType(_dispatch_group_norm, module)
+    layer: Any  # gains attributes that no static type describes
+    for layer in net.modules():
+        if type(layer) is GroupNorm and not hasattr(layer, "_physicsnemo_forward"):
+            layer._physicsnemo_forward = layer.forward
+            layer.forward = types.MethodType(_dispatch_group_norm, layer)
             changed += 1
     return changed
 
 
-def _dispatch_group_norm(self: Any, x: Any) -> Any:
+def _dispatch_group_norm(self: Any, x: torch.Tensor) -> torch.Tensor:
     import torch
 
     if x.dim() == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
@@ -113,7 +121,7 @@ def _dispatch_group_norm(self: Any, x: Any) -> Any:
     return self._physicsnemo_forward(x)
 
 
-def prefer_layout(net: Any, gpu: bool) -> Any:
+def prefer_layout(net: torch.nn.Module, gpu: bool) -> torch.nn.Module:
     """Weights in the memory layout that is fastest on the device.
 
     earth2studio's ``load_model`` converts both networks to ``channels_last``, which suits
@@ -130,7 +138,7 @@ def prefer_layout(net: Any, gpu: bool) -> Any:
     return net.to(memory_format=torch.contiguous_format)
 
 
-def zero_churn_noise(x: Any) -> Any:
+def zero_churn_noise(x: torch.Tensor) -> torch.Tensor:
     """The sampler's stochastic-churn noise when ``S_churn`` is 0: a scalar zero.
 
     physicsnemo's deterministic sampler draws ``randn_like(x)`` every step (a full float64
@@ -140,7 +148,7 @@ def zero_churn_noise(x: Any) -> Any:
     return x.new_zeros(())
 
 
-def compile_networks(model: Any) -> None:
+def compile_networks(model: CorrDiffTaiwan) -> None:
     """``torch.compile`` both networks in place (opt-in ``--compile``).
 
     The first call of each distinct input shape compiles: minutes on a CPU (about 150 s

@@ -19,11 +19,14 @@ import zipfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Network widths. ``full`` is the published architecture (79,673,988 and 80,002,692
 #: parameters); ``small`` has the same depth at a quarter of the width and ``narrow`` at an
@@ -170,7 +173,7 @@ def build_package(
 
 def synthetic_inputs(
     times: Sequence[datetime], seed: int = 0, with_refc: bool = True, margin: int = 8
-) -> Any:
+) -> xr.DataArray:
     """Smooth, plausible low-resolution fields on a 0.25 degree grid around the input box.
 
     Returns an xarray DataArray with dims (time, variable, lat, lon), latitudes descending
