@@ -107,16 +107,29 @@ COORD_ATTRS: dict[str, dict[str, str]] = {
         "standard_name": "latitude",
         "long_name": "input latitude",
         "units": "degrees_north",
+        "axis": "Y",
     },
     "lon_lr": {
         "standard_name": "longitude",
         "long_name": "input longitude",
         "units": "degrees_east",
+        "axis": "X",
     },
-    "time": {"standard_name": "time", "long_name": "valid time of the input analysis"},
+    # y/x index the curvilinear output grid (2-D lat/lon). They carry no ``axis``: CF
+    # readers take an X/Y axis for a projection coordinate in metres, and the package
+    # ships only the grid's lat/lon, not its projection.
+    "y": {"long_name": "row index of the output grid (see lat, lon)", "units": "1"},
+    "x": {"long_name": "column index of the output grid (see lat, lon)", "units": "1"},
+    "time": {
+        "standard_name": "time",
+        "long_name": "valid time of the input analysis",
+        "axis": "T",
+    },
     "lead_time": {"standard_name": "forecast_period", "long_name": "forecast lead time"},
-    "sample": {"standard_name": "realization", "long_name": "ensemble member"},
+    "sample": {"standard_name": "realization", "long_name": "ensemble member", "units": "1"},
 }
+#: Coordinates stored as Zarr's numpy datetime/timedelta types, not CF-encoded integers.
+NATIVE_TIME_COORDS = ("time", "lead_time")
 
 #: Global attribute holding the settings a ``--resume`` must match (JSON).
 SETTINGS_ATTR = "corrdiff_tools_settings"
@@ -335,9 +348,13 @@ def _empty_dataset(
     import xarray as xr
 
     data_vars, encoding = _data_arrays(layout)
+    coords = _coordinates(layout)
+    # CF 2.5.1: coordinate variables must not have a _FillValue (xarray gives every
+    # float array one unless told not to); ours are always complete.
+    encoding.update({name: {"_FillValue": None} for name in coords})
     dataset = xr.Dataset(
         data_vars,
-        coords=_coordinates(layout),
+        coords=coords,
         attrs={**attrs, FORMAT_ATTR: FORMAT_VERSION, SETTINGS_ATTR: json.dumps(dict(settings))},
     )
     return dataset, encoding
@@ -439,6 +456,9 @@ def _coordinates(layout: StoreLayout) -> dict[str, Any]:
         "lon": (("y", "x"), np.asarray(layout.lon, dtype="float32"), COORD_ATTRS["lon"]),
         "lat_lr": ("lat_lr", LR_LAT, COORD_ATTRS["lat_lr"]),
         "lon_lr": ("lon_lr", LR_LON, COORD_ATTRS["lon_lr"]),
+        # Index arrays for y/x: earth2studio's ZarrBackend needs one for every dimension.
+        "y": ("y", np.arange(HR_SHAPE[0], dtype="int32"), COORD_ATTRS["y"]),
+        "x": ("x", np.arange(HR_SHAPE[1], dtype="int32"), COORD_ATTRS["x"]),
     }
     if layout.lead_times is not None:
         coords["lead_time"] = (
@@ -464,6 +484,7 @@ def _write_atomically(
             dataset.to_zarr(
                 str(staging), mode="w-", compute=False, encoding=encoding, consolidated=True
             )
+            _store_native_times(staging, dataset)
             if replace and path.exists():
                 aside = _staging(path, "replaced")
                 os.rename(path, aside)
@@ -479,6 +500,36 @@ def _write_atomically(
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _store_native_times(path: Path, dataset: xr.Dataset) -> None:
+    """Rewrite ``time``/``lead_time`` as Zarr datetime64/timedelta64 arrays, in place.
+
+    xarray always CF-encodes times as integers with a ``units`` attribute. earth2studio's
+    ``ZarrBackend`` reads arrays as stored, so it listed our times as integer hours and
+    could not write at a datetime. Zarr v3 has numpy's datetime64 and timedelta64 as
+    data types (earth2studio's own stores use them), and xarray, zarr-python and dask
+    read them as datetimes. A NetCDF export (``to_netcdf``) is CF-encoded again by xarray.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    for name in NATIVE_TIME_COORDS:
+        if name not in dataset.coords:
+            continue
+        values = dataset[name].values
+        attrs = dict(dataset[name].attrs)
+        del group[name]
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            dimension_names=[name],
+            fill_value=None,
+            attributes=attrs,
+        )
+        array[:] = values
+    zarr.consolidate_metadata(str(path))
 
 
 def is_store(path: str | Path) -> bool:
@@ -722,6 +773,22 @@ def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -
     ]
 
 
+def _is_zarr_group(path: Path) -> bool:
+    """Whether ``path`` holds a Zarr group's metadata (v3 ``zarr.json`` or v2 ``.zgroup``)."""
+    return (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+def _is_consolidated(path: Path) -> bool:
+    """Whether the Zarr store at ``path`` has consolidated metadata (v3 or v2)."""
+    if (path / ".zmetadata").is_file():
+        return True
+    try:
+        root = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(root, dict) and root.get("consolidated_metadata") is not None
+
+
 def open_store(path: str | Path) -> xr.Dataset:
     """Open a store for reading, ours or the blog's, in our layout.
 
@@ -737,8 +804,17 @@ def open_store(path: str | Path) -> xr.Dataset:
     import xarray as xr
 
     try:
-        dataset = xr.open_zarr(str(path), consolidated=None)
+        # Say whether the metadata is consolidated rather than let xarray guess: its guess
+        # on a store without (the blog's) warns, once in every process that opens it.
+        dataset = xr.open_zarr(str(path), consolidated=_is_consolidated(Path(path)))
     except Exception as err:  # noqa: BLE001 - any failure here means "not a readable store"
+        if _is_zarr_group(Path(path)):
+            reason = err.args[0] if isinstance(err, KeyError) and err.args else err
+            raise ValueError(
+                f"{path} is a Zarr store but not CorrDiff output: xarray cannot read it as a "
+                f"dataset ({reason}); pass a store written by run_corrdiff.py or the blog's "
+                "run-corrdiff.py"
+            ) from None
         raise ValueError(f"{path} is not a readable Zarr store ({type(err).__name__})") from None
     missing = [name for name in OUTPUT_VARIABLES if name not in dataset]
     if missing:
