@@ -21,7 +21,7 @@ import numpy as np
 from corrdiff_tools import diagnostics
 from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
 from corrdiff_tools.quantities import displayed
-from corrdiff_tools.store import lead_hours, lowres_name, piece_index, regression_name
+from corrdiff_tools.store import FORMAT_ATTR, lead_hours, lowres_name, piece_index, regression_name
 from corrdiff_tools.truth import Truth, interpolate_lowres
 
 if TYPE_CHECKING:
@@ -185,10 +185,12 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
 
     written: list[Path] = []
     if not any(regression_name(name) in dataset for name in DIAGNOSTIC_VARIABLES):
-        logger.warning(
-            "this store has no regression mean (written by run_corrdiff.py 0.2 and later): "
-            "that baseline is left out"
+        made_by = (
+            "an earlier run_corrdiff.py did not store it"
+            if FORMAT_ATTR in dataset.attrs
+            else "the blog's run-corrdiff.py does not store it; run_corrdiff.py does"
         )
+        logger.warning("this store has no regression mean (%s): that baseline is left out", made_by)
     spacing = diagnostics.grid_spacing_km(dataset["lat"].values, dataset["lon"].values)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, np.ndarray] = {}

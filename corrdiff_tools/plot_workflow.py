@@ -232,7 +232,7 @@ def _draw(
     progress: ProgressFactory,
 ) -> tuple[RenderContext, str]:
     """Render every task (in worker processes), then the GIFs; where coastlines came from."""
-    from corrdiff_tools import render
+    from corrdiff_tools import plotting, render
     from corrdiff_tools.animation import write_gif
     from corrdiff_tools.coastlines import load_coastlines
 
@@ -247,6 +247,7 @@ def _draw(
         fmt=request.fmt,
         dpi=request.dpi,
         frames=bool(gifs),
+        extent=plotting.grid_extent(request.dataset["lat"].values, request.dataset["lon"].values),
     )
     jobs = min(request.jobs or _available_cores(), len(tasks))
     with progress(len(tasks)) as update:

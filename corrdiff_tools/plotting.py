@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: The paper's domain (Mardani et al. 2024), which the map projection is centred on.
 PAPER_LAT = (19.5483, 27.8446)
 PAPER_LON = (116.371, 125.568)
+#: Map extent (lon min, lon max, lat min, lat max) when no grid says otherwise.
+PAPER_EXTENT = (*PAPER_LON, *PAPER_LAT)
 #: Panels of a sample figure, in order.
 SAMPLE_PANELS = ("mrr", "t2m", "wind")
 #: Panels of a low-resolution input figure: GFS composite reflectivity replaces mrr.
@@ -55,6 +57,8 @@ COASTLINE_STYLE = {"color": "black", "linewidth": 0.6}
 #: Labelled gridlines, whole degrees.
 GRID_LONS = (117, 119, 121, 123, 125)
 GRID_LATS = (20, 22, 24, 26, 28)
+#: Below this span (degrees) a map gets a gridline every degree instead of every two.
+FINE_GRID_SPAN = 4.0
 
 
 @dataclass(frozen=True)
@@ -106,23 +110,51 @@ def new_figure(
     return fig
 
 
-def _map_axes(fig: Figure, rows: int, cols: int, index: int) -> GeoAxes:
+def grid_extent(lat: np.ndarray, lon: np.ndarray) -> tuple[float, float, float, float]:
+    """(lon min, lon max, lat min, lat max) of a grid: the maps show what the store covers.
+
+    The blog fixed every map to the paper's domain, which leaves most of each panel
+    empty when a store's grid covers less.
+    """
+    lat, lon = np.asarray(lat, dtype="float64"), np.asarray(lon, dtype="float64")
+    if not (np.isfinite(lat).any() and np.isfinite(lon).any()):
+        return PAPER_EXTENT
+    return (
+        float(np.nanmin(lon)),
+        float(np.nanmax(lon)),
+        float(np.nanmin(lat)),
+        float(np.nanmax(lat)),
+    )
+
+
+def _map_axes(fig: Figure, rows: int, cols: int, index: int, extent: Sequence[float]) -> GeoAxes:
     import cartopy.crs as ccrs
 
     ax = fig.add_subplot(rows, cols, index, projection=projection())
-    ax.set_extent([*PAPER_LON, *PAPER_LAT], crs=ccrs.PlateCarree())
+    ax.set_extent(list(extent), crs=ccrs.PlateCarree())
     return ax
 
 
-def _decorate(ax: GeoAxes, coastlines: Sequence[np.ndarray]) -> None:
+def _gridline_locations(extent: Sequence[float]) -> tuple[list[float], list[float]]:
+    lon0, lon1, lat0, lat1 = extent
+    if max(lon1 - lon0, lat1 - lat0) >= FINE_GRID_SPAN:
+        return list(GRID_LONS), list(GRID_LATS)
+    return (
+        list(np.arange(np.floor(lon0), np.ceil(lon1) + 1)),
+        list(np.arange(np.floor(lat0), np.ceil(lat1) + 1)),
+    )
+
+
+def _decorate(ax: GeoAxes, coastlines: Sequence[np.ndarray], extent: Sequence[float]) -> None:
     import cartopy.crs as ccrs
 
     for segment in coastlines:
         ax.plot(segment[:, 0], segment[:, 1], transform=ccrs.PlateCarree(), **COASTLINE_STYLE)
+    xlocs, ylocs = _gridline_locations(extent)
     gridlines = ax.gridlines(
         draw_labels=True,
-        xlocs=list(GRID_LONS),
-        ylocs=list(GRID_LATS),
+        xlocs=xlocs,
+        ylocs=ylocs,
         x_inline=False,
         y_inline=False,
         alpha=0.5,
@@ -184,6 +216,7 @@ def map_figure(
     coastlines: Sequence[np.ndarray],
     title: str,
     fig: Figure | None = None,
+    extent: Sequence[float] = PAPER_EXTENT,
 ) -> Figure:
     """One row of map panels (the blog's three: reflectivity, temperature, wind with arrows).
 
@@ -201,6 +234,8 @@ def map_figure(
         Figure title.
     fig : Figure, optional
         Draw into this figure (e.g. a pyplot one, for ``--show``).
+    extent : sequence of float
+        (lon min, lon max, lat min, lat max) shown, e.g. :func:`grid_extent` of the store.
 
     Returns
     -------
@@ -208,14 +243,14 @@ def map_figure(
     """
     fig = new_figure(SAMPLE_FIGSIZE, fig)
     for index, key in enumerate(panels, start=1):
-        ax = _map_axes(fig, 1, len(panels), index)
+        ax = _map_axes(fig, 1, len(panels), index, extent)
         _mesh(
             fig, ax, fields.lon, fields.lat, fields.values[key], scales[SCALE_KEY[key]], LABELS[key]
         )
         if key == "wind":
             _arrows(ax, fields)
         ax.set_title(TITLES[key])
-        _decorate(ax, coastlines)
+        _decorate(ax, coastlines, extent)
     fig.suptitle(title)
     return fig
 
@@ -228,27 +263,28 @@ def stats_figure(
     coastlines: Sequence[np.ndarray],
     title: str,
     fig: Figure | None = None,
+    extent: Sequence[float] = PAPER_EXTENT,
 ) -> Figure:
     """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities."""
     fig = new_figure(STATS_FIGSIZE, fig)
     for column, key in enumerate(SAMPLE_PANELS, start=1):
-        ax = _map_axes(fig, 3, 3, column)
+        ax = _map_axes(fig, 3, 3, column, extent)
         _mesh(fig, ax, lon, lat, stats.mean[key], scales[SCALE_KEY[key]], LABELS[key])
         ax.set_title(f"Ensemble mean: {TITLES[key].lower()}")
-        _decorate(ax, coastlines)
+        _decorate(ax, coastlines, extent)
 
-        ax = _map_axes(fig, 3, 3, 3 + column)
+        ax = _map_axes(fig, 3, 3, 3 + column, extent)
         spread = stats.std[key]
         top = float(np.nanmax(spread)) if np.isfinite(spread).any() else 1.0
         scale = ColourScale(0.0, top if top > 0 else 1.0, SPREAD_COLORMAP)
         _mesh(fig, ax, lon, lat, spread, scale, f"Standard deviation [{UNITS[key]}]")
         ax.set_title(f"Ensemble spread: {TITLES[key].lower()}")
-        _decorate(ax, coastlines)
+        _decorate(ax, coastlines, extent)
     for column, (key, threshold) in enumerate(stats.thresholds.items(), start=1):
-        ax = _map_axes(fig, 3, 3, 6 + column)
+        ax = _map_axes(fig, 3, 3, 6 + column, extent)
         scale = ColourScale(0.0, 1.0, PROBABILITY_COLORMAP)
         _mesh(fig, ax, lon, lat, stats.probability[key], scale, "Probability")
         ax.set_title(f"P({key} ≥ {threshold:g} {UNITS[key]})")
-        _decorate(ax, coastlines)
+        _decorate(ax, coastlines, extent)
     fig.suptitle(f"{title} · {stats.members} members")
     return fig

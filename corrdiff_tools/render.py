@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class RenderContext:
     frames: bool = False
     samples_total: int = 0
     lowres_panels: tuple[str, ...] = field(default=plotting.LOWRES_PANELS)
+    #: What every map shows, the low-resolution input's included (so they compare).
+    extent: tuple[float, float, float, float] = plotting.PAPER_EXTENT
 
 
 def valid_time(
@@ -280,6 +283,7 @@ def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) 
             context.coastlines,
             f"CorrDiff sample {task.sample} of {size} · {title}",
             fig,
+            context.extent,
         )
     if task.kind == "lowres":
         has_refc = "lr_refc" in dataset
@@ -300,6 +304,7 @@ def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) 
             context.coastlines,
             f"Low-resolution input · {title}",
             fig,
+            context.extent,
         )
     members = quantities.to_display_units(
         _select(dataset, "mrr", task),
@@ -316,6 +321,7 @@ def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) 
         context.coastlines,
         f"CorrDiff ensemble statistics · {title}",
         fig,
+        context.extent,
     )
 
 
@@ -352,7 +358,10 @@ def render_all(
                 progress(1)
         return results
     pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=get_context("spawn"), initializer=_ignore_interrupts
+        max_workers=jobs,
+        mp_context=get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(list(warnings.filters),),
     )
     try:
         futures = [pool.submit(render_task, task, context) for task in tasks]
@@ -370,11 +379,26 @@ def render_all(
     return results
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them (no tracebacks from each)."""
+def _start_worker(filters: list[Any]) -> None:
+    """Set a worker up like its parent, but deaf to Ctrl-C.
+
+    Workers leave Ctrl-C to the parent, which stops them (no tracebacks from each). A
+    spawned process starts with Python's default warning filters, so library warnings
+    the parent hides (without ``--debug``) would be printed once per worker: it gets
+    the parent's filters instead.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.resetwarnings()
+    for action, message, category, module, lineno in reversed(filters):
+        warnings.filterwarnings(
+            action,
+            getattr(message, "pattern", message) or "",  # a compiled regex, a str or None
+            category,
+            getattr(module, "pattern", module) or "",
+            lineno,
+        )
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

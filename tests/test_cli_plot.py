@@ -220,6 +220,21 @@ def test_blog_layout_store_still_plots(tmp_path: Path) -> None:
     ]
 
 
+def test_blog_store_plots_without_library_warnings_and_says_what_it_lacks(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = blog_store(tmp_path / "corrdiff-2024-07-24.zarr")
+    capfd.readouterr()
+    # Worker processes too (--jobs 2, --gif): no warning reaches the terminal without --debug.
+    assert plot(str(path), "--gif", "--jobs", "2", "--spectra", "--dpi", "30") == 0
+    err = capfd.readouterr().err
+    assert "Warning" not in err, err
+    assert (
+        "this store has no regression mean (the blog's run-corrdiff.py does not store it; "
+        "run_corrdiff.py does): that baseline is left out"
+    ) in err
+
+
 def test_incomplete_samples_are_skipped_with_a_warning(
     ensemble: Path, tmp_path: Path, capsys
 ) -> None:
@@ -299,6 +314,14 @@ def make_not_corrdiff(path: Path) -> Path:
     return path
 
 
+def make_bare_zarr(path: Path) -> Path:
+    """A Zarr group whose array has no dimension names (like the package's grid dataset)."""
+    import zarr
+
+    zarr.open_group(str(path), mode="w").create_array("XLAT", shape=(4, 4), dtype="float32")
+    return path
+
+
 BAD = [
     (lambda s, t: [str(t / "missing.zarr")], "does not exist"),
     (
@@ -306,6 +329,10 @@ BAD = [
         "is not CorrDiff output: it lacks mrr, t2m, u10m, v10m",
     ),
     (lambda s, t: [str(t)], "is not a readable Zarr store"),
+    (
+        lambda s, t: [str(make_bare_zarr(t / "bare.zarr"))],
+        "bare.zarr is a Zarr store but not CorrDiff output: xarray cannot read it as a dataset",
+    ),
     (lambda s, t: [str(s), "--sample", "3"], "--sample '3': the store has 3, numbered 0 to 2"),
     (lambda s, t: [str(s), "--sample", "2-1"], "runs backwards"),
     (lambda s, t: [str(s), "--sample", "first"], "use all, N, N,M or A-B"),
@@ -469,3 +496,25 @@ def test_damaged_pieces_are_skipped_with_a_warning_naming_the_file(
         "corrdiff-2024-07-24T12-sample-00.jpg",
         "corrdiff-2024-07-24T12-sample-01.jpg",
     ]
+
+
+def test_render_workers_take_the_parents_warning_filters() -> None:
+    import signal
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what the tools set without --debug
+        warnings.filterwarnings("error", message="keep me", category=UserWarning)
+        parent = list(warnings.filters)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a fresh process shows everything
+            render._start_worker(parent)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            warnings.warn("library chatter", RuntimeWarning, stacklevel=1)
+            with pytest.raises(UserWarning, match="keep me"):
+                warnings.warn("keep me", UserWarning, stacklevel=1)
+        assert caught == []
+    finally:
+        signal.signal(signal.SIGINT, handler)

@@ -156,3 +156,32 @@ def test_input_arrays_are_not_modified() -> None:
     plotting.map_figure(f, plotting.SAMPLE_PANELS, SCALES, COAST, "t")
     for key, value in copies.items():
         np.testing.assert_array_equal(f.values[key], value)
+
+
+def extent_of(ax) -> tuple[float, ...]:
+    import cartopy.crs as ccrs
+
+    return tuple(ax.get_extent(crs=ccrs.PlateCarree()))
+
+
+def test_maps_show_the_grid_they_are_given_not_the_papers_whole_domain() -> None:
+    lat, lon = np.meshgrid(np.linspace(22.5, 24.0, N), np.linspace(120.0, 121.5, N), indexing="ij")
+    extent = plotting.grid_extent(lat, lon)
+    assert extent == (120.0, 121.5, 22.5, 24.0)
+    f = fields(0)
+    small = Fields(f.values, f.u, f.v, lat, lon)
+    fig = plotting.map_figure(small, plotting.SAMPLE_PANELS, SCALES, COAST, "t", extent=extent)
+    for ax in maps(fig):
+        lon0, lon1, lat0, lat1 = extent_of(ax)
+        # The projected box around the grid: a little wider than it, far smaller than the paper's.
+        assert 119.8 < lon0 <= 120.0 and 121.5 <= lon1 < 121.7, extent_of(ax)
+        assert 22.3 < lat0 <= 22.5 and 24.0 <= lat1 < 24.2, extent_of(ax)
+    stats = quantities.ensemble_stats(
+        {k: np.stack([v, v]) for k, v in f.values.items()}, {"mrr": 35.0}
+    )
+    fig = plotting.stats_figure(stats, lat, lon, SCALES, COAST, "t", extent=extent)
+    assert all(extent_of(ax)[1] < 121.7 for ax in maps(fig))
+    # Without a grid's extent the paper's domain is shown, as before.
+    whole = plotting.map_figure(f, plotting.SAMPLE_PANELS, SCALES, COAST, "t")
+    lon0, lon1, _, _ = extent_of(maps(whole)[0])
+    assert lon0 < plotting.PAPER_LON[0] + 0.1 and lon1 > plotting.PAPER_LON[1] - 0.1
