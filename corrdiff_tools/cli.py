@@ -303,6 +303,16 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _missing_module(err: ModuleNotFoundError) -> str:
+    """What to do when this Python lacks a requirement (say, ``python3`` outside the venv)."""
+    name = (err.name or str(err)).split(".")[0]
+    return (
+        f"this Python ({sys.executable}) has no {name!r}: run the tool with the Python you "
+        "installed the requirements into (e.g. .venv/bin/python), or install them: "
+        "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -r requirements.txt"
+    )
+
+
 def guarded(
     main: Callable[[argparse.Namespace], int],
     parser: argparse.ArgumentParser,
@@ -336,6 +346,9 @@ def guarded(
             hint = f"; {extra}" if extra else ""
             print(f"{prog}: {what}{hint}", file=sys.stderr)  # noqa: T201
             return code
+        except ModuleNotFoundError as err:
+            _report(prog, _missing_module(err), debug)
+            return 1
         except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
             _report(prog, f"unexpected {type(err).__name__}: {err} (rerun with --debug)", debug)
             return 1

@@ -107,7 +107,10 @@ def parse_time_spec(text: str) -> list[datetime]:
             f"{text!r} is not a time range: use START/END or START/END/STEP, "
             "e.g. 2024-07-24T00/2024-07-25T00/6h"
         )
-    start, end = parse_time(parts[0]), parse_time(parts[1])
+    try:
+        start, end = parse_time(parts[0]), parse_time(parts[1])
+    except UsageError as err:  # quote what was typed, not just the piece that failed
+        raise UsageError(f"{text!r} is not a time range (START/END[/STEP]): {err}") from None
     step = parse_step(parts[2]) if len(parts) == 3 else DEFAULT_RANGE_STEP
     if end < start:
         raise UsageError(f"range {text!r} ends before it starts: put the earlier time first")

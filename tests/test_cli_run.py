@@ -449,6 +449,27 @@ def test_script_entry_point_and_version() -> None:
     assert result.stdout.strip() == "run_corrdiff.py 0.1.0"
 
 
+@pytest.mark.parametrize("module", ["torch", "xarray"])
+def test_a_python_without_the_requirements_is_told_which_to_use(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As with the blog's `python3 run_corrdiff.py ...` outside the environment.
+    from corrdiff_tools.cli import plot_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now fails
+    if module == "torch":
+        code = run_main(["2024-07-24T12:00", "--samples", "1"])
+    else:
+        (tmp_path / "s.zarr").mkdir()
+        code = plot_main([str(tmp_path / "s.zarr")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert f"this Python ({sys.executable}) has no '{module}'" in lines[0]
+    assert ".venv/bin/pip install -c constraints.txt -r requirements.txt" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if module == "torch" else ["s.zarr"])
+
+
 def test_forecast_source_adds_a_lead_time_axis(
     run_tool: Run,
     tmp_path: Path,

@@ -61,6 +61,9 @@ def test_range_with_step() -> None:
         ("2024-07-24T00/2024-07-25T00/0h", "not a range step"),
         ("2024-07-24T00/2024-07-25T00/6", "not a range step"),
         ("2024-07-24T00/2024-07-25T00/6h/1", "not a time range"),
+        # A European date quotes what was typed, then the piece that failed.
+        ("24/07/2024", r"^'24/07/2024' is not a time range \(START/END\[/STEP\]\): '24' is not"),
+        ("2024-07-24T00/tomorrow", r"^'2024-07-24T00/tomorrow' is not a time range .*'tomorrow'"),
     ],
 )
 def test_bad_ranges(text: str, fragment: str) -> None:
