@@ -516,7 +516,12 @@ def build_plot_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format", choices=FORMATS, default="jpg", help="image format (default jpg)"
     )
-    parser.add_argument("--dpi", type=_positive_int("--dpi", minimum=20), default=100)
+    parser.add_argument(
+        "--dpi",
+        type=_positive_int("--dpi", minimum=20),
+        default=100,
+        help="image resolution in dots per inch, 20 or more (default 100)",
+    )
     parser.add_argument("--colormap", help="one matplotlib colormap for every map panel")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace images that already exist in --outdir"

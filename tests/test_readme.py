@@ -45,6 +45,29 @@ def test_the_readme_shows_both_tools() -> None:
     assert len(COMMANDS) >= 10
 
 
+@pytest.mark.parametrize("build", [build_run_parser, build_plot_parser], ids=["run", "plot"])
+def test_every_option_has_help_and_is_in_the_readme_with_its_choices(build: Any) -> None:
+    text = README.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    for action in build()._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        name = max(action.option_strings, key=len)
+        assert action.help, f"{name} has no --help text"
+
+        def named(line: str, action: Any = action) -> bool:  # as a whole option, not a prefix
+            return any(
+                re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", line)
+                for option in action.option_strings
+            )
+
+        assert named(text), f"{name} is not in the README"
+        if action.choices:
+            row = " ".join(line for line in rows if named(line))
+            missing = [c for c in action.choices if str(c) not in row]
+            assert not missing, f"{name}: the README's option table lacks {missing}"
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c)[:60] for c in COMMANDS])
 def test_readme_command_parses(command: list[str]) -> None:
     tool, args = Path(command[0]).name, command[1:]
