@@ -205,7 +205,8 @@ def resolve_zip(spec: str) -> Path:
         raise RunError(
             f"could not download the model package {spec} ({type(err).__name__}: {err}); "
             "to work offline, copy corrdiff_inference_package.zip from a machine with internet "
-            "(run_corrdiff.py --prefetch caches it) and pass --model-package DIR"
+            "(run_corrdiff.py --prefetch caches it) and pass --model-package DIR; see the "
+            "README's 'Offline and HPC use'"
         ) from err
 
 

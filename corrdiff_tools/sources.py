@@ -41,7 +41,8 @@ GRID_TOLERANCE = 1e-3
 RETRY_DELAYS: tuple[float, ...] = (4.0, 16.0)
 OFFLINE_HINT = (
     "to work offline, run with --prefetch FILE where there is internet, "
-    "then --source FILE (and --model-package DIR for the weights)"
+    "then --source FILE (and --model-package DIR for the weights); see the README's "
+    "'Offline and HPC use'"
 )
 
 

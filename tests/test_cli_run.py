@@ -376,6 +376,7 @@ def test_network_failure_is_one_line_with_the_offline_options(
     assert lines[-1].startswith("run_corrdiff.py: error: could not fetch")
     assert "noaa-gfs-bdp-pds" in lines[-1] and "--prefetch FILE" in lines[-1]
     assert "--source FILE" in lines[-1] and "--model-package DIR" in lines[-1]
+    assert "see the README's 'Offline and HPC use'" in lines[-1]
     assert not (tmp_path / "outputs").exists()
 
 

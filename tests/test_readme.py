@@ -213,3 +213,12 @@ def test_every_readme_command_runs_offline(
         assert code == 0, f"{' '.join(command)}\n(ran as {args})\n{err}"
         ran[tool] += 1
     assert min(ran.values()) >= 3
+
+
+def test_the_offline_hint_names_a_readme_section_that_exists() -> None:
+    from corrdiff_tools.sources import OFFLINE_HINT
+
+    section = re.search(r"README's '([^']+)'", OFFLINE_HINT)
+    assert section is not None and f"\n## {section[1]}\n" in README.read_text()
+    quick_start = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "(#offline-and-hpc-use)" in quick_start

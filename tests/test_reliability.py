@@ -413,7 +413,7 @@ def test_model_download_failure_is_one_line_with_the_offline_route(
         "ngc://models/nvidia/modulus/corrdiff_inference_package@1 (OSError: Cannot connect to host "
         "api.ngc.nvidia.com:443"
     )
-    assert line.endswith("and pass --model-package DIR")
+    assert line.endswith("and pass --model-package DIR; see the README's 'Offline and HPC use'")
     assert list(tmp_path.iterdir()) == []
 
 
