@@ -239,9 +239,7 @@ def _draw(
     coastlines = load_coastlines()
     context = render.RenderContext(
         store_path=request.store.absolute(),
-        scales=render.colour_scales(
-            request.dataset, request.plot_lowres, request.colormap, healthy
-        ),
+        scales=render.colour_scales(request.dataset, request.colormap, healthy),
         coastlines=coastlines.segments,
         thresholds=request.thresholds,
         fmt=request.fmt,

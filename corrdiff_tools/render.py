@@ -177,18 +177,20 @@ def _chunk_key(array: Any, coords: tuple[int, ...]) -> str:
 
 def colour_scales(
     dataset: xr.Dataset,
-    include_lowres: bool,
     colormap: str | None = None,
     healthy: np.ndarray | None = None,
 ) -> dict[str, ColourScale]:
     """One colour scale per quantity, from its extremes over every time and sample.
 
-    With ``include_lowres`` the low-resolution inputs count too, so both share scales.
-    With ``healthy`` (a boolean mask over (time, [lead,] sample)), only those pieces are
-    read, one by one: the way round chunks that cannot be decoded.
+    The scales depend on the store's content only, never on what a plot run draws: where
+    the store holds the low-resolution inputs they count too (so input and samples share
+    scales), with or without ``--plot-lowres``, and images from different plot runs of one
+    store compare. With ``healthy`` (a boolean mask over (time, [lead,] sample)), only
+    those pieces are read, one by one: the way round chunks that cannot be decoded.
     """
     import dask
 
+    include_lowres = all(store.lowres_name(name) in dataset for name in ("t2m", "u10m", "v10m"))
     if healthy is not None:
         return _scales_from_pieces(dataset, include_lowres, colormap, healthy)
     wind = np.hypot(dataset["u10m"], dataset["v10m"])

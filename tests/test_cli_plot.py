@@ -126,23 +126,35 @@ def test_parallel_rendering_gives_the_same_files(ensemble: Path, tmp_path: Path)
 
 def test_colour_scales_span_the_whole_run(ensemble: Path) -> None:
     ds = store.open_store(ensemble).load()
-    scales = render.colour_scales(ds, include_lowres=False)
+    samples_only = ds.drop_vars([name for name in ds.data_vars if name.startswith("lr_")])
+    scales = render.colour_scales(samples_only)
     assert (scales["mrr"].vmin, scales["mrr"].vmax) == pytest.approx(
         (float(ds.mrr.min()), float(ds.mrr.max())), rel=1e-6
     )
     assert scales["t2m"].vmin == pytest.approx(float(ds.t2m.min()) - KELVIN, rel=1e-6)
     assert scales["wind"].vmin == 0.0
     assert scales["wind"].vmax == pytest.approx(float(np.hypot(ds.u10m, ds.v10m).max()), rel=1e-6)
-    with_inputs = render.colour_scales(ds, include_lowres=True, colormap="cividis")
+    with_inputs = render.colour_scales(ds, colormap="cividis")  # the store holds inputs
     expected = min(scales["t2m"].vmin, float(ds.lr_t2m.min()) - KELVIN)
     assert with_inputs["t2m"].vmin == pytest.approx(expected, abs=1e-4)
     assert {s.cmap for s in with_inputs.values()} == {"cividis"}
 
 
+def test_a_sample_image_does_not_depend_on_other_options(ensemble: Path, tmp_path: Path) -> None:
+    # Colour scales come from the store's content, so --plot-lowres (or --stats) in one run
+    # and not in another gives the same sample image, and images from both runs compare.
+    common = (str(ensemble), "--time", "0", "--sample", "0", "--format", "png", *FAST)
+    assert plot(*common, "--outdir", str(tmp_path / "a")) == 0
+    assert plot(*common, "--plot-lowres", "--stats", "--outdir", str(tmp_path / "b")) == 0
+    (name,) = [p.name for p in (tmp_path / "a").iterdir()]
+    assert name == "corrdiff-2024-07-24T06-sample-00.png"
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
 def test_stats_figure_matches_numpy_on_the_store(ensemble: Path) -> None:
     ds = store.open_store(ensemble).load()
     context = render.RenderContext(
-        store_path=ensemble, scales=render.colour_scales(ds, False), coastlines=[], thresholds={"mrr": 0.0, "wind": 1.0},
+        store_path=ensemble, scales=render.colour_scales(ds), coastlines=[], thresholds={"mrr": 0.0, "wind": 1.0},
         fmt="png", dpi=30,
     )  # fmt: skip
     fig = render.build_figure(render.Task("stats", 1, None, None, Path("x.png")), context)
@@ -161,7 +173,7 @@ def test_lowres_and_sample_titles(ensemble: Path) -> None:
     ds = store.open_store(ensemble)
     context = render.RenderContext(
         store_path=ensemble,
-        scales=render.colour_scales(ds, True),
+        scales=render.colour_scales(ds),
         coastlines=[],
         thresholds={},
         fmt="png",
@@ -410,7 +422,7 @@ def test_forecast_store_names_files_by_lead_time(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "fc-plots").iterdir())
     assert names == ["corrdiff-2024-07-24T00-f012-sample-01.jpg", "corrdiff-2024-07-24T00-f012.gif"]
     ds = store.open_store(path)
-    context = render.RenderContext(path, render.colour_scales(ds, False), [], {}, "png", 30)
+    context = render.RenderContext(path, render.colour_scales(ds), [], {}, "png", 30)
     fig = render.build_figure(render.Task("sample", 0, 1, 1, Path("x.png")), context)
     assert fig.get_suptitle() == "CorrDiff sample 1 of 2 · valid 2024-07-24 12:00 UTC (+12 h)"
     assert plot(str(path), "--lead-time", "3", *FAST) == 2
