@@ -36,6 +36,7 @@ def tiny_diffusion_flops() -> float:
     return counter.get_total_flops() / 2
 
 
+@pytest.mark.slow
 def test_benchmark_prints_a_consistent_table(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -115,6 +115,7 @@ def test_gif_path_for_several_times(ensemble: Path, tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_parallel_rendering_gives_the_same_files(ensemble: Path, tmp_path: Path) -> None:
     args = (str(ensemble), "--time", "0", "--format", "png", "--stats", *FAST)
     assert plot(*args, "--jobs", "1", "--outdir", str(tmp_path / "serial")) == 0

@@ -115,6 +115,7 @@ def stores(
     }  # type: ignore[dict-item]
 
 
+@pytest.mark.slow
 def test_two_ranks_write_the_same_store_as_one_process(stores: dict) -> None:
     single = xr.open_zarr(stores["single"]).load()
     double = xr.open_zarr(stores["double"]).load()
@@ -123,6 +124,7 @@ def test_two_ranks_write_the_same_store_as_one_process(stores: dict) -> None:
     assert double["completed"].values.all()
 
 
+@pytest.mark.slow
 def test_one_summary_with_per_rank_throughput(stores: dict) -> None:
     log = stores["log"]
     assert log.count("done: 6 sample(s) for 2 time(s)") == 1
@@ -130,6 +132,7 @@ def test_one_summary_with_per_rank_throughput(stores: dict) -> None:
     assert "(rank 0 of 2)" in log
 
 
+@pytest.mark.slow
 def test_resume_a_distributed_run_that_died_part_way(stores: dict, tmp_path: Path) -> None:
     partial = tmp_path / "partial.zarr"
     shutil.copytree(stores["double"], partial)
@@ -147,6 +150,7 @@ def test_resume_a_distributed_run_that_died_part_way(stores: dict, tmp_path: Pat
         np.testing.assert_array_equal(resumed[name].values, single[name].values)
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_same_stochastic_ensemble_with_churn(
     package_dir: Path, input_file: Path, tmp_path: Path
 ) -> None:

@@ -174,6 +174,7 @@ def _readme_times() -> list[datetime]:
     return sorted(wanted)
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs_offline(
     package_dir: Path,
     tmp_path: Path,

@@ -130,9 +130,14 @@ SIGNALS = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 143, "SIGINT": 130}
 SWEEP = [(p, "SIGKILL") for p in KILL_POINTS] + [
     (p, s) for s in ("SIGTERM", "SIGINT") for p in ("mid-create", "mid-write")
 ]
+#: One kill in the quick default run; the whole sweep in CI's slow step.
+SWEEP_CASES = [
+    pytest.param(*case, marks=() if case == ("mid-write", "SIGKILL") else pytest.mark.slow)
+    for case in SWEEP
+]
 
 
-@pytest.mark.parametrize(("point", "signame"), SWEEP)
+@pytest.mark.parametrize(("point", "signame"), SWEEP_CASES, ids=[f"{p}-{s}" for p, s in SWEEP])
 def test_killed_then_resume_equals_an_uninterrupted_run(
     point: str,
     signame: str,
@@ -208,6 +213,7 @@ def test_resume_verifies_completed_pieces_and_recomputes_damaged_ones(
 # ------------------------------------------------------------------- concurrent runs
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_refused_and_the_first_is_unharmed(
     reference: xr.Dataset,
     package_dir: Path,
