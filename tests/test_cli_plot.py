@@ -457,6 +457,9 @@ def test_stopping_the_plot_tool_stops_its_workers(
         [sys.executable, str(root / "plot_corrdiff.py"), str(ensemble), "--jobs", "2",
          "--plot-lowres", "--dpi", "40", "--outdir", str(outdir)],
         cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # A shell's background job starts with SIGINT ignored, and Python then keeps it so:
+        # give the tool Ctrl-C as a terminal would, wherever the tests were started from.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while len(_session_processes(process.pid)) < 3:  # the tool and its two workers
