@@ -81,6 +81,9 @@ from corrdiff_tools.cli import run_main
 
 point = os.environ["KILL_AT"]
 signum = getattr(signal, os.environ.get("KILL_SIGNAL", "SIGKILL"))
+# Ctrl-C as at a terminal, even when the suite runs as a shell background job (whose
+# children start with SIGINT ignored, which Python then keeps).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 calls = {"write_samples": 0}
 
 def die():
