@@ -13,6 +13,9 @@ Layout of a store (Zarr v3, consolidated metadata, zstd-compressed, NaN fill)::
                                                                (GFS composite reflectivity)
                                                                where the source has it
     completed             (time, [lead_time,] sample)          int8, 1 once a piece is written
+    time, lead_time       Zarr datetime64 / timedelta64 (not CF integers; see
+                          _store_native_times), sample, y, x, lat_lr, lon_lr: an index
+                          array for every dimension, as earth2studio's ZarrBackend needs
 
 Differences from earth2studio's ``ZarrBackend`` (the blog's writer), on purpose: CF
 attributes and units on every variable; 2-D lat/lon stored as coordinates (``ZarrBackend``
