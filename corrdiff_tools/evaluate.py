@@ -194,6 +194,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
     spacing = diagnostics.grid_spacing_km(dataset["lat"].values, dataset["lon"].values)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, np.ndarray] = {}
+    leads = lead_hours(dataset)
     for entry in entries:
         fields = _fields(dataset, entry)
         truth = _truth_fields(request, entry)
@@ -216,7 +217,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
                 result = diagnostics.score(
                     truth[name], members, fields[name]["regression"], fields[name]["lowres"]
                 )
-                lead = None if entry.lead_index is None else lead_hours(dataset)[entry.lead_index]
+                lead = None if entry.lead_index is None else leads[entry.lead_index]
                 rows.append(
                     {"valid_time": when, "lead_hours": lead, "variable": name, **result.as_row()}
                 )

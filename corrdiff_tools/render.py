@@ -190,7 +190,7 @@ def colour_scales(
     """
     import dask
 
-    include_lowres = all(store.lowres_name(name) in dataset for name in ("t2m", "u10m", "v10m"))
+    include_lowres = store.has_lowres(dataset)
     if healthy is not None:
         return _scales_from_pieces(dataset, include_lowres, colormap, healthy)
     wind = np.hypot(dataset["u10m"], dataset["v10m"])

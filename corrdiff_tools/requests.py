@@ -352,7 +352,7 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
                 f"--colormap {args.colormap!r} is not a matplotlib colormap (e.g. viridis, "
                 "turbo, RdYlBu_r)"
             )
-    if args.plot_lowres and "lr_t2m" not in dataset:
+    if args.plot_lowres and not store.has_lowres(dataset):
         raise UsageError(
             f"--plot-lowres: {args.store} holds no low-resolution inputs (made by the blog's "
             "script?); rerun it with run_corrdiff.py, or drop --plot-lowres"

@@ -220,6 +220,11 @@ def lowres_name(variable: str) -> str:
     return f"lr_{variable}"
 
 
+def has_lowres(dataset: xr.Dataset) -> bool:
+    """Whether a store holds the inputs a low-resolution map needs (t2m and both winds)."""
+    return all(lowres_name(name) in dataset for name in ("t2m", "u10m", "v10m"))
+
+
 def regression_name(variable: str) -> str:
     """The regression net's mean of ``variable`` (``t2m`` -> ``t2m_regression``).
 

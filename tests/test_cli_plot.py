@@ -397,6 +397,20 @@ def test_plot_lowres_needs_stored_inputs(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "blog-plots").exists()
 
 
+def test_plot_lowres_needs_every_input_it_draws(ensemble: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import zarr
+
+    partial = tmp_path / "partial.zarr"
+    shutil.copytree(ensemble, partial)
+    shutil.rmtree(partial / "lr_u10m")  # t2m is there, one wind component is not
+    zarr.consolidate_metadata(str(partial))
+    assert plot_main([str(partial), "--plot-lowres"]) == 2
+    assert "holds no low-resolution inputs" in capsys.readouterr().err
+    assert not (tmp_path / "partial-plots").exists()
+
+
 def forecast_store(path: Path) -> Path:
     """A small forecast store (2 lead times x 2 samples) written through the store module."""
     from datetime import datetime
