@@ -25,6 +25,8 @@ from corrdiff_tools import __version__
 from corrdiff_tools.errors import RunError, Terminated, UsageError
 
 if TYPE_CHECKING:
+    from corrdiff_tools.network import Endpoint
+    from corrdiff_tools.requests import RunRequest
     from corrdiff_tools.run_workflow import ModelLoader, SourceFactory
 
 logger = logging.getLogger("corrdiff_tools")
@@ -392,6 +394,15 @@ def run_main(
     (:func:`corrdiff_tools.model.load_corrdiff`): how tests run the whole tool offline
     against a fake GFS, an unreachable one or a failing one.
     """
+    import time
+
+    # From the command line, the summary's clock starts with the process (interpreter
+    # and imports included); called from Python, with the call.
+    started = time.monotonic()
+    if argv is None:
+        from corrdiff_tools.run_workflow import process_age
+
+        started -= process_age()
     parser = build_run_parser()
     command = list(sys.argv[1:] if argv is None else argv)
 
@@ -414,10 +425,32 @@ def run_main(
             load_model=load_model or model.load_corrdiff,
             import_libraries=import_libraries,
             progress=functools.partial(progress_bar, quiet=args.quiet, unit="sample"),
+            endpoints=functools.partial(
+                network_needs, model=load_model is None, inputs=build_source is None
+            ),
+            started=started,
         )
         return run_workflow.run(request, parts)
 
     return guarded(body, parser, resume_hint)(argv)
+
+
+def network_needs(request: RunRequest, *, model: bool, inputs: bool) -> list[Endpoint]:
+    """The hosts a run downloads from: the model registry and the input archive.
+
+    Injected fakes (tests) replace the real model loader or sources: their hosts are not
+    needed then.
+    """
+    from corrdiff_tools import network
+    from corrdiff_tools.model import DEFAULT_PACKAGE, PACKAGE_ZIP
+
+    found = [
+        network.package_endpoint(request.model_package, DEFAULT_PACKAGE, PACKAGE_ZIP)
+        if model
+        else None,
+        network.source_endpoint(request.source.kind) if inputs else None,
+    ]
+    return [endpoint for endpoint in found if endpoint is not None]
 
 
 @contextlib.contextmanager
@@ -524,7 +557,9 @@ def build_plot_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--colormap", help="one matplotlib colormap for every map panel")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace images that already exist in --outdir"
+        "--overwrite",
+        action="store_true",
+        help="draw everything again, replacing existing files (up-to-date ones are else kept)",
     )
     parser.add_argument("--show", action="store_true", help="also open the figures in a window")
     parser.add_argument(

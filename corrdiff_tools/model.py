@@ -199,14 +199,20 @@ def resolve_zip(spec: str) -> Path:
         package = CorrDiffTaiwan.load_default_package()
     else:
         package = Package(spec, cache_options={"same_names": True})
+    logger.info(
+        "fetching the model package %s into %s (downloaded once, then read from there)",
+        spec,
+        package.cache,
+    )
     try:
         return Path(package.resolve(PACKAGE_ZIP))
     except Exception as err:  # noqa: BLE001 - fsspec/ngc raise many types when offline
+        from corrdiff_tools import network
+        from corrdiff_tools.sources import OFFLINE_HINT
+
+        why = network.unreachable_reason(err) or network.summarise(err)
         raise RunError(
-            f"could not download the model package {spec} ({type(err).__name__}: {err}); "
-            "to work offline, copy corrdiff_inference_package.zip from a machine with internet "
-            "(run_corrdiff.py --prefetch caches it) and pass --model-package DIR; see the "
-            "README's 'Offline and HPC use'"
+            f"could not download the model package {spec} ({why}): {OFFLINE_HINT}"
         ) from err
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import xarray as xr
 
     from corrdiff_tools import evaluate
+    from corrdiff_tools.drawn import Fingerprints
     from corrdiff_tools.render import RenderContext, Task
     from corrdiff_tools.requests import PlotRequest, ProgressFactory
     from corrdiff_tools.truth import Truth
@@ -43,7 +45,7 @@ Key = tuple[int, int | None]
 
 def plot(request: PlotRequest, progress: ProgressFactory) -> int:
     """Draw and evaluate what ``request`` asks for; return the exit code."""
-    from corrdiff_tools import evaluate, render
+    from corrdiff_tools import drawn, evaluate, render
 
     dataset = request.dataset
     samples_ok, damaged = drawable_pieces(request)
@@ -60,18 +62,6 @@ def plot(request: PlotRequest, progress: ProgressFactory) -> int:
     tasks = _complete_tasks(tasks, samples_ok)
     gifs = gif_paths(request)
     entries, science = evaluation_plan(request, samples_ok)
-    targets = [task.path for task in tasks] + list(gifs.values())
-    if science is not None:
-        targets += evaluate.planned_paths(entries, science)
-    existing = [path for path in targets if path.exists()]
-    if existing and not request.overwrite:
-        raise UsageError(
-            f"{len(existing)} output file(s) already exist, e.g. {existing[0]}: pass --overwrite "
-            "to replace them, or choose another --outdir"
-        )
-    from corrdiff_tools.requests import check_writable_location
-
-    check_writable_location(request.outdir / "probe", "--outdir")
     if not tasks and science is None:
         if not request.samples:
             raise UsageError(
@@ -79,13 +69,37 @@ def plot(request: PlotRequest, progress: ProgressFactory) -> int:
                 "--pdf or --truth"
             )
         raise UsageError("nothing to draw: every selected sample is incomplete in the store")
+    prints = drawn.Fingerprints(request, samples_ok)
+    plan = _plan_writes(request, prints, tasks, gifs, entries, science)
+    plan.refuse_stale(request.overwrite)
+    from corrdiff_tools.requests import check_writable_location
+
+    check_writable_location(request.outdir / "probe", "--outdir")
+    tasks, gifs = plan.tasks, plan.gifs
+    run_evaluation = science is not None and plan.evaluation_needed
+    if plan.kept:
+        logger.info(
+            "%d file(s) already drawn from this store with these settings are up to date and "
+            "kept (--overwrite draws them again)",
+            len(plan.kept),
+        )
+    if not tasks and not run_evaluation:
+        logger.info("nothing to draw: everything asked for is up to date in %s", request.outdir)
+        return 0
     request.outdir.mkdir(parents=True, exist_ok=True)
+    manifest = drawn.Manifest(request.outdir)
+    written: list[Path] = []
+    if tasks:
+        context, coastlines = _draw(request, tasks, gifs, samples_ok if damaged else None, progress)
+        manifest.record((task.path, plan.fingerprints[task.path]) for task in tasks)
+        manifest.record((path, plan.fingerprints[path]) for path in gifs.values())
+    if run_evaluation:
+        assert science is not None  # noqa: S101 - run_evaluation says so
+        written = evaluate.evaluate(dataset, entries, science)
+        manifest.record((path, plan.fingerprints[path]) for path in written)
     if not tasks:
-        written = evaluate.evaluate(dataset, entries, science) if science else []
         logger.info("wrote %d file(s) to %s", len(written), request.outdir)
         return 0
-    context, coastlines = _draw(request, tasks, gifs, samples_ok if damaged else None, progress)
-    written = evaluate.evaluate(dataset, entries, science) if science is not None else []
     logger.info(
         "wrote %d figure(s)%s%s to %s (coastlines: %s)",
         len(tasks),
@@ -97,6 +111,79 @@ def plot(request: PlotRequest, progress: ProgressFactory) -> int:
     if request.show:
         _show(tasks, context)
     return 0
+
+
+@dataclass
+class WritePlan:
+    """What a plot run writes, after leaving out what is already up to date."""
+
+    tasks: list[Task]
+    gifs: dict[Key, Path]
+    evaluation_needed: bool
+    #: Existing files this run would replace although they were drawn otherwise.
+    stale: list[Path]
+    #: Up-to-date files left alone.
+    kept: list[Path]
+    fingerprints: dict[Path, str]
+
+    def refuse_stale(self, overwrite: bool) -> None:
+        """Never replace a file this tool did not draw with these settings, unless asked."""
+        if self.stale and not overwrite:
+            raise UsageError(
+                f"{len(self.stale)} output file(s) already exist and were drawn from other data "
+                f"or with other settings (or not by this tool), e.g. {self.stale[0]}: pass "
+                "--overwrite to replace them, or choose another --outdir"
+            )
+
+
+def _plan_writes(
+    request: PlotRequest,
+    fingerprints: Fingerprints,
+    tasks: list[Task],
+    gifs: dict[Key, Path],
+    entries: list[evaluate.Entry],
+    science: evaluate.Request | None,
+) -> WritePlan:
+    """Split the planned files into up to date (kept), new, and stale (--overwrite only).
+
+    With ``--overwrite`` everything is drawn again. A GIF to be drawn needs its frames, so
+    its sample figures are drawn again too (identical to the files they replace).
+    """
+    from corrdiff_tools import drawn, evaluate
+
+    manifest = drawn.Manifest(request.outdir)
+    prints = {task.path: fingerprints.figure(task) for task in tasks}
+    for key, path in gifs.items():
+        prints[path] = fingerprints.gif(t for t in tasks if _frame_of(t, key))
+    evaluation = evaluate.planned_paths(entries, science) if science is not None else []
+    for path in evaluation:
+        assert science is not None  # noqa: S101 - no paths without a request
+        prints[path] = fingerprints.evaluation(entries, science, path)
+    current = {
+        path
+        for path, value in prints.items()
+        if not request.overwrite and manifest.up_to_date(path, value)
+    }
+    stale = [path for path in prints if path.exists() and path not in current]
+    gifs_left = {key: path for key, path in gifs.items() if path not in current}
+    tasks_left = [
+        task
+        for task in tasks
+        if task.path not in current or any(_frame_of(task, key) for key in gifs_left)
+    ]
+    return WritePlan(
+        tasks=tasks_left,
+        gifs=gifs_left,
+        evaluation_needed=any(path not in current for path in evaluation),
+        stale=stale,
+        kept=[path for path in current if path not in {task.path for task in tasks_left}],
+        fingerprints=prints,
+    )
+
+
+def _frame_of(task: Task, key: Key) -> bool:
+    """Whether ``task`` is a frame of the animation of (time, lead) ``key``."""
+    return task.kind == "sample" and (task.time_index, task.lead_index) == key
 
 
 def drawable_pieces(request: PlotRequest) -> tuple[np.ndarray, bool]:

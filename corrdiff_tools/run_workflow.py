@@ -21,9 +21,10 @@ A run, step by step (rank 0 alone where only one may act):
 from __future__ import annotations
 
 import logging
+import os
 import time as clock
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from corrdiff_tools import times as times_mod
-from corrdiff_tools.errors import UsageError
+from corrdiff_tools.errors import RunError, UsageError
 
 if TYPE_CHECKING:
     from earth2studio.models.dx import CorrDiffTaiwan
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from corrdiff_tools.distributed import Context
     from corrdiff_tools.downscale import CorrDiffSampler, Job, Timings, Writer
     from corrdiff_tools.model import DeviceInfo
+    from corrdiff_tools.network import Endpoint, Probe
     from corrdiff_tools.requests import BenchmarkRequest, ProgressFactory, RunRequest
     from corrdiff_tools.sources import InputSource, SourceSpec
     from corrdiff_tools.store import StoreLayout, StoreWriter
@@ -50,6 +52,13 @@ logger = logging.getLogger("corrdiff_tools")
 SourceFactory = Callable[["SourceSpec", Sequence[datetime]], "InputSource"]
 #: Loads CorrDiff from a ``--model-package`` onto a device: the model and its precision.
 ModelLoader = Callable[[str, "DeviceInfo"], tuple["CorrDiffTaiwan", str]]
+#: The hosts a request will download from (see :mod:`corrdiff_tools.network`).
+EndpointFinder = Callable[["RunRequest"], Sequence["Endpoint"]]
+
+
+def no_endpoints(request: RunRequest) -> Sequence[Endpoint]:
+    """For runs whose source and model are local (or fakes, in tests)."""
+    return ()
 
 
 @dataclass(frozen=True)
@@ -61,14 +70,21 @@ class RunParts:
     #: Imports earth2studio's model stack (slow), quietly, and tames its logging.
     import_libraries: Callable[[], None]
     progress: ProgressFactory
+    #: What to check is reachable before anything waits on the network.
+    endpoints: EndpointFinder = no_endpoints
+    #: ``time.monotonic()`` when the run started: the process start for the command line
+    #: (see :func:`process_age`), the call for a run started from Python.
+    started: float = field(default_factory=clock.monotonic)
 
 
 def run(request: RunRequest, parts: RunParts) -> int:
     """Downscale (or prefetch) what ``request`` asks for; return the exit code."""
-    from corrdiff_tools import distributed, model, store
+    from corrdiff_tools import distributed, model, network, store
     from corrdiff_tools.lock import StoreLock
 
     rank, world, local_rank = distributed.launched_ranks()
+    # Started first, so the connections overlap with importing torch and earth2studio.
+    probe = network.Probe(parts.endpoints(request)) if rank == 0 else None
     device_spec = request.device
     if world > 1 and device_spec in ("auto", "cuda"):
         import torch
@@ -91,7 +107,7 @@ def run(request: RunRequest, parts: RunParts) -> int:
             store.clean_leftovers(request.output)  # of a run killed mid-creation
         ranks = distributed.start(device.is_gpu)
         try:
-            return _run_ranked(request, parts, device, ranks)
+            return _run_ranked(request, parts, device, ranks, probe)
         finally:
             ranks.close()
     finally:
@@ -99,16 +115,23 @@ def run(request: RunRequest, parts: RunParts) -> int:
             lock.release()
 
 
-def _run_ranked(request: RunRequest, parts: RunParts, device: DeviceInfo, ranks: Context) -> int:
+def _run_ranked(
+    request: RunRequest, parts: RunParts, device: DeviceInfo, ranks: Context, probe: Probe | None
+) -> int:
     from corrdiff_tools import downscale, sources, speed, store
 
-    wall_start = clock.perf_counter()
     logger.info(
         "device: %s%s",
         device.description,
         f" (rank {ranks.rank} of {ranks.world})" if ranks.enabled else "",
     )
+    if probe is not None:
+        _check_reachable(probe)
+    clocks = StartUp(parts.started)
+    logger.info("importing earth2studio and physicsnemo ...")
     parts.import_libraries()
+    clocks.imported()
+    logger.info("imported in %.1f s", clocks.imports)
     source = parts.build_source(request.source, request.times) if ranks.is_root else None
     extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
     if request.prefetch is not None:
@@ -142,10 +165,67 @@ def _run_ranked(request: RunRequest, parts: RunParts, device: DeviceInfo, ranks:
     open_writer = _writer_opener(request, _layout(request, sampler), attrs, ranks, resuming)
     timings = _downscale(request, parts, device, jobs, fetch, sampler, open_writer, ranks)
     _store_statistics(request.output, request.statistics, ranks)
-    _summary(
-        request, device, ranks, len(jobs), timings, load_time, clock.perf_counter() - wall_start
-    )
+    _summary(request, device, ranks, len(jobs), timings, load_time, clocks)
     return 0
+
+
+def process_age() -> float:
+    """Seconds since this process started (the interpreter's own start-up included).
+
+    Read from ``/proc`` (Linux); elsewhere, from when this module was imported.
+    """
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks
+        return max(0.0, clock.clock_gettime(clock.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover - not Linux
+        return clock.perf_counter() - _IMPORTED
+
+
+_IMPORTED = clock.perf_counter()
+
+
+class StartUp:
+    """When the run's start-up ended, and how much of it was earth2studio's import."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self._before_imports = self.elapsed()
+        self.imports = 0.0
+        self.startup = self._before_imports
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return clock.monotonic() - self.started
+
+    def imported(self) -> None:
+        """Mark the end of the heavy imports: the end of start-up."""
+        self.startup = self.elapsed()
+        self.imports = self.startup - self._before_imports
+
+
+def _check_reachable(probe: Probe) -> None:
+    """Stop now, listing every host the run cannot do without, if any is unreachable.
+
+    A host whose earth2studio cache already holds downloads only earns a warning: the
+    cache may hold what the run needs (then it works offline), and if not, the fetch
+    fails at once with the same kind of one-line message.
+    """
+    from corrdiff_tools import network, sources
+
+    failures = probe.unreachable()
+    fatal = [(e, why) for e, why in failures if not e.cached]
+    if fatal:
+        raise RunError(network.unreachable_message(fatal, sources.OFFLINE_HINT))
+    for endpoint, why in failures:
+        logger.warning(
+            "cannot reach %s for the %s (%s): trying earth2studio's cache in %s",
+            endpoint.host,
+            endpoint.what,
+            why,
+            endpoint.cache,
+        )
 
 
 def _load(
@@ -290,22 +370,33 @@ def _summary(
     entries: int,
     timings: Timings,
     load_time: float,
-    wall: float,
+    clocks: StartUp,
 ) -> None:
+    """The closing line: where every second since the process started went."""
     from corrdiff_tools import model
 
     peak = model.peak_memory_bytes(device)
     per_rank = ranks.gather((timings.samples, timings.inference, peak))
+    wall = clocks.elapsed()
+    parts = {
+        "start-up": clocks.startup,
+        "model load": load_time,
+        "waiting for inputs": timings.fetch,
+        "inference": timings.inference,
+        "write": timings.write,
+    }
+    other = max(0.0, wall - sum(parts.values()))
     logger.info(
-        "done: %d sample(s) for %d time(s) in %.1f s (fetch %.1f s, load %.1f s, inference "
-        "%.1f s, write %.1f s); peak %s memory %.2f GiB; wrote %s",
+        "done: %d sample(s) for %d time(s) in %.1f s since start: start-up %.1f s "
+        "(of which importing earth2studio %.1f s), %s, other %.1f s; peak %s memory "
+        "%.2f GiB; wrote %s",
         sum(samples for samples, _, _ in per_rank),
         entries,
         wall,
-        timings.fetch,
-        load_time,
-        timings.inference,
-        timings.write,
+        clocks.startup,
+        clocks.imports,
+        ", ".join(f"{name} {seconds:.1f} s" for name, seconds in list(parts.items())[1:]),
+        other,
         "device" if device.is_gpu else "host",
         peak / 2**30,
         request.output,

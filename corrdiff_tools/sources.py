@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time as time_mod
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,11 +40,8 @@ GRID_TOLERANCE = 1e-3
 #: Waits (seconds) between attempts at a remote fetch: network hiccups are common, outages
 #: are not, so three tries over ~20 s, then a clear failure (completed times stay stored).
 RETRY_DELAYS: tuple[float, ...] = (4.0, 16.0)
-OFFLINE_HINT = (
-    "to work offline, run with --prefetch FILE where there is internet, "
-    "then --source FILE (and --model-package DIR for the weights); see the README's "
-    "'Offline and HPC use'"
-)
+#: The offline route, short enough for a one-line error (--prefetch is in that section).
+OFFLINE_HINT = "offline: --source FILE --model-package DIR, see the README's 'Offline and HPC use'"
 
 
 @dataclass(frozen=True)
@@ -300,6 +298,10 @@ def cache_hint(source: Any) -> str:
     return f"delete {directory} and rerun with --resume"
 
 
+#: Sources that have delivered in this process (see fetch_fields' retries).
+_REACHED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def fetch_fields(
     source: InputSource,
     spec: SourceSpec,
@@ -322,10 +324,13 @@ def fetch_fields(
     from earth2studio.data import fetch_data
     from earth2studio.utils.coords import map_coords
 
-    what = f"{', '.join(variables)} at {times_mod.format_time(time)}"
-    if spec.is_forecast:
-        what += f" +{lead_hours} h"
+    from corrdiff_tools import network
+
+    when = times_mod.format_time(time) + (f" +{lead_hours} h" if spec.is_forecast else "")
+    what = f"{', '.join(variables)} at {when}"
     delays = () if spec.kind == "file" else RETRY_DELAYS
+    if spec.kind != "file":
+        logger.debug("fetching %s from %s", what, spec.label)
     for attempt in range(len(delays) + 1):
         try:
             x, coords = fetch_data(
@@ -340,26 +345,34 @@ def fetch_fields(
                 coords,
                 {"variable": np.array(list(variables)), "lat": LR_LAT, "lon": LR_LON},
             )
+            _REACHED.add(source)
             break
         except Exception as err:  # noqa: BLE001 - earth2studio sources raise many types
-            if attempt < len(delays):
+            if spec.kind == "file":
+                raise RunError(
+                    f"could not read {what} from {spec.label} ({network.summarise(err)})"
+                ) from err
+            unreachable = network.unreachable_reason(err)
+            # A host never reached in this run will not come back in 20 s: retrying only
+            # adds silence. Once it has delivered, a loss is retried (a network hiccup).
+            if attempt < len(delays) and (unreachable is None or source in _REACHED):
                 logger.warning(
-                    "fetching %s failed (%s: %s); retrying in %g s",
-                    what,
-                    type(err).__name__,
-                    err,
+                    "fetching the inputs at %s failed (%s); retrying in %g s",
+                    when,
+                    unreachable or network.summarise(err),
                     delays[attempt],
                 )
                 time_mod.sleep(delays[attempt])
                 continue
-            if spec.kind == "file":
-                raise RunError(
-                    f"could not read {what} from {spec.label} ({type(err).__name__}: {err})"
-                ) from err
             tries = f" after {attempt + 1} tries" if attempt else ""
+            if unreachable is not None:
+                raise RunError(
+                    f"could not reach {spec.label} for the inputs at {when}{tries} "
+                    f"({unreachable}); {OFFLINE_HINT}"
+                ) from err
             raise RunError(
-                f"could not fetch {what} from {spec.label}{tries} ({type(err).__name__}: {err}); "
-                f"{OFFLINE_HINT}; if the network is fine, a cached download may be corrupt: "
+                f"could not fetch the inputs at {when} from {spec.label}{tries} "
+                f"({network.summarise(err)}); if a cached download is corrupt, "
                 f"{cache_hint(source)}"
             ) from err
     values = x.cpu().numpy().reshape(len(variables), LR_LAT.size, LR_LON.size).astype("float32")

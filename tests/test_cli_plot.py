@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -15,10 +16,16 @@ from PIL import Image, ImageSequence
 
 from corrdiff_tools import render, store
 from corrdiff_tools.cli import plot_main, run_main
+from corrdiff_tools.drawn import MANIFEST
 from corrdiff_tools.quantities import KELVIN
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--dpi", "30", "-q"]
+
+
+def drawn_files(directory: Path) -> list[Path]:
+    """What the plot tool drew into ``directory`` (without its record of it)."""
+    return [p for p in directory.iterdir() if p.name != MANIFEST]
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +46,7 @@ def plot(*args: str) -> int:
 
 def test_one_file_per_time_and_sample_with_sortable_names(ensemble: Path, tmp_path: Path) -> None:
     assert plot(str(ensemble), "--outdir", str(tmp_path / "out"), "--jobs", "1", *FAST) == 0
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    names = sorted(p.name for p in drawn_files(tmp_path / "out"))
     assert names == [
         f"corrdiff-2024-07-24T{hour}-sample-{sample:02d}.jpg"
         for hour in ("06", "12")
@@ -52,7 +59,7 @@ def test_one_file_per_time_and_sample_with_sortable_names(ensemble: Path, tmp_pa
 def test_default_outdir_is_beside_the_store(ensemble: Path) -> None:
     outdir = ensemble.parent / "gaemi-plots"
     assert plot(str(ensemble), "--sample", "1", "--time", "2024-07-24T12:00", *FAST) == 0
-    assert sorted(p.name for p in outdir.iterdir()) == ["corrdiff-2024-07-24T12-sample-01.jpg"]
+    assert sorted(p.name for p in drawn_files(outdir)) == ["corrdiff-2024-07-24T12-sample-01.jpg"]
 
 
 def test_sample_numbers_pad_to_the_ensemble_size() -> None:
@@ -120,8 +127,8 @@ def test_parallel_rendering_gives_the_same_files(ensemble: Path, tmp_path: Path)
     args = (str(ensemble), "--time", "0", "--format", "png", "--stats", *FAST)
     assert plot(*args, "--jobs", "1", "--outdir", str(tmp_path / "serial")) == 0
     assert plot(*args, "--jobs", "2", "--outdir", str(tmp_path / "parallel")) == 0
-    serial = {p.name: p.read_bytes() for p in (tmp_path / "serial").iterdir()}
-    parallel = {p.name: p.read_bytes() for p in (tmp_path / "parallel").iterdir()}
+    serial = {p.name: p.read_bytes() for p in drawn_files(tmp_path / "serial")}
+    parallel = {p.name: p.read_bytes() for p in drawn_files(tmp_path / "parallel")}
     assert len(serial) == 4 and serial == parallel
 
 
@@ -147,7 +154,7 @@ def test_a_sample_image_does_not_depend_on_other_options(ensemble: Path, tmp_pat
     common = (str(ensemble), "--time", "0", "--sample", "0", "--format", "png", *FAST)
     assert plot(*common, "--outdir", str(tmp_path / "a")) == 0
     assert plot(*common, "--plot-lowres", "--stats", "--outdir", str(tmp_path / "b")) == 0
-    (name,) = [p.name for p in (tmp_path / "a").iterdir()]
+    (name,) = [p.name for p in drawn_files(tmp_path / "a")]
     assert name == "corrdiff-2024-07-24T06-sample-00.png"
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -225,7 +232,7 @@ def test_blog_layout_store_still_plots(tmp_path: Path) -> None:
     assert opened["t2m"].dims == ("time", "sample", "y", "x") and "lat" in opened.coords
     assert opened["t2m"].attrs["units"] == "K"
     assert plot(str(path), "--stats", "--jobs", "1", *FAST) == 0
-    names = sorted(p.name for p in (tmp_path / "corrdiff-2024-07-24-plots").iterdir())
+    names = sorted(p.name for p in drawn_files(tmp_path / "corrdiff-2024-07-24-plots"))
     assert names == [
         "corrdiff-2024-07-24T12-sample-00.jpg",
         "corrdiff-2024-07-24T12-sample-01.jpg",
@@ -259,7 +266,7 @@ def test_incomplete_samples_are_skipped_with_a_warning(
     shutil.copytree(ensemble, partial)
     zarr.open_group(str(partial), mode="r+")["completed"][1, 2] = 0
     assert plot(str(partial), "--time", "1", "--outdir", str(tmp_path / "o"), "--dpi", "30") == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+    assert sorted(p.name for p in drawn_files(tmp_path / "o")) == [
         "corrdiff-2024-07-24T12-sample-00.jpg",
         "corrdiff-2024-07-24T12-sample-01.jpg",
     ]
@@ -269,16 +276,58 @@ def test_incomplete_samples_are_skipped_with_a_warning(
     )
 
 
-def test_existing_images_need_overwrite(ensemble: Path, tmp_path: Path, capsys) -> None:
-    args = (str(ensemble), "--sample", "0", "--time", "0", "--outdir", str(tmp_path / "o"), *FAST)
-    assert plot(*args) == 0
-    image = tmp_path / "o" / "corrdiff-2024-07-24T06-sample-00.jpg"
-    image.write_bytes(b"my annotated copy")
+def test_rerunning_a_plot_keeps_up_to_date_files_and_refuses_to_replace_others(
+    ensemble: Path, tmp_path: Path, capsys
+) -> None:
+    outdir = tmp_path / "o"
+    args = (str(ensemble), "--sample", "0-1", "--time", "0", "--outdir", str(outdir), "--dpi", "30")
+    assert plot(*args, "--gif") == 0
+    image = outdir / "corrdiff-2024-07-24T06-sample-00.jpg"
+    gif = outdir / "corrdiff-2024-07-24T06.gif"
+    drawn = {p: p.stat().st_mtime_ns for p in (image, gif)}
     capsys.readouterr()
+
+    # The same command again: nothing is drawn, nothing is touched, and it says so.
+    assert plot(*args, "--gif") == 0
+    err = capsys.readouterr().err
+    assert "3 file(s) already drawn from this store with these settings are up to date" in err
+    assert "nothing to draw: everything asked for is up to date" in err
+    assert {p: p.stat().st_mtime_ns for p in drawn} == drawn
+    # A subset, or the same images with something new beside them: only the new is drawn.
+    assert plot(*args, "--stats") == 0
+    assert (outdir / "corrdiff-2024-07-24T06-stats.jpg").exists()
+    assert {p: p.stat().st_mtime_ns for p in drawn} == drawn
+
+    # Other settings for an existing file: refused, nothing written.
+    for other in (["--dpi", "31"], ["--gif", "--fps", "3"], ["--colormap", "gray"]):
+        assert plot(*args, *other) == 2, other
+        err = capsys.readouterr().err
+        assert "already exist and were drawn from other data or with other settings" in err
+        assert "pass --overwrite" in err
+        assert {p: p.stat().st_mtime_ns for p in drawn} == drawn
+
+    # A file edited since (or not ours): refused, kept, replaced only with --overwrite.
+    image.write_bytes(b"my annotated copy")
     assert plot(*args) == 2
-    assert "1 output file(s) already exist" in capsys.readouterr().err
+    assert f"e.g. {image}" in capsys.readouterr().err
     assert image.read_bytes() == b"my annotated copy"
     assert plot(*args, "--overwrite") == 0 and image.read_bytes() != b"my annotated copy"
+    assert plot(*args) == 0  # and up to date again
+
+
+def test_images_of_a_store_that_changed_since_are_stale(
+    ensemble: Path, tmp_path: Path, capsys
+) -> None:
+    import zarr
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(ensemble, store)
+    args = (str(store), "--sample", "0", "--time", "0", "--outdir", str(tmp_path / "o"), *FAST)
+    assert plot(*args) == 0
+    capsys.readouterr()
+    zarr.open_group(str(store), mode="r+")["completed"][1, 2] = 0  # as before a --resume
+    assert plot(*args) == 2
+    assert "drawn from other data" in capsys.readouterr().err
 
 
 def test_coastlines_fall_back_offline_and_prefer_natural_earth(tmp_path: Path, monkeypatch) -> None:
@@ -434,7 +483,7 @@ def forecast_store(path: Path) -> Path:
 def test_forecast_store_names_files_by_lead_time(tmp_path: Path) -> None:
     path = forecast_store(tmp_path / "fc.zarr")
     assert plot(str(path), "--lead-time", "12", "--sample", "1", "--gif", "--jobs", "1", *FAST) == 0
-    names = sorted(p.name for p in (tmp_path / "fc-plots").iterdir())
+    names = sorted(p.name for p in drawn_files(tmp_path / "fc-plots"))
     assert names == ["corrdiff-2024-07-24T00-f012-sample-01.jpg", "corrdiff-2024-07-24T00-f012.gif"]
     ds = store.open_store(path)
     context = render.RenderContext(path, render.colour_scales(ds), [], {}, "png", 30)
@@ -520,7 +569,7 @@ def test_damaged_pieces_are_skipped_with_a_warning_naming_the_file(
     ) in err
     assert f"skipping sample 2 of 2024-07-24T12:00: it is marked complete but {chunk} " in err
     assert "cannot be read (" in err
-    assert sorted(p.name for p in outdir.iterdir()) == [
+    assert sorted(p.name for p in drawn_files(outdir)) == [
         "corrdiff-2024-07-24T06-sample-00.jpg",
         "corrdiff-2024-07-24T06-sample-02.jpg",
         "corrdiff-2024-07-24T12-sample-00.jpg",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +35,18 @@ def test_one_time_writes_a_complete_cf_store(
     assert code == 0, err
     path = tmp_path / "outputs" / "corrdiff-2024-07-24T12.zarr"
     assert "wrote outputs/corrdiff-2024-07-24T12.zarr" in err
+    # The summary's parts add up to its total, start-up and the rest accounted.
+    summary = re.search(
+        r"done: 3 sample\(s\) for 1 time\(s\) in ([\d.]+) s since start: start-up ([\d.]+) s "
+        r"\(of which importing earth2studio ([\d.]+) s\), model load ([\d.]+) s, waiting for "
+        r"inputs ([\d.]+) s, inference ([\d.]+) s, write ([\d.]+) s, other ([\d.]+) s;",
+        err,
+    )
+    assert summary is not None, err
+    total, startup, imports, *rest = (float(value) for value in summary.groups())
+    assert abs(startup + sum(rest) - total) <= 0.35  # eight figures rounded to 0.1 s
+    assert 0 < imports <= startup and rest[2] > 0  # inference
+    assert "importing earth2studio and physicsnemo ..." in err
     ds = open_store(path)
 
     for name in OUTPUT_VARIABLES:
@@ -375,8 +388,10 @@ def test_network_failure_is_one_line_with_the_offline_options(
     )
     assert code == 1
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("run_corrdiff.py: error: could not fetch")
-    assert "noaa-gfs-bdp-pds" in lines[-1] and "--prefetch FILE" in lines[-1]
+    assert lines[-1].startswith(
+        "run_corrdiff.py: error: could not reach gfs for the inputs at 2024-07-24T12:00 "
+        "(DNS lookup failed)"
+    )
     assert "--source FILE" in lines[-1] and "--model-package DIR" in lines[-1]
     assert "see the README's 'Offline and HPC use'" in lines[-1]
     assert not (tmp_path / "outputs").exists()

@@ -91,7 +91,7 @@ MAX_TIMES = 3
 MAX_SAMPLES = 4
 RUN_LIMITS = ["--steps", "2", "--device", "cpu"]
 SOURCE_NAMES = ("gfs", "gfs-forecast", "era5")
-PLOT_LIMITS = ["--dpi", "30", "--jobs", "1", "--overwrite"]
+PLOT_LIMITS = ["--dpi", "30", "--jobs", "1"]
 
 
 def _cut_range(text: str) -> str:

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from corrdiff_tools import sources, store
 from corrdiff_tools.cli import plot_main, run_main
 from corrdiff_tools.downscale import CorrDiffSampler
-from corrdiff_tools.errors import UsageError
+from corrdiff_tools.errors import RunError, UsageError
 from corrdiff_tools.lock import lock_path
 from corrdiff_tools.requests import parse_selection, parse_thresholds
 from corrdiff_tools.sampling import PRESETS
@@ -350,9 +350,11 @@ def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     assert run_main([*gfs_args(package_dir), "--output", str(path)], build_source=cut_at_noon) == 1
     err = capsys.readouterr().err
     line = one_line(err)
-    assert line.startswith("run_corrdiff.py: error: could not fetch")
-    assert "at 2024-07-24T12:00 from gfs after 3 tries" in line and "noaa-gfs-bdp-pds" in line
-    assert "--prefetch FILE" in line
+    assert line == (
+        "run_corrdiff.py: error: could not reach gfs for the inputs at 2024-07-24T12:00 after 3 "
+        f"tries (network unreachable); {sources.OFFLINE_HINT}"
+    )
+    # Lost after it had delivered: retried, in case it was a hiccup.
     assert err.count("retrying in") == 2
     assert xr.open_zarr(path)["completed"].values.tolist() == [[1, 1, 1], [0, 0, 0]]
     assert not lock_path(path).exists()
@@ -360,6 +362,31 @@ def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     resumed = [*gfs_args(package_dir), "--output", str(path), "--resume", "-q"]
     assert run_main(resumed, build_source=serving(FlakySource(input_file))) == 0
     assert_same_ensemble(path, reference)
+
+
+def test_a_source_never_reached_fails_at_once_in_one_short_line(
+    package_dir: Path, input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Offline:
+        def __call__(self, time: object, variable: object) -> None:
+            # What obstore says offline, Rust debug dump and all (abridged).
+            raise RuntimeError(
+                "Generic S3 error: Error performing GET https://s3.us-east-1.amazonaws.com/"
+                "noaa-gfs-bdp-pds/gfs.20240724/06/atmos/gfs.t06z.pgrb2.0p25.f000.idx in 2.8s, "
+                "after 10 retries - HTTP error: error sending request\n\nDebug source:\nGeneric "
+                '{\n    store: "S3",\n    source: ConnectError(\n        "dns error",\n    ),\n}'
+            )
+
+    args = [*gfs_args(package_dir), "--output", str(tmp_path / "o.zarr")]
+    assert run_main(args, build_source=serving(Offline())) == 1
+    err = capsys.readouterr().err
+    line = one_line(err)
+    assert line == (
+        "run_corrdiff.py: error: could not reach gfs for the inputs at 2024-07-24T06:00 "
+        f"(DNS lookup failed); {sources.OFFLINE_HINT}"
+    )
+    assert len(line) < 200 and "retrying" not in err and "Debug source" not in err
+    assert not (tmp_path / "o.zarr").exists()
 
 
 def test_a_brief_network_hiccup_is_retried(
@@ -389,7 +416,7 @@ def test_a_corrupt_download_points_at_the_cache(
     line = one_line(capsys.readouterr().err)
     assert "truncated message" in line
     assert line.endswith(
-        f"a cached download may be corrupt: delete {tmp_path}/cache/gfs and rerun with --resume"
+        f"if a cached download is corrupt, delete {tmp_path}/cache/gfs and rerun with --resume"
     )
 
 
@@ -401,29 +428,89 @@ def test_the_real_gfs_source_names_its_cache_directory(
     assert hint == f"delete {tmp_path}/gfs and rerun with --resume"
 
 
+def test_unreachable_hosts_are_listed_together_before_anything_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default model and GFS, with sockets disabled (pytest-socket) and no cache."""
+    from corrdiff_tools import model
+
+    monkeypatch.setenv("EARTH2STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    monkeypatch.setattr(model, "import_model_stack", lambda *a: loaded.append("imports"))
+    start = time.monotonic()
+    code = run_main(["2024-07-24T12", "--device", "cpu"])
+    err = capsys.readouterr().err
+    line = one_line(err)
+    assert code == 1 and time.monotonic() - start < 15
+    assert line.startswith(
+        "run_corrdiff.py: error: cannot reach api.ngc.nvidia.com (model weights) or "
+        "s3.us-east-1.amazonaws.com (GFS inputs)"
+    )
+    assert line.endswith(sources.OFFLINE_HINT)
+    assert loaded == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_cached_source_is_tried_when_its_host_is_unreachable(
+    package_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from corrdiff_tools import network
+
+    (tmp_path / "cache" / "gfs").mkdir(parents=True)
+    (tmp_path / "cache" / "gfs" / "0a1b2c").write_bytes(b"grib")
+    monkeypatch.setenv("EARTH2STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        network.Probe,
+        "unreachable",
+        lambda self: [(e, "DNS lookup failed") for e in self.endpoints],
+    )
+    tried = []
+
+    def factory(spec: object, times: object) -> object:
+        tried.append(spec)
+        raise RunError("stop here")
+
+    from corrdiff_tools import cli
+
+    monkeypatch.setattr(sources, "build_source", factory)
+    args = [*gfs_args(package_dir), "--output", str(tmp_path / "c.zarr")]
+    assert cli.run_main(args) == 1
+    err = capsys.readouterr().err
+    assert len(tried) == 1
+    assert (
+        "cannot reach s3.us-east-1.amazonaws.com for the GFS inputs (DNS lookup failed): trying "
+        f"earth2studio's cache in {tmp_path}/cache/gfs" in err
+    )
+
+
 def test_model_download_failure_is_one_line_with_the_offline_route(
     input_file: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Reachable at first (the probe), then the download fails."""
     from earth2studio.models.auto import Package
+
+    from corrdiff_tools import network
 
     def unreachable(self: object, name: str) -> str:
         raise OSError("Cannot connect to host api.ngc.nvidia.com:443 [Name or service not known]")
 
     monkeypatch.setattr(Package, "resolve", unreachable)
+    monkeypatch.setattr(network.Probe, "unreachable", lambda self: [])
+    monkeypatch.setenv("EARTH2STUDIO_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     code = run_main(["2024-07-24T12", "--source", str(input_file), "--device", "cpu"])
     line = one_line(capsys.readouterr().err)
     assert code == 1
-    assert line.startswith(
+    assert line == (
         "run_corrdiff.py: error: could not download the model package "
-        "ngc://models/nvidia/modulus/corrdiff_inference_package@1 (OSError: Cannot connect to host "
-        "api.ngc.nvidia.com:443"
+        "ngc://models/nvidia/modulus/corrdiff_inference_package@1 (DNS lookup failed): "
+        f"{sources.OFFLINE_HINT}"
     )
-    assert line.endswith("and pass --model-package DIR; see the README's 'Offline and HPC use'")
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [tmp_path / "cache"]
 
 
 # ------------------------------------------------------------------- memory
