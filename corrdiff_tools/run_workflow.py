@@ -295,7 +295,7 @@ def _attributes(request: RunRequest, device: str, precision: str) -> dict[str, o
     source = request.source
     return store.provenance(
         command=request.command,
-        model_package=request.model_package,
+        model_package=request.package_identity.get("path", request.model_package),
         input_source=str(source.path.resolve()) if source.path is not None else source.label,
         seed=request.seed,
         sampler=sampling.store_attrs(request.sampler),

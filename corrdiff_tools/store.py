@@ -195,8 +195,10 @@ def provenance(
     return {
         "Conventions": "CF-1.10",
         "title": "CorrDiff Taiwan km-scale downscaled ensemble",
-        "institution": "produced with corrdiff-tools",
-        "source": "NVIDIA CorrDiff Taiwan (Mardani et al. 2024, arXiv:2309.15214)",
+        # No "institution": CF means where the data was produced, which only the user
+        # knows (add it with xarray or zarr); the tool that made it is named in "source".
+        "source": "NVIDIA CorrDiff Taiwan (Mardani et al. 2024, arXiv:2309.15214), run with "
+        f"corrdiff-tools {__version__}",
         "references": "https://arxiv.org/abs/2309.15214",
         "history": f"{now} run_corrdiff.py {shlex.join(command)}",
         "corrdiff_tools_version": __version__,

@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 from conftest import FileForecast, load_inputs
 
+import corrdiff_tools
 from corrdiff_tools import store
 from corrdiff_tools.cli import run_main
 from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES, StoreWriter
@@ -92,6 +93,8 @@ def test_one_time_writes_a_complete_cf_store(
         "s_noise": 1.0,
     }  # fmt: skip
     assert attrs["input_source"] == str(input_file) and attrs["device"].startswith("CPU")
+    assert "institution" not in attrs  # only the user knows where they ran it
+    assert attrs["source"].endswith(f"run with corrdiff-tools {corrdiff_tools.__version__}")
     assert json.loads(attrs[store.SETTINGS_ATTR])["samples"] == 3
 
     # The inputs actually fed to the model are stored, equal to the file's values.
@@ -100,6 +103,22 @@ def test_one_time_writes_a_complete_cf_store(
         np.testing.assert_array_equal(ds[f"lr_{name}"].values[0], source.sel(variable=name).values)
     np.testing.assert_array_equal(ds["lr_refc"].values[0], source.sel(variable="refc").values)
     assert ds["lr_t2m"].attrs["units"] == "K"
+
+
+def test_provenance_names_relative_paths_absolutely(
+    package_dir: Path, input_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    shutil.copy(input_file, tmp_path / "in.nc")
+    shutil.copytree(package_dir, tmp_path / "pkg")
+    monkeypatch.chdir(tmp_path)
+    args = ["2024-07-24T12", "--samples", "1", "--steps", "2", "--source", "in.nc",
+            "--model-package", "pkg", "--device", "cpu", "--output", "r.zarr", "-q"]  # fmt: skip
+    assert run_main(args) == 0
+    attrs = xr.open_zarr(tmp_path / "r.zarr").attrs
+    assert attrs["input_source"] == str(tmp_path.resolve() / "in.nc")
+    assert attrs["model_package"] == str(tmp_path.resolve() / "pkg")
 
 
 def test_several_times_from_a_range_share_one_store(run_tool: Run, tmp_path: Path) -> None:
