@@ -245,7 +245,7 @@ def test_the_readme_snippets_for_other_tools_run_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocks = readme_section_code("Opening a store with other tools")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     filled_store(tmp_path / "outputs" / "corrdiff-2024-07-24T12.zarr")
     namespace: dict[str, object] = {"xr": xr}
@@ -256,3 +256,5 @@ def test_the_readme_snippets_for_other_tools_run_as_written(
     exported = xr.open_dataset(tmp_path / "corrdiff.nc")
     assert float(exported["t2m_bias"][0].mean()) == 0.0 and np.isnan(exported["t2m_bias"][1]).all()
     assert "_FillValue" not in exported["lat_lr"].encoding
+    added = store.open_store(tmp_path / "outputs" / "corrdiff-2024-07-24T12.zarr")
+    assert added.attrs["institution"] == "My Lab"
