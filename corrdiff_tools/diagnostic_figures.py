@@ -77,6 +77,12 @@ def _panels(
         yield index, ax, name, curves[name]
 
 
+def _squared(name: str) -> str:
+    """The unit of a periodogram of ``name``: its display unit squared (e.g. (m/s)²)."""
+    unit = VARIABLE_LABELS[name].split("[")[-1].rstrip("]")
+    return f"({unit})²" if "/" in unit or " " in unit else f"{unit}²"
+
+
 def spectra_figure(
     wavelength_km: np.ndarray, curves: Mapping[str, Curves], title: str, fig: Figure | None = None
 ) -> Figure:
@@ -96,7 +102,7 @@ def spectra_figure(
             ax.loglog(wavelength_km, values, label=label, **STYLES[label])
         ax.set_xlim(wavelength_km.max(), wavelength_km.min())
         ax.set_xlabel("Wavelength [km]")
-        ax.set_ylabel("Power")
+        ax.set_ylabel(f"Power [{_squared(name)}]")
         ax.set_title(VARIABLE_LABELS[name])
         ax.grid(True, which="major", alpha=0.3)
         if index == 1:

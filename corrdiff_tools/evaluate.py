@@ -13,12 +13,14 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from corrdiff_tools import diagnostics
+from corrdiff_tools import times as times_mod
 from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
 from corrdiff_tools.quantities import displayed
 from corrdiff_tools.store import FORMAT_ATTR, lead_hours, lowres_name, piece_index, regression_name
@@ -199,16 +201,21 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
         fields = _fields(dataset, entry)
         truth = _truth_fields(request, entry)
         when = np.datetime_as_string(entry.valid_time, "m")
+        lead = None if entry.lead_index is None else leads[entry.lead_index]
+        valid = times_mod.title_time(
+            entry.valid_time.astype("datetime64[s]").astype(datetime),
+            None if lead is None else int(lead),
+        )
         if request.spectra:
             wavelength, curves = _spectra(fields, truth, spacing)
             path = request.outdir / f"{entry.stem}-spectra.{request.fmt}"
-            title = f"Power spectra, valid {when} UTC, {len(entry.samples)} samples"
+            title = f"Power spectra · {valid} · {len(entry.samples)} samples"
             _save(figures.spectra_figure(wavelength, curves, title), path, request.dpi)
             written.append(path)
         if request.pdf:
             bins, curves = _densities(fields, truth)
             path = request.outdir / f"{entry.stem}-pdf.{request.fmt}"
-            title = f"Distributions over the grid, valid {when} UTC, {len(entry.samples)} samples"
+            title = f"Distributions over the grid · {valid} · {len(entry.samples)} samples"
             _save(figures.pdf_figure(bins, curves, title), path, request.dpi)
             written.append(path)
         if request.truth is not None and truth and len(entry.samples) >= 2:
@@ -217,7 +224,6 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
                 result = diagnostics.score(
                     truth[name], members, fields[name]["regression"], fields[name]["lowres"]
                 )
-                lead = None if entry.lead_index is None else leads[entry.lead_index]
                 rows.append(
                     {"valid_time": when, "lead_hours": lead, "variable": name, **result.as_row()}
                 )

@@ -49,8 +49,12 @@ SPREAD_COLORMAP = "magma"
 PROBABILITY_COLORMAP = "Blues"
 #: Colour scale shared by mrr and refc (both dBZ).
 SCALE_KEY = {"mrr": "mrr", "refc": "mrr", "t2m": "t2m", "wind": "wind"}
-#: One wind arrow every this many grid points (448 / 16 = 28 arrows a row).
-ARROW_STEP = 16
+#: One wind arrow every this many output grid points (448 / 28 = 16 arrows a row), and
+#: every this many input grid points (40 / 3: 13 a row).
+ARROW_STEP = 28
+LOWRES_ARROW_STEP = 3
+#: An arrow at the wind scale's top speed spans this fraction of the spacing between arrows.
+ARROW_FILL = 0.9
 SAMPLE_FIGSIZE = (15.0, 5.5)
 STATS_FIGSIZE = (15.0, 15.0)
 COASTLINE_STYLE = {"color": "black", "linewidth": 0.6}
@@ -189,24 +193,67 @@ def _mesh(
     return mesh
 
 
-def _arrows(ax: GeoAxes, fields: Fields) -> None:
+def _arrows(ax: GeoAxes, fields: Fields, top_speed: float) -> None:
+    """Wind arrows on a regular subset of the grid, all inside the data.
+
+    Lengths are fixed by the colour scale, not autoscaled per figure (matplotlib's
+    default, which shrank arrows to dots wherever one gust dominated): an arrow at the
+    scale's top speed spans :data:`ARROW_FILL` of the spacing between arrows, faster ones
+    are capped there. Arrows sit at the centres of their cells, drawn about their middle,
+    so none reaches past the data's edge.
+    """
     import cartopy.crs as ccrs
 
-    step = ARROW_STEP if fields.lat.ndim == 2 else max(1, ARROW_STEP // 8)
+    step = ARROW_STEP if fields.lat.ndim == 2 else LOWRES_ARROW_STEP
     lon, lat = fields.lon, fields.lat
     if lat.ndim == 1:
         lon, lat = np.meshgrid(lon, lat)
+    cells = (slice(step // 2, None, step), slice(step // 2, None, step))
+    u, v = (
+        np.asarray(fields.u[cells], dtype="float64"),
+        np.asarray(fields.v[cells], dtype="float64"),
+    )
+    speed = np.hypot(u, v)
+    top = top_speed if top_speed > 0 else 1.0
+    cap = np.where(speed > top, top / np.where(speed > 0, speed, 1.0), 1.0)
+    across = lon[cells].shape[1]
     ax.quiver(
-        lon[::step, ::step],
-        lat[::step, ::step],
-        fields.u[::step, ::step],
-        fields.v[::step, ::step],
+        lon[cells],
+        lat[cells],
+        u * cap,
+        v * cap,
         transform=ccrs.PlateCarree(),
-        width=1.5e-3,
+        angles="xy",
+        pivot="middle",
+        scale_units="width",
+        scale=top * across / ARROW_FILL,
+        width=3.5e-3,
+        headwidth=3.5,
+        headlength=4.0,
+        headaxislength=3.5,
         color="white",
         edgecolor="black",
-        linewidth=0.3,
+        linewidth=0.4,
     )
+
+
+def fit_height(fig: Figure, pad_inches: float = 0.12) -> Figure:
+    """Shrink the figure's height to its content: no blank bands above and below.
+
+    Map panels keep their aspect, so a fixed-size figure leaves empty margins; this
+    measures the drawn content once and sets the height to it (rounded up to 0.05 inch,
+    so every frame of an animation gets the same pixel size).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    box = fig.get_tightbbox(canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    wanted = float(np.ceil((box.height + 2 * pad_inches) / 0.05) * 0.05)
+    if wanted < height:
+        fig.set_size_inches(width, wanted)
+    return fig
 
 
 def map_figure(
@@ -248,11 +295,11 @@ def map_figure(
             fig, ax, fields.lon, fields.lat, fields.values[key], scales[SCALE_KEY[key]], LABELS[key]
         )
         if key == "wind":
-            _arrows(ax, fields)
+            _arrows(ax, fields, scales[SCALE_KEY[key]].vmax)
         ax.set_title(TITLES[key])
         _decorate(ax, coastlines, extent)
     fig.suptitle(title)
-    return fig
+    return fit_height(fig)
 
 
 def stats_figure(
@@ -265,26 +312,42 @@ def stats_figure(
     fig: Figure | None = None,
     extent: Sequence[float] = PAPER_EXTENT,
 ) -> Figure:
-    """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities."""
-    fig = new_figure(STATS_FIGSIZE, fig)
-    for column, key in enumerate(SAMPLE_PANELS, start=1):
-        ax = _map_axes(fig, 3, 3, column, extent)
+    """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities.
+
+    The probability row holds one panel per threshold (two by default), centred under the
+    three columns above, so no cell is left empty.
+    """
+    # Constrained, not compressed: the compressed engine overlaps titles and colour bars
+    # of axes that span grid columns once the height is fitted.
+    fig = new_figure(STATS_FIGSIZE, fig, layout="constrained")
+    grid = fig.add_gridspec(3, 6)
+
+    def axes(row: int, start: int) -> GeoAxes:
+        import cartopy.crs as ccrs
+
+        ax = fig.add_subplot(grid[row, start : start + 2], projection=projection())
+        ax.set_extent(list(extent), crs=ccrs.PlateCarree())
+        return ax
+
+    for column, key in enumerate(SAMPLE_PANELS):
+        ax = axes(0, 2 * column)
         _mesh(fig, ax, lon, lat, stats.mean[key], scales[SCALE_KEY[key]], LABELS[key])
-        ax.set_title(f"Ensemble mean: {TITLES[key].lower()}")
+        ax.set_title(f"Mean: {TITLES[key].lower()}")
         _decorate(ax, coastlines, extent)
 
-        ax = _map_axes(fig, 3, 3, 3 + column, extent)
+        ax = axes(1, 2 * column)
         spread = stats.std[key]
         top = float(np.nanmax(spread)) if np.isfinite(spread).any() else 1.0
         scale = ColourScale(0.0, top if top > 0 else 1.0, SPREAD_COLORMAP)
         _mesh(fig, ax, lon, lat, spread, scale, f"Standard deviation [{UNITS[key]}]")
-        ax.set_title(f"Ensemble spread: {TITLES[key].lower()}")
+        ax.set_title(f"Spread: {TITLES[key].lower()}")
         _decorate(ax, coastlines, extent)
-    for column, (key, threshold) in enumerate(stats.thresholds.items(), start=1):
-        ax = _map_axes(fig, 3, 3, 6 + column, extent)
+    offset = 3 - min(3, len(stats.thresholds))
+    for column, (key, threshold) in enumerate(list(stats.thresholds.items())[:3]):
+        ax = axes(2, offset + 2 * column)
         scale = ColourScale(0.0, 1.0, PROBABILITY_COLORMAP)
         _mesh(fig, ax, lon, lat, stats.probability[key], scale, "Probability")
         ax.set_title(f"P({key} ≥ {threshold:g} {UNITS[key]})")
         _decorate(ax, coastlines, extent)
     fig.suptitle(f"{title} · {stats.members} members")
-    return fig
+    return fit_height(fig)

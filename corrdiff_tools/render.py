@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corrdiff_tools import plotting, quantities, store
+from corrdiff_tools import times as times_mod
 from corrdiff_tools.plotting import ColourScale, Fields
 from corrdiff_tools.quantities import KELVIN
 from corrdiff_tools.times import time_label
@@ -265,9 +266,7 @@ def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) 
     """Draw one task's figure (not saved)."""
     dataset = _open(context.store_path)
     when, lead = valid_time(dataset, task.time_index, task.lead_index)
-    title = f"valid {when:%Y-%m-%d %H:%M} UTC"
-    if task.lead_index is not None:
-        title += f" (+{lead} h)"
+    title = times_mod.title_time(when, None if task.lead_index is None else lead)
     if task.kind == "sample":
         assert task.sample is not None  # noqa: S101 - by construction in plan()
         values = quantities.to_display_units(

@@ -223,6 +223,15 @@ def format_time(time: datetime) -> str:
     return f"{time:%Y-%m-%dT%H:%M}"
 
 
+def title_time(time: datetime, lead_hours: int | None = None) -> str:
+    """Format a valid time for figure titles, the one way every figure writes it.
+
+    ``valid 2024-07-24 12:00 UTC``, with ``(+6 h)`` for a forecast's lead time.
+    """
+    lead = f" (+{lead_hours} h)" if lead_hours is not None else ""
+    return f"valid {time:%Y-%m-%d %H:%M} UTC{lead}"
+
+
 def time_label(time: datetime) -> str:
     """Format a time for file names: ``2024-07-24T12``."""
     return f"{time:%Y-%m-%dT%H}"

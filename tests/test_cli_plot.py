@@ -53,7 +53,8 @@ def test_one_file_per_time_and_sample_with_sortable_names(ensemble: Path, tmp_pa
         for sample in range(3)
     ]
     with Image.open(tmp_path / "out" / names[0]) as image:
-        assert image.format == "JPEG" and image.size == (450, 165)  # 15 x 5.5 in at 30 dpi
+        assert image.format == "JPEG" and image.size[0] == 450  # 15 in at 30 dpi
+        assert 100 < image.size[1] < 165  # 5.5 in, less the blank bands
 
 
 def test_default_outdir_is_beside_the_store(ensemble: Path) -> None:
@@ -167,7 +168,7 @@ def test_stats_figure_matches_numpy_on_the_store(ensemble: Path) -> None:
     )  # fmt: skip
     fig = render.build_figure(render.Task("stats", 1, None, None, Path("x.png")), context)
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_label() != "<colorbar>"}
-    t2m_mean = np.asarray(panels["Ensemble mean: 2 m temperature"].collections[0].get_array())
+    t2m_mean = np.asarray(panels["Mean: 2 m temperature"].collections[0].get_array())
     np.testing.assert_allclose(
         t2m_mean.ravel(), (ds.t2m[1].values - KELVIN).mean(axis=0).ravel(), rtol=1e-5
     )

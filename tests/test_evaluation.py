@@ -158,6 +158,26 @@ def test_spectra_and_pdf_figures_per_time(
     with Image.open(outdir / names[0]) as image:
         assert image.size[0] > 200 and image.size[1] > 150
         assert len(set(image.convert("L").getdata())) > 20  # not a blank canvas
+    assert len(json.loads((outdir / MANIFEST).read_text())["files"]) == len(names)
+
+
+def test_evaluation_titles_write_the_valid_time_as_the_maps_do(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corrdiff_tools import evaluate
+
+    titles: list[str] = []
+    monkeypatch.setattr(evaluate, "_save", lambda fig, path, dpi: titles.append(fig.get_suptitle()))
+    args = (str(made), "--sample", "none", "--spectra", "--pdf", "--outdir", str(tmp_path / "o"))
+    code, err = _plot(capsys, *args)
+    assert code == 0, err
+    first = np.datetime64(xr.open_zarr(made)["time"].values[0], "s").astype(datetime)
+    # The maps' form, e.g. "CorrDiff sample 2 of 3 · valid 2024-07-24 06:00 UTC".
+    valid = f"valid {first:%Y-%m-%d %H:%M} UTC"
+    assert titles[:2] == [
+        f"Power spectra · {valid} · 3 samples",
+        f"Distributions over the grid · {valid} · 3 samples",
+    ]
 
 
 def test_spectra_figure_draws_every_curve_on_log_axes() -> None:
@@ -182,6 +202,10 @@ def test_spectra_figure_draws_every_curve_on_log_axes() -> None:
         left, right = ax.get_xlim()
         assert left > right  # large scales on the left
         assert ax.get_xlabel() == "Wavelength [km]"
+    # The periodogram's unit: the field's, squared.
+    assert [ax.get_ylabel() for ax in axes] == [
+        "Power [dBZ²]", "Power [°C²]", "Power [(m/s)²]", "Power [(m/s)²]"
+    ]  # fmt: skip
     labels = axes[0].get_legend_handles_labels()[1]
     assert labels == ["samples", "ensemble mean", "regression mean", "interpolated input", "truth"]
 

@@ -127,8 +127,8 @@ def test_stats_figure_panels() -> None:
     titles = [ax.get_title() for ax in maps(fig)]
     assert len(titles) == 9
     assert titles[:2] == [
-        "Ensemble mean: maximum radar reflectivity",
-        "Ensemble spread: maximum radar reflectivity",
+        "Mean: maximum radar reflectivity",
+        "Spread: maximum radar reflectivity",
     ]
     assert (
         "P(mrr ≥ 35 dBZ)" in titles
@@ -185,3 +185,76 @@ def test_maps_show_the_grid_they_are_given_not_the_papers_whole_domain() -> None
     whole = plotting.map_figure(f, plotting.SAMPLE_PANELS, SCALES, COAST, "t")
     lon0, lon1, _, _ = extent_of(maps(whole)[0])
     assert lon0 < plotting.PAPER_LON[0] + 0.1 and lon1 > plotting.PAPER_LON[1] - 0.1
+
+
+def _rendered(fig) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]
+
+
+def _blank_rows(pixels: np.ndarray) -> tuple[float, float]:
+    """Fractions of the image height that are pure white above and below the content."""
+    inked = np.flatnonzero((pixels < 250).any(axis=(1, 2)))
+    height = pixels.shape[0]
+    return inked[0] / height, (height - 1 - inked[-1]) / height
+
+
+def test_figures_have_no_blank_bands_above_and_below() -> None:
+    members = {"mrr": np.zeros((2, N, N)), "t2m": np.full((2, N, N), 25.0),
+               "wind": np.ones((2, N, N))}  # fmt: skip
+    stats = quantities.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2})
+    for fig in (
+        plotting.map_figure(fields(0), plotting.SAMPLE_PANELS, SCALES, COAST, "t"),
+        plotting.stats_figure(stats, LAT, LON, SCALES, COAST, "stats"),
+    ):
+        top, bottom = _blank_rows(_rendered(fig))
+        assert top < 0.06 and bottom < 0.06, (top, bottom)  # was ~0.15 each for the maps
+    # The same height for every sample: frames of one GIF must match in size.
+    sizes = {
+        _rendered(
+            plotting.map_figure(fields(s), plotting.SAMPLE_PANELS, SCALES, COAST, f"sample {s}")
+        ).shape
+        for s in range(3)
+    }
+    assert len(sizes) == 1
+
+
+def test_two_thresholds_leave_no_empty_cell_and_sit_centred() -> None:
+    members = {"mrr": np.zeros((2, N, N)), "t2m": np.full((2, N, N), 25.0),
+               "wind": np.ones((2, N, N))}  # fmt: skip
+    stats = quantities.ensemble_stats(members, {"mrr": 35.0, "wind": 17.2})
+    fig = plotting.stats_figure(stats, LAT, LON, SCALES, COAST, "stats")
+    _rendered(fig)
+    axes = maps(fig)
+    assert len(axes) == 8
+    top_row = [ax.get_position() for ax in axes[:6:2]]  # the means
+    probabilities = [ax.get_position() for ax in axes[6:]]
+    # Centred under the three columns: symmetric about the middle column's centre.
+    middle = (top_row[1].x0 + top_row[1].x1) / 2
+    left, right = ((p.x0 + p.x1) / 2 for p in probabilities)
+    assert abs((left + right) / 2 - middle) < 0.02
+    assert left < middle < right
+    # Same size as the maps above.
+    assert abs(probabilities[0].width - top_row[0].width) < 0.02
+
+
+def test_wind_arrows_are_scaled_by_the_colour_scale_and_stay_inside_the_data() -> None:
+    strong = fields(0)
+    u = np.full((N, N), 60.0)  # twice the scale's top speed: capped
+    u[: N // 2] = 15.0  # half the top speed
+    wind = Fields(strong.values, u, np.zeros((N, N)), LAT, LON)
+    fig = plotting.map_figure(wind, plotting.SAMPLE_PANELS, SCALES, COAST, "t")
+    quiver = next(c for c in maps(fig)[2].collections if type(c).__name__ == "Quiver")
+    assert quiver.pivot == "middle" and quiver.scale_units == "width"
+    across = len(range(plotting.ARROW_STEP // 2, N, plotting.ARROW_STEP))
+    top = SCALES["wind"].vmax
+    assert quiver.scale == top * across / plotting.ARROW_FILL
+    lengths = np.hypot(quiver.U, quiver.V)
+    assert lengths.max() == top and lengths.min() == 15.0  # capped; the rest in proportion
+    # Anchors at cell centres, at least half a spacing inside the grid's edge rows/columns.
+    lon, lat = quiver.X, quiver.Y
+    step = plotting.ARROW_STEP
+    assert np.all(lon >= LON[:, step // 2].min() - 1e-9) and np.all(lat >= LAT[step // 2].min())
