@@ -161,6 +161,12 @@ def _run_ranked(
         assert source is not None  # noqa: S101 - only rank 0 fetches (broadcast_fetch)
         return sources.fetch_inputs(source, request.source, job.time, job.lead_hours, extras)
 
+    if ranks.is_root and request.source.kind != "file":
+        logger.info(
+            "inputs come from %s, fetched time by time as the run goes (the next one while "
+            "the current one computes)",
+            request.source.label,
+        )
     attrs = _attributes(request, device.description, precision)
     open_writer = _writer_opener(request, _layout(request, sampler), attrs, ranks, resuming)
     timings = _downscale(request, parts, device, jobs, fetch, sampler, open_writer, ranks)
