@@ -241,8 +241,10 @@ def fit_height(fig: Figure, pad_inches: float = 0.12) -> Figure:
     """Shrink the figure's height to its content: no blank bands above and below.
 
     Map panels keep their aspect, so a fixed-size figure leaves empty margins; this
-    measures the drawn content once and sets the height to it (rounded up to 0.05 inch,
-    so every frame of an animation gets the same pixel size).
+    measures the drawn content and sets the height to it (rounded up to 0.05 inch). The
+    measuring draws the figure once (about as long as saving it), so callers drawing many
+    figures of one layout measure the first and reuse its height (see
+    :func:`corrdiff_tools.render.build_figure`).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -299,7 +301,7 @@ def map_figure(
         ax.set_title(TITLES[key])
         _decorate(ax, coastlines, extent)
     fig.suptitle(title)
-    return fit_height(fig)
+    return fig
 
 
 def stats_figure(
@@ -350,4 +352,4 @@ def stats_figure(
         ax.set_title(f"P({key} ≥ {threshold:g} {UNITS[key]})")
         _decorate(ax, coastlines, extent)
     fig.suptitle(f"{title} · {stats.members} members")
-    return fit_height(fig)
+    return fig

@@ -262,8 +262,27 @@ def _open(path: Path) -> xr.Dataset:
     return store.open_store(path)
 
 
+#: Fitted figure heights (inches) per layout, measured once per process (fit_height).
+_FITTED_HEIGHTS: dict[tuple[object, ...], float] = {}
+
+
 def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) -> Figure:
-    """Draw one task's figure (not saved)."""
+    """Draw one task's figure (not saved), its height fitted to its content.
+
+    Every figure of one layout (kind, panels, extent) gets the same height: measured on
+    the first, reused for the rest, so GIF frames match and the measuring is paid once.
+    """
+    figure = _draw_figure(task, context, fig)
+    layout = (task.kind, len(figure.axes), context.extent)
+    height = _FITTED_HEIGHTS.get(layout)
+    if height is None:
+        _FITTED_HEIGHTS[layout] = float(plotting.fit_height(figure).get_size_inches()[1])
+    else:
+        figure.set_size_inches(figure.get_size_inches()[0], height)
+    return figure
+
+
+def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figure:
     dataset = _open(context.store_path)
     when, lead = valid_time(dataset, task.time_index, task.lead_index)
     title = times_mod.title_time(when, None if task.lead_index is None else lead)

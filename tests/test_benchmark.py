@@ -107,6 +107,7 @@ def test_bad_benchmark_options_exit_2_with_one_line(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_benchmark_counts_the_paper_samplers_calls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,7 +20,9 @@ from corrdiff_tools.drawn import MANIFEST
 from corrdiff_tools.quantities import KELVIN
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--dpi", "30", "-q"]
+#: Small images, drawn in this process (worker processes cost seconds to start; the tests
+#: that are about workers ask for them).
+FAST = ["--dpi", "30", "-q", "--jobs", "1"]
 
 
 def drawn_files(directory: Path) -> list[Path]:
