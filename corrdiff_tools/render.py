@@ -355,6 +355,13 @@ def render_task(task: Task, context: RenderContext) -> np.ndarray | None:
     fig.savefig(task.path, dpi=context.dpi, format=context.fmt, metadata=metadata)
     if not (context.frames and task.kind == "sample"):
         return None
+    if context.fmt in ("png", "jpg"):
+        # The frame is the image just written, pixel for pixel: a second draw into the
+        # canvas lays a fitted figure out slightly differently.
+        from PIL import Image
+
+        with Image.open(task.path) as image:
+            return np.asarray(image.convert("RGB")).copy()
     fig.set_dpi(context.dpi)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
