@@ -269,16 +269,17 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSourc
     path, and closing any of them (garbage collection, xarray's file cache) can break
     reads through the others ("NetCDF: HDF error").
     """
-    from earth2studio import data
+    # Each source from its own module: earth2studio.data's __init__ imports every source
+    # it has (6.4 s of start-up on 2 cores; see corrdiff_tools.imports).
+    from corrdiff_tools.imports import import_alone
 
-    if spec.kind == "gfs":
-        return data.GFS()
-    if spec.kind == "gfs-forecast":
-        return data.GFS_FX()
+    if spec.kind in ("gfs", "gfs-forecast"):
+        gfs = import_alone("earth2studio.data.gfs")
+        return gfs.GFS() if spec.kind == "gfs" else gfs.GFS_FX()
     if spec.kind == "era5":
-        return data.ARCO()
+        return import_alone("earth2studio.data.arco").ARCO()
     assert spec.path is not None  # noqa: S101 - guaranteed by parse_source
-    source = data.DataArrayFile(str(spec.path))
+    source = import_alone("earth2studio.data.xr").DataArrayFile(str(spec.path))
     full = source.da
     # By name, then in earth2studio's positional order (see open_file_source).
     window = _model_box(full.transpose(*FILE_DIMS))
@@ -321,8 +322,11 @@ def fetch_fields(
     RunError
         If the source cannot be reached, or an input variable is NaN or infinite.
     """
-    from earth2studio.data import fetch_data
     from earth2studio.utils.coords import map_coords
+
+    from corrdiff_tools.imports import import_alone
+
+    fetch_data = import_alone("earth2studio.data.utils").fetch_data
 
     from corrdiff_tools import network
 

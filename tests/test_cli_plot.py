@@ -112,6 +112,7 @@ def test_gif_frames_follow_sample_order(ensemble: Path, tmp_path: Path) -> None:
         assert int(np.argmin(distances)) == index, distances
 
 
+@pytest.mark.slow
 def test_gif_path_for_several_times(ensemble: Path, tmp_path: Path) -> None:
     code = plot(
         str(ensemble),
@@ -156,6 +157,7 @@ def test_colour_scales_span_the_whole_run(ensemble: Path) -> None:
     assert {s.cmap for s in with_inputs.values()} == {"cividis"}
 
 
+@pytest.mark.slow
 def test_a_sample_image_does_not_depend_on_other_options(ensemble: Path, tmp_path: Path) -> None:
     # Colour scales come from the store's content, so --plot-lowres (or --stats) in one run
     # and not in another gives the same sample image, and images from both runs compare.
@@ -232,6 +234,7 @@ def blog_store(path: Path, samples: int = 2) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_blog_layout_store_still_plots(tmp_path: Path) -> None:
     path = blog_store(tmp_path / "corrdiff-2024-07-24.zarr")
     raw = xr.open_zarr(path, consolidated=False)
@@ -263,6 +266,7 @@ def test_blog_store_plots_without_library_warnings_and_says_what_it_lacks(
     ) in err
 
 
+@pytest.mark.slow
 def test_incomplete_samples_are_skipped_with_a_warning(
     ensemble: Path, tmp_path: Path, capsys
 ) -> None:
@@ -515,7 +519,9 @@ def _session_processes(session: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize(
+    ("signame", "code"), [pytest.param("SIGTERM", 143, marks=pytest.mark.slow), ("SIGINT", 130)]
+)
 def test_stopping_the_plot_tool_stops_its_workers(
     signame: str, code: int, ensemble: Path, tmp_path: Path
 ) -> None:
@@ -557,6 +563,7 @@ def test_stopping_the_plot_tool_stops_its_workers(
     assert _session_processes(process.pid) == []
 
 
+@pytest.mark.slow
 def test_damaged_pieces_are_skipped_with_a_warning_naming_the_file(
     ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile.rocm"
 PIN = ROOT / "docker" / "pin_torch.py"
@@ -106,6 +108,7 @@ def _pip_dry_run(tmp_path: Path, *requirements: str) -> subprocess.CompletedProc
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_constrained_install_keeps_the_installed_torch(tmp_path: Path) -> None:
     result = _pip_dry_run(tmp_path, "-r", str(ROOT / "requirements.txt"))
     assert result.returncode == 0, result.stderr

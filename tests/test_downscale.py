@@ -173,6 +173,7 @@ def test_batch_size_does_not_change_the_ensemble(
 CHURN = replace(PRESETS["paper"], steps=3, sigma_max=80.0, s_churn=0.5)
 
 
+@pytest.mark.slow
 def test_churn_noise_does_not_depend_on_the_batch(loaded_model: Any, inputs: np.ndarray) -> None:
     churning = CorrDiffSampler(loaded_model, CHURN)
     condition = churning.condition(inputs)

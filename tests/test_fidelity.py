@@ -227,7 +227,9 @@ def _run_and_read(
     return xr.open_zarr(output).load()
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c == "churn" else c for c in CASES]
+)
 def test_ensemble_equals_the_independent_reference(
     case: str, package: tuple[Path, bool], input_file: Path, tmp_path: Path
 ) -> None:

@@ -120,3 +120,45 @@ def test_an_extracted_folder_beside_an_older_zip_is_used_in_place(tmp_path: Path
     os.utime(tmp_path / model.PACKAGE_ZIP, (old + 600, old + 600))  # a newer zip wins
     directory = model.prepare_package(str(tmp_path))
     assert not (directory / "corrdiff_inference_package").is_symlink()
+
+
+LAZY_DX = """
+import sys
+from corrdiff_tools import model
+model.import_model_stack(debug=False, verbose=False)
+others = sorted(m for m in sys.modules if m.startswith("earth2studio.models.dx.")
+                and m.split(".")[3] not in ("corrdiff", "base"))
+from earth2studio.models.dx.corrdiff import CorrDiffTaiwan
+print(others, CorrDiffTaiwan.__module__)
+"""
+
+
+def test_a_run_imports_earth2studios_corrdiff_without_the_other_models() -> None:
+    """Its dx package __init__ imports every diagnostic model: 29 s of start-up, not 10."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", LAZY_DX], capture_output=True, text=True, cwd=root, check=True
+    )
+    assert done.stdout.split() == ["[]", "earth2studio.models.dx.corrdiff"], done.stdout
+
+
+@pytest.mark.slow
+def test_the_rest_of_earth2studios_dx_package_is_there_when_asked_for() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = LAZY_DX + (
+        "from earth2studio.models.dx import ClimateNet, CorrDiffTaiwan as Again, Identity\n"
+        "assert Again is CorrDiffTaiwan and ClimateNet.__name__ == 'ClimateNet'\n"
+        "import earth2studio.models.dx as dx\n"
+        "assert dx.Identity is Identity and 'CorrDiffTaiwan' in dx.__all__\n"
+        "print('whole')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True
+    )
+    assert done.stdout.split()[-1] == "whole", done.stdout

@@ -185,7 +185,14 @@ def test_killed_then_resume_equals_an_uninterrupted_run(
 # ------------------------------------------------------------------- damaged stores
 
 
-@pytest.mark.parametrize("damage", ["deleted sample chunk", "truncated input chunk", "both"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param("deleted sample chunk", marks=pytest.mark.slow),
+        pytest.param("truncated input chunk", marks=pytest.mark.slow),
+        "both",
+    ],
+)
 def test_resume_verifies_completed_pieces_and_recomputes_damaged_ones(
     damage: str,
     reference: xr.Dataset,

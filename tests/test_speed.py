@@ -168,7 +168,7 @@ def test_earth2studio_layout_agrees_to_float32_rounding(
 ) -> None:
     """load_model's channels_last nets, unpatched: the same ensemble within rounding."""
     from earth2studio.models.auto import Package
-    from earth2studio.models.dx import CorrDiffTaiwan
+    from earth2studio.models.dx.corrdiff import CorrDiffTaiwan
 
     from corrdiff_tools.model import prepare_package
 
