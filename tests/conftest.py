@@ -146,3 +146,17 @@ class FileForecast:
             for t in time
         ]
         return xr.concat(frames, "time").assign_coords(time=np.asarray(time))
+
+
+#: Cases whose parameter comes from a fixture, so their marks cannot be set where they
+#: are parametrized: these run in CI's slow step only.
+SLOW_CASES = {
+    "tests/test_fidelity.py::test_ensemble_equals_the_independent_reference[scale_cond_True-paper]",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid in SLOW_CASES:
+            item.add_marker(pytest.mark.slow)

@@ -158,6 +158,7 @@ SAMPLERS = {
 SAMPLER_CASES = [pytest.param("blog"), pytest.param("stochastic-churn", marks=pytest.mark.slow)]
 
 
+@pytest.mark.slow  # per-sample noise and batch independence: test_downscale, quickly
 @pytest.mark.parametrize("sampler", SAMPLER_CASES)
 def test_other_seed_other_ensemble_and_batch_size_does_not_matter(
     run_tool: Run, tmp_path: Path, sampler: str
@@ -175,6 +176,7 @@ def test_other_seed_other_ensemble_and_batch_size_does_not_matter(
     assert not np.allclose(one["t2m"].values, seven["t2m"].values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", SAMPLER_CASES)
 def test_sample_noise_does_not_depend_on_the_other_times(
     run_tool: Run, tmp_path: Path, sampler: str

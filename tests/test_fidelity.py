@@ -255,6 +255,7 @@ def test_ensemble_equals_the_independent_reference(
         assert np.abs(got[0] - got[1]).max() > 0.01 * scale
 
 
+@pytest.mark.slow
 def test_scale_cond_input_changes_the_ensemble(input_file: Path, tmp_path: Path) -> None:
     """The two flag values are fed differently, by far more than the tolerance above."""
     stores = []

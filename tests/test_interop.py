@@ -188,7 +188,11 @@ def cf_check(nc_path: Path) -> dict[str, list[str]]:
     return failed
 
 
-@pytest.mark.parametrize("lead_times", [None, [0, 6]], ids=["analysis", "forecast"])
+@pytest.mark.parametrize(
+    "lead_times",
+    [None, pytest.param([0, 6], marks=pytest.mark.slow)],
+    ids=["analysis", "forecast"],
+)
 def test_netcdf_export_passes_the_cf_checker(tmp_path: Path, lead_times: list[int] | None) -> None:
     path = filled_store(tmp_path / "a.zarr", lead_times)
     netcdf_export(path, tmp_path / "a.nc")

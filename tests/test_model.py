@@ -133,6 +133,7 @@ print(others, CorrDiffTaiwan.__module__)
 """
 
 
+@pytest.mark.slow
 def test_a_run_imports_earth2studios_corrdiff_without_the_other_models() -> None:
     """Its dx package __init__ imports every diagnostic model: 29 s of start-up, not 10."""
     import subprocess

@@ -347,6 +347,7 @@ def gfs_args(package_dir: Path) -> list[str]:
     return [*JOB, "--source", "gfs", "--model-package", str(package_dir), "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_network_lost_part_way_keeps_completed_times_and_resume_continues(
     reference: xr.Dataset, package_dir: Path, input_file: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
