@@ -269,16 +269,20 @@ _FITTED_HEIGHTS: dict[tuple[object, ...], float] = {}
 def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) -> Figure:
     """Draw one task's figure (not saved), its height fitted to its content.
 
-    Every figure of one layout (kind, panels, extent) gets the same height: measured on
-    the first, reused for the rest, so GIF frames match and the measuring is paid once.
+    Every figure of one layout (kind, panels, extent, dpi) gets the same height, measured
+    once per process on a throwaway copy of the first: no figure that is saved has been
+    drawn before, so the files do not depend on which process drew what (``--jobs``),
+    GIF frames match in size, and the measuring is paid once.
     """
     figure = _draw_figure(task, context, fig)
-    layout = (task.kind, len(figure.axes), context.extent)
+    layout = (task.kind, len(figure.axes), context.extent, context.dpi)
     height = _FITTED_HEIGHTS.get(layout)
     if height is None:
-        _FITTED_HEIGHTS[layout] = float(plotting.fit_height(figure).get_size_inches()[1])
-    else:
-        figure.set_size_inches(figure.get_size_inches()[0], height)
+        throwaway = _draw_figure(task, context, None)
+        throwaway.set_dpi(context.dpi)
+        height = float(plotting.fit_height(throwaway).get_size_inches()[1])
+        _FITTED_HEIGHTS[layout] = height
+    figure.set_size_inches(figure.get_size_inches()[0], height)
     return figure
 
 
