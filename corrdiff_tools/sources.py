@@ -9,6 +9,7 @@ offline use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time as time_mod
 import weakref
@@ -303,6 +304,13 @@ def cache_hint(source: Any) -> str:
 _REACHED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+def _reached(source: object) -> bool:
+    try:
+        return source in _REACHED
+    except TypeError:  # no weak reference: assume it has delivered, and retry
+        return True
+
+
 def fetch_fields(
     source: InputSource,
     spec: SourceSpec,
@@ -349,7 +357,8 @@ def fetch_fields(
                 coords,
                 {"variable": np.array(list(variables)), "lat": LR_LAT, "lon": LR_LON},
             )
-            _REACHED.add(source)
+            with contextlib.suppress(TypeError):  # a source that takes no weak reference
+                _REACHED.add(source)
             break
         except Exception as err:  # noqa: BLE001 - earth2studio sources raise many types
             if spec.kind == "file":
@@ -359,7 +368,7 @@ def fetch_fields(
             unreachable = network.unreachable_reason(err)
             # A host never reached in this run will not come back in 20 s: retrying only
             # adds silence. Once it has delivered, a loss is retried (a network hiccup).
-            if attempt < len(delays) and (unreachable is None or source in _REACHED):
+            if attempt < len(delays) and (unreachable is None or _reached(source)):
                 logger.warning(
                     "fetching the inputs at %s failed (%s); retrying in %g s",
                     when,
