@@ -435,9 +435,11 @@ def _start_worker(filters: list[Any]) -> None:
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel queued figures and end the worker processes, without waiting for them."""
     processes = list(getattr(pool, "_processes", {}).values())  # no public handle
-    pool.shutdown(wait=False, cancel_futures=True)
+    # Workers first: one still starting up (reading its spawn data from the parent) would
+    # print an EOFError traceback if the pool's pipes closed under it.
     for process in processes:
         process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=5)
         if process.is_alive():
