@@ -79,11 +79,9 @@ def cache_root() -> Path:
     explicit = os.environ.get("CORRDIFF_TOOLS_CACHE")
     if explicit:
         return Path(explicit).expanduser()
-    base = os.environ.get(
-        "EARTH2STUDIO_MODEL_CACHE",
-        os.environ.get("EARTH2STUDIO_CACHE", str(Path.home() / ".cache" / "earth2studio")),
-    )
-    return Path(base).expanduser() / "corrdiff_tools"
+    from corrdiff_tools.network import earth2studio_cache
+
+    return earth2studio_cache("model") / "corrdiff_tools"
 
 
 def is_remote(spec: str) -> bool:

@@ -72,7 +72,7 @@ class Endpoint:
         return self.cache is not None and self.cache.exists() and any(self.cache.iterdir())
 
 
-def _earth2studio_cache(kind: str) -> Path:
+def earth2studio_cache(kind: str) -> Path:
     """earth2studio's cache root for ``kind`` ("model" or "data"), as it computes it.
 
     Mirrors ``Package.default_cache`` and ``datasource_cache_root`` without importing
@@ -93,7 +93,7 @@ def package_endpoint(spec: str, default: str, zip_name: str) -> Endpoint | None:
     parts = urlsplit(spec)
     if not parts.scheme or parts.scheme == "file":
         return None
-    folder = _earth2studio_cache("model")
+    folder = earth2studio_cache("model")
     if spec == default:
         folder = folder / "corrdiff_taiwan"
     if (folder / zip_name).is_file():
@@ -107,7 +107,7 @@ def source_endpoint(kind: str) -> Endpoint | None:
     if kind not in SOURCE_HOSTS:
         return None
     what, host, cache = SOURCE_HOSTS[kind]
-    return Endpoint(what, host, cache=_earth2studio_cache("data") / cache)
+    return Endpoint(what, host, cache=earth2studio_cache("data") / cache)
 
 
 def _proxy() -> tuple[str, int] | None:

@@ -160,3 +160,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid in SLOW_CASES:
             item.add_marker(pytest.mark.slow)
+
+
+def drawn_files(directory: Path) -> list[Path]:
+    """What the plot tool drew into ``directory`` (without its record of it)."""
+    from corrdiff_tools.drawn import MANIFEST
+
+    return [p for p in directory.iterdir() if p.name != MANIFEST]

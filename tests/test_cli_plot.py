@@ -12,22 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import drawn_files
 from PIL import Image, ImageSequence
 
 from corrdiff_tools import render, store
 from corrdiff_tools.cli import plot_main, run_main
-from corrdiff_tools.drawn import MANIFEST
 from corrdiff_tools.quantities import KELVIN
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Small images, drawn in this process (worker processes cost seconds to start; the tests
 #: that are about workers ask for them).
 FAST = ["--dpi", "30", "-q", "--jobs", "1"]
-
-
-def drawn_files(directory: Path) -> list[Path]:
-    """What the plot tool drew into ``directory`` (without its record of it)."""
-    return [p for p in directory.iterdir() if p.name != MANIFEST]
 
 
 @pytest.fixture(scope="session")

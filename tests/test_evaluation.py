@@ -12,7 +12,7 @@ import numpy as np
 import properscoring
 import pytest
 import xarray as xr
-from conftest import offline_args
+from conftest import drawn_files, offline_args
 from PIL import Image
 
 from corrdiff_tools import diagnostic_figures as figures
@@ -21,11 +21,6 @@ from corrdiff_tools.cli import plot_main, run_main
 from corrdiff_tools.drawn import MANIFEST
 
 STORE_TIMES = ["2024-07-24T00", "2024-07-24T06"]
-
-
-def drawn_files(directory: Path) -> list[Path]:
-    """What the plot tool drew into ``directory`` (without its record of it)."""
-    return [p for p in directory.iterdir() if p.name != MANIFEST]
 
 
 @pytest.fixture(scope="module")
