@@ -400,9 +400,11 @@ def run_main(
     # and imports included); called from Python, with the call.
     started = time.monotonic()
     if argv is None:
+        from corrdiff_tools.imports import pause_collection
         from corrdiff_tools.run_workflow import process_age
 
         started -= process_age()
+        pause_collection()  # until the heavy imports are done (see corrdiff_tools.imports)
     parser = build_run_parser()
     command = list(sys.argv[1:] if argv is None else argv)
 
@@ -410,7 +412,10 @@ def run_main(
         from corrdiff_tools import model, requests, run_workflow, sources
 
         def import_libraries() -> None:
+            from corrdiff_tools.imports import resume_collection
+
             model.import_model_stack(args.debug, args.verbose)
+            resume_collection()
 
         if args.benchmark:
             benchmark = requests.validate_benchmark(args)

@@ -23,12 +23,14 @@ wrong, and what we do instead:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,8 +288,10 @@ def prepare_package(spec: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
     try:
+        started = time.perf_counter()
         with zipfile.ZipFile(zip_path) as archive:
             _extract_bounded(archive, zip_path, staging)
+        logger.info("extracted in %.1f s", time.perf_counter() - started)
         if _extracted_root(staging) is None:
             missing = _missing_files(staging / PACKAGE_DIR)
             raise UsageError(
