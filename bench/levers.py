@@ -9,8 +9,9 @@ same random-weight net and inputs, adding one lever at a time to the way earth2s
 3. + in-place GroupNorm (``speed.use_inplace_group_norm``)
 4. + host allocator keeps large blocks (``speed.tune_host_allocator``)  = the run tool
 5. + ``torch.compile`` (only with ``--compile``; reports the first call separately)
+6. configuration 4 with ``--precision bf16`` (only with ``--bf16``): bfloat16 autocast
 
-    .venv/bin/python bench/levers.py --width small --batch 1
+    .venv/bin/python bench/levers.py --width small --batch 1 [--bf16]
 """
 
 from __future__ import annotations
@@ -35,13 +36,16 @@ from corrdiff_tools.synthetic import build_networks
 _, net = build_networks(width, seed=0)
 layout = torch.channels_last if config == 1 else torch.contiguous_format
 net = net.to(memory_format=layout)
+if config == 6:
+    from corrdiff_tools.model import autocast_network
+    net.model = autocast_network(net.model, torch.bfloat16)
 if config >= 3:
     speed.use_inplace_group_norm(net)
 generator = torch.Generator().manual_seed(0)
 x = torch.randn(batch, 4, 448, 448, generator=generator).contiguous(memory_format=layout)
 c = torch.randn(batch, 16, 448, 448, generator=generator).contiguous(memory_format=layout)
 sigma = torch.tensor(2.5, dtype=torch.float64)
-if config >= 5:
+if config == 5:
     net = torch.compile(net)
 with torch.inference_mode():
     start = time.perf_counter()
@@ -61,6 +65,7 @@ NAMES = {
     3: "+ in-place GroupNorm",
     4: "+ host allocator (the run tool)",
     5: "+ torch.compile",
+    6: "the run tool with --precision bf16",
 }
 
 
@@ -72,9 +77,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--only", type=int, nargs="*", help="just these configurations")
     args = parser.parse_args()
 
-    configs = [1, 2, 3, 4] + ([5] if args.compile else [])
+    configs = [1, 2, 3, 4] + ([5] if args.compile else []) + ([6] if args.bf16 else [])
+    if args.only:
+        configs = [c for c in configs if c in args.only]
     results = {}
     for config in configs:
         payload = json.dumps([config, args.width, args.batch, args.repeats])
@@ -86,9 +95,10 @@ def main() -> None:
         )
         results[config] = json.loads(result.stdout.strip().splitlines()[-1])
         print(f"  {NAMES[config]}: {results[config]['best']:.3f} s", flush=True)
-    base = results[1]["best"]
+    base = results[configs[0]]["best"]
     print()
-    print(f"| configuration ({args.width} width, batch {args.batch}) | s per call | vs as loaded |")
+    first = NAMES[configs[0]]
+    print(f"| configuration ({args.width} width, batch {args.batch}) | s per call | vs {first} |")
     print("| --- | --- | --- |")
     for config, result in results.items():
         print(f"| {NAMES[config]} | {result['best']:.3f} | {base / result['best']:.2f}x |")

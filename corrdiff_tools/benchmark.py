@@ -138,6 +138,7 @@ def run_benchmark(
     sampler_settings: SamplerSettings,
     compile_nets: bool = False,
     seed: int = 0,
+    precision: str = "auto",
 ) -> BenchmarkResult:
     """Build, load and time a random-weight CorrDiff (see the module docstring)."""
     import torch
@@ -154,7 +155,7 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="corrdiff-benchmark-") as tmp:
         logger.info("building a %s-width package with random weights", size)
         _, build = _timed(lambda: synthetic.build_package(tmp, width=size, zipped=False), sync)
-        (corrdiff, precision), load = _timed(lambda: model.load_corrdiff(tmp, device), sync)
+        (corrdiff, dtype), load = _timed(lambda: model.load_corrdiff(tmp, device, precision), sync)
     if compile_nets:
         speed.compile_networks(corrdiff)
     sampler = downscale.CorrDiffSampler(corrdiff, sampler_settings)
@@ -198,7 +199,7 @@ def run_benchmark(
     return BenchmarkResult(
         size=size,
         device=device.description,
-        precision=precision,
+        precision=dtype,
         samples=samples,
         batch_size=min(batch_size, samples),
         sampler=sampler_settings,

@@ -163,6 +163,14 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     _add_threshold_option(parser)
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="arithmetic of the networks: auto = fp16 on a GPU (as published), fp32 on a "
+        "CPU; bf16 autocasts them to bfloat16 (GPUs, and CPUs with bfloat16 instructions); "
+        "see the README's 'Precision' for the measured differences",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile both networks: faster calls after a slow first one (minutes on "

@@ -454,12 +454,94 @@ def import_model_stack(debug: bool, verbose: bool) -> None:
     loguru_logger.add(sys.stderr, level=level, format="{level}: {message}")
 
 
-def set_precision(model: CorrDiffTaiwan, device: DeviceInfo) -> str:
-    """Choose the weights' precision for ``device``; return its name for provenance."""
-    half = device.is_gpu
+#: ``--precision`` choices and the dtype names the store records.
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def resolve_precision(requested: str, device: DeviceInfo) -> str:
+    """Resolve ``--precision auto|fp32|fp16|bf16`` for ``device``.
+
+    auto is fp16 on a GPU (as published: earth2studio's ``load_model`` sets ``use_fp16``)
+    and fp32 on a CPU.
+
+    Raises
+    ------
+    UsageError
+        For fp16 on a CPU: physicsnemo computes in float16 only on CUDA/ROCm devices.
+    """
+    if requested == "auto":
+        return "fp16" if device.is_gpu else "fp32"
+    if requested == "fp16" and not device.is_gpu:
+        raise UsageError(
+            "--precision fp16 needs a GPU: physicsnemo computes in float16 only on CUDA or "
+            "ROCm devices; on a CPU use --precision bf16 (faster where the CPU has bfloat16 "
+            "instructions) or fp32"
+        )
+    if requested not in PRECISIONS:
+        raise UsageError(f"--precision {requested!r} is not a precision: use fp32, fp16 or bf16")
+    return requested
+
+
+def autocast_network(inner: Any, dtype: Any) -> Any:
+    """A physicsnemo backbone run under ``torch.autocast`` to ``dtype``, returning float32.
+
+    For ``--precision bf16``: the weights stay float32 and each operation autocast lists
+    runs in bfloat16 (physicsnemo's own mixed-precision route: ``amp_mode`` on the
+    backbone). The backbone is wrapped, rather than the whole preconditioner called under
+    autocast, because physicsnemo's ``EDMPrecondSR`` and ``UNet`` refuse a backbone output
+    of another dtype unless ``torch.is_autocast_enabled()``, which without an argument asks
+    about CUDA only: on a CPU that check fails. Returning float32 from the backbone passes
+    it on every device; the EDM preconditioning and the sampler stay float32/float64.
+    """
+    inner.amp_mode = True  # physicsnemo's layers refuse autocast without it
+    return _autocast_class()(inner, dtype)
+
+
+@functools.cache
+def _autocast_class() -> type:
+    import torch
+
+    class AutocastNetwork(torch.nn.Module):
+        """See :func:`autocast_network`."""
+
+        def __init__(self, inner: Any, dtype: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            self.dtype = dtype
+
+        @property
+        def amp_mode(self) -> bool:  # physicsnemo's wrappers delegate these to .model
+            return bool(self.inner.amp_mode)
+
+        @property
+        def profile_mode(self) -> bool:
+            return bool(self.inner.profile_mode)
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            with torch.autocast(args[0].device.type, dtype=self.dtype):
+                return self.inner(*args, **kwargs).float()
+
+    return AutocastNetwork
+
+
+def set_precision(model: CorrDiffTaiwan, device: DeviceInfo, precision: str = "auto") -> str:
+    """Put both networks in ``precision``; return its dtype name for the provenance.
+
+    See :func:`resolve_precision` for the choices and the default.
+
+    fp16 is earth2studio's ``use_fp16`` (weights and activations in float16 on the GPU);
+    fp32 keeps float32 weights (exact: ``load_model`` rounded them to float16, and every
+    float16 is a float32); bf16 keeps float32 weights and autocasts the backbones
+    (:func:`autocast_network`).
+    """
+    import torch
+
+    chosen = resolve_precision(precision, device)
     for net in (model.regression_model, model.residual_model):
-        net.use_fp16 = half  # the physicsnemo setter converts the weights
-    return "float16" if half else "float32"
+        net.use_fp16 = chosen == "fp16"  # the physicsnemo setter converts the weights
+        if chosen == "bf16" and not isinstance(net.model, _autocast_class()):
+            net.model = autocast_network(net.model, torch.bfloat16)
+    return PRECISIONS[chosen]
 
 
 def _checkpoint_args(path: Path) -> dict[str, Any]:
@@ -544,8 +626,10 @@ def check_loaded(model: CorrDiffTaiwan, spec: str) -> None:
             )
 
 
-def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[CorrDiffTaiwan, str]:
-    """Load CorrDiff Taiwan from ``spec`` onto ``device``.
+def load_corrdiff(
+    spec: str, device: DeviceInfo, precision: str = "auto"
+) -> tuple[CorrDiffTaiwan, str]:
+    """Load CorrDiff Taiwan from ``spec`` onto ``device`` in ``precision`` (``--precision``).
 
     Returns
     -------
@@ -571,9 +655,9 @@ def load_corrdiff(spec: str, device: DeviceInfo) -> tuple[CorrDiffTaiwan, str]:
             "check that it is a complete CorrDiff Taiwan inference package"
         ) from None
     check_loaded(model, spec)
-    precision = set_precision(model, device)
+    dtype = set_precision(model, device, precision)
     model = model.to(device.device).eval()
     for net in (model.regression_model, model.residual_model):
         prefer_layout(net, device.is_gpu)
         use_inplace_group_norm(net)
-    return model, precision
+    return model, dtype

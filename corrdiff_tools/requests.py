@@ -72,6 +72,8 @@ class RunRequest:
     prefetch: Path | None
     #: The command line, for the store's history.
     command: tuple[str, ...]
+    #: ``--precision``: auto, fp32, fp16 or bf16 (resolved against the device at run time).
+    precision: str = "auto"
 
     def resume_settings(self) -> dict[str, object]:
         """The settings a ``--resume`` must match, as stored in the store (JSON)."""
@@ -102,6 +104,7 @@ class BenchmarkRequest:
     seed: int
     device: str
     peak_tflops: float | None
+    precision: str = "auto"
 
 
 def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
@@ -174,6 +177,7 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         compile=args.compile,
         prefetch=args.prefetch,
         command=tuple(command),
+        precision=args.precision,
     )
     if request.prefetch is not None:
         _check_prefetch(request, args.source)
@@ -244,6 +248,7 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
         seed=args.seed,
         device=args.device,
         peak_tflops=args.peak_tflops,
+        precision=args.precision,
     )
 
 

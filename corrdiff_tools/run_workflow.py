@@ -50,8 +50,9 @@ logger = logging.getLogger("corrdiff_tools")
 
 #: Builds the data source for a ``--source`` and the run's times.
 SourceFactory = Callable[["SourceSpec", Sequence[datetime]], "InputSource"]
-#: Loads CorrDiff from a ``--model-package`` onto a device: the model and its precision.
-ModelLoader = Callable[[str, "DeviceInfo"], tuple["CorrDiffTaiwan", str]]
+#: Loads CorrDiff from a ``--model-package`` onto a device in a ``--precision``: the model
+#: and the dtype name of that precision.
+ModelLoader = Callable[[str, "DeviceInfo", str], tuple["CorrDiffTaiwan", str]]
 #: The hosts a request will download from (see :mod:`corrdiff_tools.network`).
 EndpointFinder = Callable[["RunRequest"], Sequence["Endpoint"]]
 
@@ -92,6 +93,7 @@ def run(request: RunRequest, parts: RunParts) -> int:
         if torch.cuda.is_available():
             device_spec = f"cuda:{local_rank}"  # one GPU per rank, pinned by LOCAL_RANK
     device = model.resolve_device(device_spec)
+    _check_precision(request, device)  # before the lock: a refused run writes nothing
     if rank != 0:
         logger.setLevel(max(logger.level, logging.WARNING))  # one report, from rank 0
     # Every rank has validated before any joins, so none can see another's store as
@@ -175,6 +177,29 @@ def _run_ranked(
     return 0
 
 
+def _check_precision(request: RunRequest, device: DeviceInfo) -> None:
+    """Refuse fp16 on a CPU, and a ``--resume`` that would mix precisions in one store.
+
+    Samples of one ensemble must come from one arithmetic: a store begun in float16 on a
+    GPU and finished in float32 on a CPU would hold members that differ by more than the
+    sampling noise of the last bits, under a ``precision`` attribute naming only one.
+    """
+    from corrdiff_tools import model, store
+
+    dtype = model.PRECISIONS[model.resolve_precision(request.precision, device)]
+    if not (request.resume and store.is_store(request.output)):
+        return
+    stored = store.read_attrs(request.output).get("precision")
+    if stored is not None and stored != dtype:
+        flag = {v: k for k, v in model.PRECISIONS.items()}.get(str(stored), str(stored))
+        where = " on a GPU" if flag == "fp16" else ""
+        raise UsageError(
+            f"--resume {request.output}: its samples were computed in {stored}, this run "
+            f"would compute in {dtype} ({device.description}): finish it with --precision "
+            f"{flag}{where}, or start a new store"
+        )
+
+
 def process_age() -> float:
     """Seconds since this process started (the interpreter's own start-up included).
 
@@ -244,7 +269,7 @@ def _load(
     if ranks.enabled and ranks.is_root:
         model.prepare_package(request.model_package)  # extract once, before the others load
     ranks.barrier()
-    corrdiff, precision = parts.load_model(request.model_package, device)
+    corrdiff, precision = parts.load_model(request.model_package, device, request.precision)
     seconds = clock.perf_counter() - start
     logger.info("model loaded in %.1f s (%s)", seconds, precision)
     if request.compile:
@@ -494,6 +519,7 @@ def benchmark(request: BenchmarkRequest, import_libraries: Callable[[], None]) -
     from corrdiff_tools import model, speed
 
     device = model.resolve_device(request.device)
+    model.resolve_precision(request.precision, device)  # refuse fp16 on a CPU at once
     speed.tune_host_allocator()
     logger.info("device: %s", device.description)
     import_libraries()
@@ -506,4 +532,5 @@ def benchmark(request: BenchmarkRequest, import_libraries: Callable[[], None]) -
         sampler_settings=request.sampler,
         compile_nets=request.compile,
         seed=request.seed,
+        precision=request.precision,
     )

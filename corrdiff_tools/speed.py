@@ -116,7 +116,10 @@ def use_inplace_group_norm(net: torch.nn.Module) -> int:
 def _dispatch_group_norm(self: Any, x: torch.Tensor) -> torch.Tensor:
     import torch
 
-    if x.dim() == 4 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+    # Under autocast (--precision bf16) physicsnemo's own path: its float32 weights then
+    # promote the result to float32, which the in-place multiply would not.
+    layout_ok = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    if not self.amp_mode and x.dim() == 4 and layout_ok:
         return _group_norm_inplace(self, x)
     return self._physicsnemo_forward(x)
 

@@ -108,6 +108,25 @@ def build_networks(
     return regression.eval(), diffusion.eval()
 
 
+def enliven(networks: tuple[Any, Any], seed: int = 0, scale: float = 0.03) -> tuple[Any, Any]:
+    """Re-draw both nets' last convolution so their outputs are O(0.1) in normalised units.
+
+    SongUNet initialises its last convolution (``aux_conv``) near zero, so a random net
+    adds almost nothing to the normalisation centre: differences in the network's
+    arithmetic (a dropped term, another precision) would be invisible in its output.
+    Returns the same nets, changed in place.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in networks:
+            for name, param in net.named_parameters():
+                if "aux_conv" in name and param.ndim == 4:
+                    param.copy_(scale * torch.randn(param.shape, generator=generator))
+    return networks
+
+
 def build_package(
     directory: str | Path,
     width: str = "tiny",

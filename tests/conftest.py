@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from corrdiff_tools.synthetic import build_package, synthetic_inputs
@@ -50,18 +49,12 @@ def lively_networks(seed: int = 0, scale_cond_input: bool = False) -> tuple[Any,
     SongUNet initialises its last convolution (``aux_conv``) near zero, so a random tiny net
     adds almost nothing to the normalisation centre: a dropped regression mean or a
     conditioning fed the wrong way would change the output by less than float32 rounding
-    of a 298 K field. Re-drawing those weights makes both nets' contributions visible.
+    of a 298 K field. Re-drawing those weights (``synthetic.enliven``) makes both nets'
+    contributions visible.
     """
-    from corrdiff_tools.synthetic import build_networks
+    from corrdiff_tools.synthetic import build_networks, enliven
 
-    regression, diffusion = build_networks("tiny", seed, scale_cond_input)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for net in (regression, diffusion):
-            for name, param in net.named_parameters():
-                if "aux_conv" in name and param.ndim == 4:
-                    param.copy_(0.03 * torch.randn(param.shape, generator=generator))
-    return regression, diffusion
+    return enliven(build_networks("tiny", seed, scale_cond_input), seed)
 
 
 def lively_package(directory: Path, seed: int = 0, scale_cond_input: bool = False) -> Path:

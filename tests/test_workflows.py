@@ -34,9 +34,9 @@ def test_a_run_is_a_request_and_its_parts_and_equals_the_command_line_run(
         calls["source"].append((spec.kind, list(times)))
         return sources.build_source(sources.SourceSpec("file", input_file), times)
 
-    def loader(spec: str, device: model.DeviceInfo) -> tuple[object, str]:
-        calls["load"].append((spec, str(device.device)))
-        return model.load_corrdiff(spec, device)
+    def loader(spec: str, device: model.DeviceInfo, precision: str) -> tuple[object, str]:
+        calls["load"].append((spec, str(device.device), precision))
+        return model.load_corrdiff(spec, device, precision)
 
     @contextlib.contextmanager
     def progress(total: int) -> Iterator[Callable[[int], object]]:
@@ -73,7 +73,7 @@ def test_a_run_is_a_request_and_its_parts_and_equals_the_command_line_run(
     assert run(request, parts) == 0
 
     assert calls["source"] == [("gfs", [NOON])]
-    assert calls["load"] == [(str(package_dir), "cpu")]
+    assert calls["load"] == [(str(package_dir), "cpu", "auto")]
     assert calls["imports"] == [True]
     assert calls["progress"] == [("total", 3), ("done", 2), ("done", 1)]
     direct = xr.open_zarr(tmp_path / "direct.zarr").load()
