@@ -240,6 +240,47 @@ class Writer(Protocol):
         """Store a batch of samples and mark them complete."""
 
 
+class BackgroundWriter:
+    """A :class:`Writer` whose writes run on one background thread while the loop computes.
+
+    Calls run one at a time, in the order they were made, so a batch's completion flags
+    are still written only after its fields. At most one write is in flight: each call
+    first waits for the previous one to finish (the host holds at most one finished batch
+    besides the one being computed), so a failed write is raised in the loop at its next
+    call, or at :meth:`finish`, which the loop calls before it reports the run complete.
+    The time a call spends waiting is the write time the run could not hide.
+    """
+
+    def __init__(self, writer: Writer, pool: ThreadPoolExecutor) -> None:
+        self._writer = writer
+        self._pool = pool
+        self._pending: Future[None] | None = None
+
+    def finish(self) -> None:
+        """Wait for the write in flight, raising its error if it failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _submit(self, call: Callable[..., None], *args: Any) -> None:
+        self.finish()
+        self._pending = self._pool.submit(call, *args)
+
+    def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store one time's low-resolution fields (in the background)."""
+        self._submit(self._writer.write_inputs, index, fields)
+
+    def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store one time's regression mean (in the background)."""
+        self._submit(self._writer.write_regression, index, fields)
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
+    ) -> None:
+        """Store a batch of samples and mark them complete (in the background)."""
+        self._submit(self._writer.write_samples, index, samples, fields)
+
+
 @dataclass
 class Timings:
     """Where the wall time of a run went, in seconds."""
@@ -359,10 +400,11 @@ def downscale(
     Returns
     -------
     Timings
-        Time spent waiting for inputs (not overlapped with compute), computing and writing.
+        Time spent waiting for inputs and for writes (what compute could not hide), and
+        computing.
     """
     timings = Timings()
-    writer: Writer | None = None
+    writer: BackgroundWriter | None = None
     if not jobs:
         return timings
 
@@ -382,7 +424,9 @@ def downscale(
             if pool is not None and position + 1 < len(jobs):
                 pending = pool.submit(fetch, jobs[position + 1])
             if writer is None:
-                writer = open_writer()
+                writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
+                stack.enter_context(writes)  # on an error, the write in flight still ends
+                writer = BackgroundWriter(open_writer(), writes)
 
             start = clock.perf_counter()
             writer.write_inputs(job.index, fields)
@@ -400,4 +444,8 @@ def downscale(
                     timings,
                     progress,
                 )
+        if writer is not None:
+            start = clock.perf_counter()
+            writer.finish()  # the last batch is on disk before the run says it is done
+            timings.write += clock.perf_counter() - start
     return timings

@@ -1,3 +1,4 @@
+import re
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -298,3 +299,66 @@ def test_a_job_with_no_samples_here_writes_inputs_but_computes_nothing(
     assert regression.seen == [] and timings.samples == 0
     assert [index for index, _ in writer.inputs] == [(0,)] and writer.samples == {}
     assert writer.means == {}
+
+
+class SlowWriter(ListWriter):
+    """Records which thread wrote and when; ``fail_on`` names a call to fail on."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+        self.fail_on = fail_on
+
+    def _record(self, what: str) -> None:
+        import threading
+        import time
+
+        time.sleep(0.05)  # long enough that the loop would overtake an unordered writer
+        self.events.append((what, threading.current_thread().name))
+        if what == self.fail_on:
+            raise OSError(f"disk full while writing {what}")
+
+    def write_inputs(self, index: tuple[int, ...], fields: dict[str, np.ndarray]) -> None:
+        self._record(f"inputs {index}")
+        super().write_inputs(index, fields)
+
+    def write_regression(self, index: tuple[int, ...], fields: dict[str, np.ndarray]) -> None:
+        self._record(f"regression {index}")
+        super().write_regression(index, fields)
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Any, fields: dict[str, np.ndarray]
+    ) -> None:
+        self._record(f"samples {index} {list(samples)}")
+        super().write_samples(index, samples, fields)
+
+
+def test_writes_run_in_the_background_in_order_and_all_land_before_the_loop_returns(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    writer = SlowWriter()
+    jobs = [Job((0,), TIME, 0, (0, 1, 2)), Job((1,), datetime(2024, 7, 24, 18), 0, (0,))]
+    downscale(jobs, lambda job: fields, sampler, lambda: writer, seed=0, batch_size=2)
+    assert [what for what, _ in writer.events] == [
+        "inputs (0,)", "regression (0,)", "samples (0,) [0, 1]", "samples (0,) [2]",
+        "inputs (1,)", "regression (1,)", "samples (1,) [0]",
+    ]  # fmt: skip
+    assert {thread for _, thread in writer.events} == {"write_0"}  # not the loop's thread
+    assert sorted(writer.samples) == [(0, 0), (0, 1), (0, 2), (1, 0)]  # the last one too
+
+
+@pytest.mark.parametrize("fail_on", ["samples (0,) [0, 1]", "samples (0,) [2]"])
+def test_a_failed_background_write_stops_the_loop_with_its_error(
+    sampler: CorrDiffSampler, inputs: np.ndarray, fail_on: str
+) -> None:
+    """A failure in the middle surfaces at the next write; one in the last, at the end."""
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    writer = SlowWriter(fail_on=fail_on)
+    with pytest.raises(OSError, match=f"disk full while writing {re.escape(fail_on)}"):
+        downscale(
+            [Job((0,), TIME, 0, (0, 1, 2))], lambda job: fields, sampler, lambda: writer, 0, 2
+        )
+    written = [what for what, _ in writer.events]
+    assert written[-1] == fail_on  # nothing was written after the failure
+    assert (0, 2) not in writer.samples
