@@ -134,7 +134,9 @@ def _run_ranked(
     parts.import_libraries()
     clocks.imported()
     logger.info("imported in %.1f s", clocks.imports)
+    opened = clock.perf_counter()
     source = parts.build_source(request.source, request.times) if ranks.is_root else None
+    clocks.opened_source(clock.perf_counter() - opened)
     extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
     if request.prefetch is not None:
         code = prefetch(request, source, extras) if source is not None else 0
@@ -225,6 +227,7 @@ class StartUp:
         self._before_imports = self.elapsed()
         self.imports = 0.0
         self.startup = self._before_imports
+        self.source = 0.0
 
     def elapsed(self) -> float:
         """Seconds since the run started."""
@@ -234,6 +237,10 @@ class StartUp:
         """Mark the end of the heavy imports: the end of start-up."""
         self.startup = self.elapsed()
         self.imports = self.startup - self._before_imports
+
+    def opened_source(self, seconds: float) -> None:
+        """Time spent building the data source (a file is read there, whole)."""
+        self.source = seconds
 
 
 def _check_reachable(probe: Probe) -> None:
@@ -412,7 +419,7 @@ def _summary(
     parts = {
         "start-up": clocks.startup,
         "model load": load_time,
-        "waiting for inputs": timings.fetch,
+        "waiting for inputs": clocks.source + timings.fetch,
         "inference": timings.inference,
         "write": timings.write,
     }
