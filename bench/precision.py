@@ -16,6 +16,9 @@ each store with the fp32 one:
 
     .venv/bin/python bench/precision.py                          # CPU: fp32 vs bf16
     .venv/bin/python bench/precision.py --device cuda --width full   # GPU: also fp16
+    # the published weights on your own inputs (a run_corrdiff.py --prefetch file):
+    .venv/bin/python bench/precision.py --device cuda --model-package DIR --source FILE \
+        --time 2024-07-24T12
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
+    parser.add_argument("--model-package", help="a real package instead of a random one")
+    parser.add_argument("--source", type=Path, help="an input file instead of synthetic inputs")
+    parser.add_argument("--time", help="the time to downscale from --source (YYYY-MM-DDTHH)")
     args = parser.parse_args()
 
     import xarray as xr
@@ -55,12 +61,14 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="corrdiff-precision-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    package = workdir / f"package-{args.width}-lively"
-    if not (package / "corrdiff_inference_package.zip").is_file():
+    package = Path(args.model_package or workdir / f"package-{args.width}-lively")
+    if not args.model_package and not (package / "corrdiff_inference_package.zip").is_file():
         networks = synthetic.enliven(synthetic.build_networks(args.width, seed=0))
         synthetic.build_package(package, networks=networks)
-    inputs = workdir / "inputs.nc"
-    synthetic.synthetic_inputs([FIRST_TIME]).to_netcdf(inputs)
+    inputs = args.source or workdir / "inputs.nc"
+    when = args.time or f"{FIRST_TIME:%Y-%m-%dT%H}"
+    if args.source is None:
+        synthetic.synthetic_inputs([FIRST_TIME]).to_netcdf(inputs)
     precisions = ["fp32", "bf16"] + (["fp16"] if args.device.startswith("cuda") else [])
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -68,7 +76,7 @@ def main() -> None:
         output = workdir / f"{name}.zarr"
         done = subprocess.run(
             [
-                sys.executable, str(ROOT / "run_corrdiff.py"), f"{FIRST_TIME:%Y-%m-%dT%H}",
+                sys.executable, str(ROOT / "run_corrdiff.py"), when,
                 "--samples", str(samples), "--steps", str(args.steps), "--seed", str(seed),
                 "--source", str(inputs), "--model-package", str(package),
                 "--device", args.device, "--precision", precision,
@@ -89,8 +97,9 @@ def main() -> None:
     spacing = diagnostics.grid_spacing_km(base["lat"].values, base["lon"].values)
 
     print()
+    what = args.model_package or f"{args.width} width (random, enlivened)"
     print(
-        f"{args.width} width, 1 time x {args.samples} samples, {args.steps} Euler steps, "
+        f"{what}, 1 time x {args.samples} samples, {args.steps} Euler steps, "
         f"device {args.device}; every figure against fp32 on the same seeds and noise"
     )
     print()

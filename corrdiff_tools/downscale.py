@@ -55,6 +55,7 @@ memory grows with the ensemble); the regression mean is computed once per time a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time as clock
@@ -244,41 +245,71 @@ class BackgroundWriter:
     """A :class:`Writer` whose writes run on one background thread while the loop computes.
 
     Calls run one at a time, in the order they were made, so a batch's completion flags
-    are still written only after its fields. At most one write is in flight: each call
-    first waits for the previous one to finish (the host holds at most one finished batch
-    besides the one being computed), so a failed write is raised in the loop at its next
-    call, or at :meth:`finish`, which the loop calls before it reports the run complete.
-    The time a call spends waiting is the write time the run could not hide.
+    are still written only after its fields. At most two calls are queued (the host holds
+    at most two finished pieces besides the one being computed): a call beyond that first
+    waits for the oldest, and that wait is the write time the run could not hide. A failed
+    call is raised in the loop when it is waited for, at the latest by :meth:`finish`, which
+    the loop calls before it reports the run complete; nothing queued after it is written.
+
+    With ``open_here=False`` the store itself is created on the background thread too
+    (its first call), so creating it overlaps the first regression; ranks of a torchrun
+    job open it on the loop's thread, as opening is collective there.
     """
 
-    def __init__(self, writer: Writer, pool: ThreadPoolExecutor) -> None:
-        self._writer = writer
+    #: Calls queued at most, the one running included.
+    DEPTH = 2
+
+    def __init__(
+        self, open_writer: Callable[[], Writer], pool: ThreadPoolExecutor, open_here: bool
+    ) -> None:
         self._pool = pool
-        self._pending: Future[None] | None = None
+        self._queued: collections.deque[Future[None]] = collections.deque()
+        self._failed = False
+        self._writer: Writer | None = open_writer() if open_here else None
+        if self._writer is None:
+            self._queued.append(pool.submit(self._run, self._open, open_writer))
+
+    def _open(self, open_writer: Callable[[], Writer]) -> None:
+        self._writer = open_writer()
+
+    def _run(self, call: Callable[..., None], *args: Any) -> None:
+        if self._failed:
+            return  # an earlier call failed: its error is what the loop will see
+        try:
+            call(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _wait(self, keep: int) -> None:
+        while len(self._queued) > keep:
+            self._queued.popleft().result()
 
     def finish(self) -> None:
-        """Wait for the write in flight, raising its error if it failed."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        """Wait for every queued call, raising the first error."""
+        self._wait(0)
 
-    def _submit(self, call: Callable[..., None], *args: Any) -> None:
-        self.finish()
-        self._pending = self._pool.submit(call, *args)
+    def _submit(self, name: str, *args: Any) -> None:
+        self._wait(self.DEPTH - 1)
+        self._queued.append(self._pool.submit(self._run, self._call, name, *args))
+
+    def _call(self, name: str, *args: Any) -> None:
+        assert self._writer is not None  # noqa: S101 - opened by the first call, in order
+        getattr(self._writer, name)(*args)
 
     def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store one time's low-resolution fields (in the background)."""
-        self._submit(self._writer.write_inputs, index, fields)
+        self._submit("write_inputs", index, fields)
 
     def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
         """Store one time's regression mean (in the background)."""
-        self._submit(self._writer.write_regression, index, fields)
+        self._submit("write_regression", index, fields)
 
     def write_samples(
         self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
     ) -> None:
         """Store a batch of samples and mark them complete (in the background)."""
-        self._submit(self._writer.write_samples, index, samples, fields)
+        self._submit("write_samples", index, samples, fields)
 
 
 @dataclass
@@ -370,6 +401,7 @@ def downscale(
     adaptive_batch: bool = False,
     progress: Callable[[int], Any] | None = None,
     overlap_fetch: bool = True,
+    background_open: bool = False,
 ) -> Timings:
     """Downscale every job and write it, fetching the next job's inputs during compute.
 
@@ -396,6 +428,9 @@ def downscale(
         Fetch the next job's inputs in a background thread while this one computes. Off
         for local files: ``sources.build_source`` has already read them into memory, so
         there is nothing to overlap.
+    background_open : bool
+        Create the store on the writing thread, overlapped with the first regression (see
+        :class:`BackgroundWriter`); not for torchrun ranks, whose opening is collective.
 
     Returns
     -------
@@ -426,7 +461,7 @@ def downscale(
             if writer is None:
                 writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
                 stack.enter_context(writes)  # on an error, the write in flight still ends
-                writer = BackgroundWriter(open_writer(), writes)
+                writer = BackgroundWriter(open_writer, writes, open_here=not background_open)
 
             start = clock.perf_counter()
             writer.write_inputs(job.index, fields)

@@ -398,6 +398,7 @@ def _downscale(
             adaptive_batch=adaptive,
             progress=update,
             overlap_fetch=request.source.kind != "file",
+            background_open=not ranks.enabled,
         )
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from corrdiff_tools.downscale import CorrDiffSampler, Job, downscale, grid_channels, sample_seed
+from corrdiff_tools.errors import RunError
 from corrdiff_tools.sampling import PRESETS, SampleNoise, run_sampler
 from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
 from corrdiff_tools.synthetic import synthetic_inputs
@@ -362,3 +363,43 @@ def test_a_failed_background_write_stops_the_loop_with_its_error(
     written = [what for what, _ in writer.events]
     assert written[-1] == fail_on  # nothing was written after the failure
     assert (0, 2) not in writer.samples
+
+
+def test_the_store_can_be_created_on_the_writing_thread_before_anything_is_written(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    import threading
+
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    writer, opened = SlowWriter(), []
+
+    def open_writer() -> SlowWriter:
+        opened.append(threading.current_thread().name)
+        writer.events.append(("opened", threading.current_thread().name))
+        return writer
+
+    downscale(
+        [Job((0,), TIME, 0, (0, 1))], lambda job: fields, sampler, open_writer, 0, 2,
+        background_open=True,
+    )  # fmt: skip
+    assert opened == ["write_0"]
+    assert [what for what, _ in writer.events] == [
+        "opened", "inputs (0,)", "regression (0,)", "samples (0,) [0, 1]",
+    ]  # fmt: skip
+
+
+def test_a_store_that_cannot_be_created_in_the_background_stops_the_loop(
+    sampler: CorrDiffSampler, inputs: np.ndarray
+) -> None:
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    writer = SlowWriter()
+
+    def open_writer() -> SlowWriter:
+        raise RunError("cannot create out.zarr: read-only file system")
+
+    with pytest.raises(RunError, match="read-only file system"):
+        downscale(
+            [Job((0,), TIME, 0, (0, 1, 2))], lambda job: fields, sampler, open_writer, 0, 1,
+            background_open=True,
+        )  # fmt: skip
+    assert writer.events == []  # nothing queued after the failure was written
