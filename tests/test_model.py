@@ -1,3 +1,4 @@
+import os
 import zipfile
 from pathlib import Path
 
@@ -151,3 +152,28 @@ def test_a_run_imports_earth2studios_corrdiff_alone_and_the_rest_is_there_when_a
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=root, check=True
     )
     assert done.stdout.split() == ["[]", "earth2studio.models.dx.corrdiff", "whole"], done.stdout
+
+
+def test_a_file_digest_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"a" * 1000)
+    first = model.file_sha256(weights)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    index = model.cache_root() / "digests.json"
+    remembered = json.loads(index.read_text())
+    key = next(k for k in remembered if k.startswith(f"{weights.resolve()}|"))
+    # A remembered digest is used as is (proof: a planted one comes back) ...
+    index.write_text(json.dumps({**remembered, key: "0" * 64}))
+    assert model.file_sha256(weights) == "0" * 64
+    # ... until the file changes: same size, new content and modification time.
+    weights.write_bytes(b"b" * 1000)
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert model.file_sha256(weights) == hashlib.sha256(b"b" * 1000).hexdigest()
+    kept = [k for k in json.loads(index.read_text()) if k.startswith(f"{weights.resolve()}|")]
+    assert len(kept) == 1  # one entry per file, not one per version
+    index.write_text("not json")  # a damaged index is ignored, then rewritten
+    assert model.file_sha256(weights) == hashlib.sha256(b"b" * 1000).hexdigest()
