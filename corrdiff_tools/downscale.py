@@ -251,6 +251,10 @@ class BackgroundWriter:
     call is raised in the loop when it is waited for, at the latest by :meth:`finish`, which
     the loop calls before it reports the run complete; nothing queued after it is written.
 
+    When the loop stops early (an error, SIGTERM, Ctrl-C), the call in flight is finished
+    (a fraction of a second: one batch, or the store's creation, which is atomic) and the
+    queued ones are dropped.
+
     With ``open_here=False`` the store itself is created on the background thread too
     (its first call), so creating it overlaps the first regression; ranks of a torchrun
     job open it on the loop's thread, as opening is collective there.
@@ -460,7 +464,9 @@ def downscale(
                 pending = pool.submit(fetch, jobs[position + 1])
             if writer is None:
                 writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
-                stack.enter_context(writes)  # on an error, the write in flight still ends
+                # On an error, SIGTERM or Ctrl-C the write in flight ends (its flags are
+                # set only once its fields are on disk) and the queued ones are dropped.
+                stack.callback(writes.shutdown, wait=True, cancel_futures=True)
                 writer = BackgroundWriter(open_writer, writes, open_here=not background_open)
 
             start = clock.perf_counter()
