@@ -88,7 +88,7 @@ class _LazyInit(importlib.abc.Loader):
                 if member is not None:
                     try:
                         value = getattr(value, member)
-                    except AttributeError:  # ``from . import sub``: a submodule
+                    except AttributeError:  # ``from .a import b``, b a submodule of a
                         value = importlib.import_module(f"{source}.{member}")
             elif importlib.util.find_spec(f"{package}.{attribute}") is not None:
                 # A submodule the whole __init__ would have imported on the way.
