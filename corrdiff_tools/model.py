@@ -571,8 +571,12 @@ def set_precision(model: CorrDiffTaiwan, device: DeviceInfo, precision: str = "a
 
     chosen = resolve_precision(precision, device)
     for net in (model.regression_model, model.residual_model):
+        wrapped = isinstance(net.model, _autocast_class())
+        if wrapped and chosen != "bf16":  # back from bf16: the backbone as loaded
+            net.model = net.model.inner
+            net.model.amp_mode = False
         net.use_fp16 = chosen == "fp16"  # the physicsnemo setter converts the weights
-        if chosen == "bf16" and not isinstance(net.model, _autocast_class()):
+        if chosen == "bf16" and not wrapped:
             net.model = autocast_network(net.model, torch.bfloat16)
     return PRECISIONS[chosen]
 

@@ -114,6 +114,9 @@ def test_bf16_autocasts_the_backbones_and_keeps_float32_weights(package_dir: Pat
     again = model.set_precision(loaded, model.resolve_device("cpu"), "bf16")
     assert again == "bfloat16"
     assert type(loaded.residual_model.model.inner).__name__ != "AutocastNetwork"  # not twice
+    assert model.set_precision(loaded, model.resolve_device("cpu"), "fp32") == "float32"
+    for net in (loaded.regression_model, loaded.residual_model):
+        assert type(net.model).__name__ == "SongUNet" and not net.amp_mode  # unwrapped
 
 
 def test_resume_in_another_precision_is_refused(
