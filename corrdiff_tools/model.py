@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,24 +178,28 @@ def package_identity(spec: str) -> dict[str, str]:
         archive = path if path.is_file() else path / PACKAGE_ZIP
         files = {PACKAGE_ZIP: archive}
     digest = hashlib.sha256()
-    for name, file in files.items():
+    for name, value in zip(files, file_sha256s(list(files.values())), strict=True):
         digest.update(name.encode())
-        digest.update(bytes.fromhex(file_sha256(file)))
+        digest.update(bytes.fromhex(value))
     return {"path": str(path), "sha256": digest.hexdigest()}
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, computed once per version of the file.
+    """SHA-256 of one file (see :func:`file_sha256s`)."""
+    return file_sha256s([path])[0]
+
+
+def file_sha256s(paths: Sequence[Path]) -> list[str]:
+    """SHA-256 of each file, computed once per version of the file.
 
     Remembered under :func:`cache_root` by path, size, inode and modification time (as
     git's index does), so the published package's 650 MB of checkpoints are not hashed
     again on every run (0.5 s for 680 MB on 2 cores with the page cache warm, more from
     disk). A file rewritten in place gets a new modification time, and so a new digest.
+    The index is read once and written at most once per call.
     """
     import json
 
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_ino}|{stat.st_mtime_ns}"
     index = cache_root() / "digests.json"
     try:
         known = json.loads(index.read_text())
@@ -203,21 +207,29 @@ def file_sha256(path: Path) -> str:
             known = {}
     except (OSError, ValueError):
         known = {}
-    value = known.get(key)
-    if isinstance(value, str) and len(value) == 64:
-        return value
-    with path.open("rb") as handle:
-        value = hashlib.file_digest(handle, "sha256").hexdigest()
-    known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}|")}
-    known[key] = value
-    try:  # best effort: a read-only cache only means hashing again next time
-        index.parent.mkdir(parents=True, exist_ok=True)
-        staging = index.with_name(f".{index.name}.{os.getpid()}")
-        staging.write_text(json.dumps(known))
-        staging.replace(index)
-    except OSError:
-        pass
-    return value
+    digests = []
+    changed = False
+    for path in paths:
+        stat = path.stat()
+        where = f"{path.resolve()}|"
+        key = f"{where}{stat.st_size}|{stat.st_ino}|{stat.st_mtime_ns}"
+        value = known.get(key)
+        if not (isinstance(value, str) and len(value) == 64):
+            with path.open("rb") as handle:
+                value = hashlib.file_digest(handle, "sha256").hexdigest()
+            known = {k: v for k, v in known.items() if not k.startswith(where)}
+            known[key] = value
+            changed = True
+        digests.append(value)
+    if changed:
+        try:  # best effort: a read-only cache only means hashing again next time
+            index.parent.mkdir(parents=True, exist_ok=True)
+            staging = index.with_name(f".{index.name}.{os.getpid()}")
+            staging.write_text(json.dumps(known))
+            staging.replace(index)
+        except OSError:
+            pass
+    return digests
 
 
 def resolve_zip(spec: str) -> Path:
