@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workspace import QUIET, add_job_options, prepare  # noqa: E402 - bench/ is the script's dir
+
 #: Runs a command and reports its peak resident memory (its own and its children's).
 MEASURE = (
     "import resource, subprocess, sys\n"
@@ -67,20 +69,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", choices=("tiny", "narrow", "small", "full"), default="narrow")
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--device", default="cpu", help="for our tool; the blog picks cuda if any")
+    add_job_options(parser, samples=4, device_help="for our tool; the blog picks cuda if any")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
     args = parser.parse_args()
 
-    from workspace import prepare
-
     workdir, source_package, inputs, times = prepare(
         args.workdir, args.width, 4, "corrdiff-compare-"
     )
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **QUIET}
     python = sys.executable
     print(
         f"width {args.width}, {args.samples} samples, {args.steps} Euler steps, "

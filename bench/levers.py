@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workspace import WIDTHS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -73,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", choices=("tiny", "narrow", "small", "full"), default="small")
+    parser.add_argument("--width", choices=WIDTHS, default="small")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")

@@ -36,6 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workspace import FIRST_TIME, QUIET, add_job_options  # noqa: E402 - bench/ is the script's dir
+
 VARIABLES = ("mrr", "t2m", "u10m", "v10m")
 INFERENCE = re.compile(r"inference (?P<seconds>[\d.]+) s")
 
@@ -44,10 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", choices=("tiny", "narrow", "small", "full"), default="narrow")
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
+    add_job_options(parser, samples=4, device_help="cpu, cuda or cuda:N")
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
     parser.add_argument("--model-package", help="a real package instead of a random one")
     parser.add_argument("--source", type=Path, help="an input file instead of synthetic inputs")
@@ -55,7 +54,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import xarray as xr
-    from workspace import FIRST_TIME
 
     from corrdiff_tools import diagnostics, synthetic
 
@@ -70,7 +68,7 @@ def main() -> None:
     if args.source is None:
         synthetic.synthetic_inputs([FIRST_TIME]).to_netcdf(inputs)
     precisions = ["fp32", "bf16"] + (["fp16"] if args.device.startswith("cuda") else [])
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **QUIET}
 
     def run(name: str, precision: str, samples: int, seed: int) -> tuple[xr.Dataset, float]:
         output = workdir / f"{name}.zarr"

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from workspace import QUIET, add_job_options, prepare  # noqa: E402 - bench/ is the script's dir
+
 PHASES = (
     ("imports", "imports (interpreter start included)"),
     ("extract", "package extraction"),
@@ -115,21 +117,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", choices=("tiny", "narrow", "small", "full"), default="narrow")
-    parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=8)
+    add_job_options(parser, samples=1, device_help="for our tool; the blog picks cuda if any")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="for our tool; the blog picks cuda if any")
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
     args = parser.parse_args()
-
-    from workspace import prepare
 
     workdir, source_package, inputs, times = prepare(
         args.workdir, args.width, 1, "corrdiff-startup-"
     )
     when = f"{times[0]:%Y-%m-%dT%H:%M}"
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **QUIET}
     calls_file = workdir / "calls.json"
     cache = workdir / "cache"
     print(

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
 #: The first of the benchmark times (Typhoon Gaemi); the others follow every 6 h.
 FIRST_TIME = datetime(2024, 7, 24, 0)
+#: Package widths (``corrdiff_tools.synthetic.WIDTHS``), narrowest first.
+WIDTHS = ("tiny", "narrow", "small", "full")
+#: Environment for the benchmarked processes: no progress bars, no warnings on stderr.
+QUIET = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def add_job_options(parser: argparse.ArgumentParser, samples: int, device_help: str) -> None:
+    """The job every side-by-side benchmark runs: package width, samples, steps, device."""
+    parser.add_argument("--width", choices=WIDTHS, default="narrow")
+    parser.add_argument("--samples", type=int, default=samples)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help=device_help)
 
 
 def prepare(
