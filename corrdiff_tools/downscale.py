@@ -251,9 +251,11 @@ class BackgroundWriter:
     call is raised in the loop when it is waited for, at the latest by :meth:`finish`, which
     the loop calls before it reports the run complete; nothing queued after it is written.
 
-    When the loop stops early (an error, SIGTERM, Ctrl-C), the call in flight is finished
-    (a fraction of a second: one batch, or the store's creation, which is atomic) and the
-    queued ones are dropped.
+    When the loop stops on an error (inputs that cannot be fetched, a failed batch), the
+    queued calls are still made by :meth:`settle`: what was computed before the error is
+    on disk, and a ``--resume`` does not redo it. When it is asked to stop (SIGTERM,
+    Ctrl-C), the call in flight is finished (a fraction of a second: one batch, or the
+    store's creation, which is atomic) and the queued ones are dropped.
 
     With ``open_here=False`` the store itself is created on the background thread too
     (its first call), so creating it overlaps the first regression; ranks of a torchrun
@@ -292,6 +294,18 @@ class BackgroundWriter:
     def finish(self) -> None:
         """Wait for every queued call, raising the first error."""
         self._wait(0)
+
+    def settle(self) -> None:
+        """Wait for every queued call while another error unwinds the loop.
+
+        That error is the one the user sees; a write that fails here too is logged, and
+        the batches queued after it are not written (their flags stay unset).
+        """
+        try:
+            self._wait(0)
+        except Exception as err:  # noqa: BLE001 - reported, the loop's own error goes on
+            logger.warning("a queued write failed while stopping: %s", err)
+            self._queued.clear()
 
     def _submit(self, name: str, *args: Any) -> None:
         self._wait(self.DEPTH - 1)
@@ -456,35 +470,42 @@ def downscale(
         pending: Future[dict[str, np.ndarray]] | None = (
             pool.submit(fetch, jobs[0]) if pool is not None else None
         )
-        for position, job in enumerate(jobs):
-            wait_start = clock.perf_counter()
-            fields = pending.result() if pending is not None else fetch(job)
-            timings.fetch += clock.perf_counter() - wait_start
-            if pool is not None and position + 1 < len(jobs):
-                pending = pool.submit(fetch, jobs[position + 1])
-            if writer is None:
-                writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
-                # On an error, SIGTERM or Ctrl-C the write in flight ends (its flags are
-                # set only once its fields are on disk) and the queued ones are dropped.
-                stack.callback(writes.shutdown, wait=True, cancel_futures=True)
-                writer = BackgroundWriter(open_writer, writes, open_here=not background_open)
+        try:
+            for position, job in enumerate(jobs):
+                wait_start = clock.perf_counter()
+                fields = pending.result() if pending is not None else fetch(job)
+                timings.fetch += clock.perf_counter() - wait_start
+                if pool is not None and position + 1 < len(jobs):
+                    pending = pool.submit(fetch, jobs[position + 1])
+                if writer is None:
+                    writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
+                    # On SIGTERM or Ctrl-C the write in flight ends (its flags are set only
+                    # once its fields are on disk) and the queued ones are dropped.
+                    stack.callback(writes.shutdown, wait=True, cancel_futures=True)
+                    writer = BackgroundWriter(open_writer, writes, open_here=not background_open)
 
-            start = clock.perf_counter()
-            writer.write_inputs(job.index, fields)
-            timings.write += clock.perf_counter() - start
+                start = clock.perf_counter()
+                writer.write_inputs(job.index, fields)
+                timings.write += clock.perf_counter() - start
 
-            if job.samples:  # else another rank computes this time: no regression here
-                batch_size = _compute(
-                    job,
-                    fields,
-                    sampler,
-                    writer,
-                    seed,
-                    batch_size,
-                    adaptive_batch,
-                    timings,
-                    progress,
-                )
+                if job.samples:  # else another rank computes this time: no regression here
+                    batch_size = _compute(
+                        job,
+                        fields,
+                        sampler,
+                        writer,
+                        seed,
+                        batch_size,
+                        adaptive_batch,
+                        timings,
+                        progress,
+                    )
+        except Exception:
+            # An ordinary error (the next time's inputs unreachable, a failed batch) does
+            # not cost the batches already computed: they are written before it goes on.
+            if writer is not None:
+                writer.settle()
+            raise
         if writer is not None:
             start = clock.perf_counter()
             writer.finish()  # the last batch is on disk before the run says it is done

@@ -365,6 +365,56 @@ def test_a_failed_background_write_stops_the_loop_with_its_error(
     assert (0, 2) not in writer.samples
 
 
+class GatedWriter(SlowWriter):
+    """Holds the first batch's write until ``gate`` opens, so the next one stays queued."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Any, fields: dict[str, np.ndarray]
+    ) -> None:
+        if list(samples) == [0, 1]:
+            assert self.gate.wait(timeout=30)
+        super().write_samples(index, samples, fields)
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [
+        # Inputs unreachable: every batch computed before the error is written.
+        (OSError("Network is unreachable"), [(0, 0), (0, 1), (0, 2)]),
+        # Asked to stop: the batch in flight lands, the queued one is dropped.
+        (KeyboardInterrupt(), [(0, 0), (0, 1)]),
+    ],
+    ids=["error", "stop"],
+)
+def test_an_error_writes_the_queued_batches_first_but_a_stop_drops_them(
+    sampler: CorrDiffSampler, inputs: np.ndarray, error: BaseException, kept: list[tuple[int, int]]
+) -> None:
+    import threading
+
+    fields = dict(zip(INPUT_VARIABLES, inputs, strict=True))
+    writer = GatedWriter()
+    jobs = [Job((0,), TIME, 0, (0, 1, 2)), Job((1,), datetime(2024, 7, 24, 18), 0, (0,))]
+
+    def fetch(job: Job) -> dict[str, np.ndarray]:
+        if job.index == (1,):
+            # Batch [0, 1] is being written and [2] is queued behind it. The write goes
+            # on only well after the loop has begun to unwind.
+            threading.Timer(0.3, writer.gate.set).start()
+            raise error
+        return fields
+
+    with pytest.raises(type(error)):
+        downscale(jobs, fetch, sampler, lambda: writer, 0, 2, overlap_fetch=False)
+    assert sorted(writer.samples) == kept
+    assert (1,) not in {index for index, _ in writer.inputs}
+
+
 def test_the_store_can_be_created_on_the_writing_thread_before_anything_is_written(
     sampler: CorrDiffSampler, inputs: np.ndarray
 ) -> None:
