@@ -15,20 +15,32 @@ it (``from physicsnemo.nn import Conv2d`` imports ``physicsnemo.nn.module.conv_l
 and nothing else). The objects are the very ones the ``__init__`` would have bound, from
 the same modules. A package whose ``__init__`` does anything else is imported as usual.
 Packages imported before the hook is installed are not touched.
+
+**Compiling on first call.** physicsnemo's legacy samplers, which earth2studio's CorrDiff
+imports, decorate four grid-patching helpers with ``@torch.compile()`` at import. The
+decorator compiles nothing until a call, but setting it up imports dynamo's repro tools
+and AOT autograd: 0.9 s of the 4.2 s that importing CorrDiff took on 2 cores
+(2026-11-29, best of 5 each). The helpers run only with patching, which the Taiwan model
+does not use. :func:`compile_on_first_call` defers that set-up to the first call, where
+torch would have compiled anyway; :func:`import_alone` imports under it.
 """
 
 from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
+import functools
 import gc
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 #: Whether :func:`pause_collection` turned the cyclic garbage collector off.
 _PAUSED: list[bool] = []
@@ -173,7 +185,55 @@ def lazy_packages() -> None:
         sys.meta_path.insert(0, _LazyPackages(LAZY_PREFIXES))
 
 
+@contextlib.contextmanager
+def compile_on_first_call() -> Iterator[None]:
+    """While in effect, ``torch.compile`` of a plain function sets itself up at its first call.
+
+    What that call does is what the function ``torch.compile`` returned would have done
+    (torch compiles at the first call either way); only the decorator's own set-up, and
+    the imports it brings, wait until then (see the module doc). Modules and anything
+    that is not a plain function are compiled at once, as usual. ``torch.compile`` is
+    restored on the way out, whatever happens.
+    """
+    import torch
+
+    compile_now = torch.compile
+    if getattr(compile_now, "defers_compile", False):  # nested: the outer one restores
+        yield
+        return
+
+    def deferred(model: Any = None, **options: Any) -> Any:
+        if model is None:  # used as @torch.compile(...): the function comes next
+            return functools.partial(deferred, **options)
+        if not isinstance(model, types.FunctionType):
+            return compile_now(model, **options)
+        compiled: list[Callable[..., Any]] = []
+        lock = threading.Lock()
+
+        @functools.wraps(model)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not compiled:
+                with lock:
+                    if not compiled:
+                        compiled.append(compile_now(model, **options))
+            return compiled[0](*args, **kwargs)
+
+        return call
+
+    deferred.defers_compile = True  # type: ignore[attr-defined]
+    torch.compile = deferred  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.compile = compile_now
+
+
 def import_alone(module: str) -> types.ModuleType:
-    """Import ``module`` with the packages above it lazy (see :func:`lazy_packages`)."""
+    """Import ``module`` with the packages above it lazy (see :func:`lazy_packages`).
+
+    Functions it compiles at import set themselves up at their first call (see
+    :func:`compile_on_first_call`).
+    """
     lazy_packages()
-    return importlib.import_module(module)
+    with compile_on_first_call():
+        return importlib.import_module(module)

@@ -116,6 +116,61 @@ def test_the_libraries_inits_a_run_touches_are_all_import_only() -> None:
         assert imports._import_only_plan(spec.origin, package) is not None, package
 
 
+def test_a_function_compiled_at_import_sets_up_at_its_first_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    made: list[tuple[object, dict[str, object]]] = []
+
+    def compile_now(model: object = None, **options: object) -> object:
+        made.append((model, options))
+        if callable(model) and not isinstance(model, torch.nn.Module):
+            return lambda *args, **kwargs: ("compiled", model(*args, **kwargs))  # type: ignore[operator]
+        return ("module compiled", model)
+
+    monkeypatch.setattr(torch, "compile", compile_now)
+    layer = torch.nn.Linear(2, 2)
+    with imports.compile_on_first_call():
+
+        @torch.compile()
+        def double(x: int) -> int:
+            return 2 * x
+
+        triple = torch.compile(lambda x: 3 * x, mode="max-autotune", dynamic=False)
+        with imports.compile_on_first_call():  # nested: still deferred, restored once
+            pass
+        assert made == []  # nothing set up at import time
+        assert torch.compile(layer) == ("module compiled", layer)  # a module: at once
+    assert torch.compile is compile_now  # restored
+    assert double.__name__ == "double"
+    assert double(5) == ("compiled", 10) and double(6) == ("compiled", 12)
+    assert triple(2) == ("compiled", 6)
+    # Each function set up once, at its first call, with the options it was given.
+    assert [(getattr(model, "__name__", None), options) for model, options in made] == [
+        (None, {}),  # the Linear layer
+        ("double", {}),
+        ("<lambda>", {"mode": "max-autotune", "dynamic": False}),
+    ]
+
+    with pytest.raises(ImportError), imports.compile_on_first_call():
+        raise ImportError("a failed import")
+    assert torch.compile is compile_now
+
+
+def test_a_deferred_compile_computes_what_torch_compile_computes() -> None:
+    import torch
+
+    def affine(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(2.0 * x + 1.0)
+
+    with imports.compile_on_first_call():
+        deferred = torch.compile(affine, backend="eager")
+    now = torch.compile(affine, backend="eager")
+    x = torch.linspace(-2, 2, 17)
+    assert torch.equal(deferred(x), now(x)) and torch.equal(deferred(x), affine(x))
+
+
 LOAD_AND_CALL = """
 import hashlib, sys
 import torch
@@ -138,7 +193,7 @@ out = sampler.residuals(condition, seeds=[0, 1])
 digest = hashlib.sha256(mean.numpy().tobytes() + out.numpy().tobytes()).hexdigest()
 heavy = sorted(m for m in ("physicsnemo.models.dit", "physicsnemo.nn.module.ball_query",
                "physicsnemo.nn.functional.interpolation", "earth2studio.models.dx.climatenet",
-               "earth2studio.data.gfs") if m in sys.modules)
+               "earth2studio.data.gfs", "torch._functorch.aot_autograd") if m in sys.modules)
 print(digest, ",".join(heavy) or "-")
 """
 
@@ -161,7 +216,9 @@ def test_lazy_imports_load_and_sample_bitwise_as_after_the_whole_inits(
     whole, lazy = results["whole"], results["lazy"]
     assert lazy[0] == whole[0]  # regression mean and two samples, bitwise
     assert lazy[1] == "-"  # none of the unneeded heavy modules was imported
-    assert "physicsnemo.nn.module.ball_query" in whole[1]  # (the whole inits do import them)
+    # (the whole inits do import them, and the samplers' torch.compile set-up AOT autograd)
+    assert "physicsnemo.nn.module.ball_query" in whole[1]
+    assert "torch._functorch.aot_autograd" in whole[1]
 
 
 def test_the_collector_pause_is_for_the_command_line_only(run_tool) -> None:  # noqa: ANN001
