@@ -177,3 +177,55 @@ def test_a_file_digest_is_remembered_until_the_file_changes(tmp_path: Path) -> N
     assert len(kept) == 1  # one entry per file, not one per version
     index.write_text("not json")  # a damaged index is ignored, then rewritten
     assert model.file_sha256(weights) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+def test_loading_skips_the_random_start_and_gives_load_models_own_tensors(
+    package_dir: Path,
+) -> None:
+    """Zeros instead of random draws while loading: the same weights, the draws saved."""
+    from earth2studio.models.auto import Package
+    from earth2studio.models.dx.corrdiff import CorrDiffTaiwan
+
+    torch.manual_seed(1)
+    first = torch.rand(4)
+    torch.manual_seed(1)
+    ours, _ = model.load_corrdiff(str(package_dir), model.resolve_device("cpu"))
+    assert torch.equal(torch.rand(4), first)  # our load drew nothing from torch's generator
+    torch.manual_seed(1)
+    theirs = CorrDiffTaiwan.load_model(Package(str(model.prepare_package(str(package_dir)))))
+    assert not torch.equal(torch.rand(4), first)  # earth2studio's drew its random start
+    for name in ("regression_model", "residual_model"):
+        expected = getattr(theirs, name).state_dict()
+        got = getattr(ours, name).state_dict()
+        assert got.keys() == expected.keys() and len(got) > 50
+        for key, tensor in expected.items():
+            # earth2studio keeps float16 on a CPU; ours is the same values in float32.
+            assert torch.equal(got[key], tensor.float()), f"{name}.{key}"
+    import physicsnemo.nn.module.conv_layers as conv_layers
+    from physicsnemo.nn.module.utils import weight_init
+
+    assert conv_layers._weight_init is weight_init._weight_init  # restored after loading
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_not_left_at_zero(
+    package_dir: Path, tmp_path: Path
+) -> None:
+    import io
+
+    source = model.prepare_package(str(package_dir)) / model.PACKAGE_DIR
+    package = tmp_path / "cut"
+    with zipfile.ZipFile(package_dir / "corrdiff_inference_package.zip") as whole:
+        whole.extractall(package)
+    checkpoint = package / model.PACKAGE_DIR / "checkpoints" / "regression.mdlus"
+    with zipfile.ZipFile(source / "checkpoints" / "regression.mdlus") as original:
+        members = {name: original.read(name) for name in original.namelist()}
+    weights = torch.load(io.BytesIO(members["model.pt"]), weights_only=True)
+    dropped = next(key for key in weights if key.endswith(".weight"))
+    del weights[dropped]
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    with zipfile.ZipFile(checkpoint, "w") as cut:
+        for name, data in {**members, "model.pt": buffer.getvalue()}.items():
+            cut.writestr(name, data)
+    with pytest.raises(UsageError, match=f"Missing key.*{dropped}"):
+        model.load_corrdiff(str(package), model.resolve_device("cpu"))
