@@ -404,8 +404,9 @@ def test_an_error_writes_the_queued_batches_first_but_a_stop_drops_them(
     def fetch(job: Job) -> dict[str, np.ndarray]:
         if job.index == (1,):
             # Batch [0, 1] is being written and [2] is queued behind it. The write goes
-            # on only well after the loop has begun to unwind.
-            threading.Timer(0.3, writer.gate.set).start()
+            # on a second later: long after the loop has begun to unwind (a stop drops
+            # the queued write microseconds after this raise).
+            threading.Timer(1.0, writer.gate.set).start()
             raise error
         return fields
 
