@@ -205,27 +205,3 @@ def test_loading_skips_the_random_start_and_gives_load_models_own_tensors(
     from physicsnemo.nn.module.utils import weight_init
 
     assert conv_layers._weight_init is weight_init._weight_init  # restored after loading
-
-
-def test_a_checkpoint_missing_a_weight_is_refused_not_left_at_zero(
-    package_dir: Path, tmp_path: Path
-) -> None:
-    import io
-
-    source = model.prepare_package(str(package_dir)) / model.PACKAGE_DIR
-    package = tmp_path / "cut"
-    with zipfile.ZipFile(package_dir / "corrdiff_inference_package.zip") as whole:
-        whole.extractall(package)
-    checkpoint = package / model.PACKAGE_DIR / "checkpoints" / "regression.mdlus"
-    with zipfile.ZipFile(source / "checkpoints" / "regression.mdlus") as original:
-        members = {name: original.read(name) for name in original.namelist()}
-    weights = torch.load(io.BytesIO(members["model.pt"]), weights_only=True)
-    dropped = next(key for key in weights if key.endswith(".weight"))
-    del weights[dropped]
-    buffer = io.BytesIO()
-    torch.save(weights, buffer)
-    with zipfile.ZipFile(checkpoint, "w") as cut:
-        for name, data in {**members, "model.pt": buffer.getvalue()}.items():
-            cut.writestr(name, data)
-    with pytest.raises(UsageError, match=f"Missing key.*{dropped}"):
-        model.load_corrdiff(str(package), model.resolve_device("cpu"))

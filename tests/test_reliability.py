@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -649,18 +650,56 @@ def test_package_with_a_missing_checkpoint(run_tool: Run, tmp_path: Path) -> Non
     )
 
 
-def _rewrite_args(checkpoint: Path, change: Callable[[dict], None]) -> None:
-    import json
+def _rewrite_member(checkpoint: Path, member: str, change: Callable[[bytes], bytes]) -> None:
+    """Replace one file inside a ``.mdlus`` checkpoint (a zip) by ``change`` of it."""
     import zipfile
 
     with zipfile.ZipFile(checkpoint) as archive:
         contents = {name: archive.read(name) for name in archive.namelist()}
-    args = json.loads(contents["args.json"])
-    change(args)
-    contents["args.json"] = json.dumps(args).encode()
+    contents[member] = change(contents[member])
     with zipfile.ZipFile(checkpoint, "w") as archive:
         for name, data in contents.items():
             archive.writestr(name, data)
+
+
+def _rewrite_args(checkpoint: Path, change: Callable[[dict], None]) -> None:
+    import json
+
+    def edit(data: bytes) -> bytes:
+        args = json.loads(data)
+        change(args)
+        return json.dumps(args).encode()
+
+    _rewrite_member(checkpoint, "args.json", edit)
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_not_left_at_zero(
+    run_tool: Run, tmp_path: Path
+) -> None:
+    """The load is strict: a weight the checkpoint lacks does not stay at its zero start."""
+    import io
+
+    from corrdiff_tools.synthetic import build_package
+
+    build_package(tmp_path / "pkg", zipped=False)
+    checkpoint = (
+        tmp_path / "pkg" / "corrdiff_inference_package" / "checkpoints" / "regression.mdlus"
+    )
+    dropped = []
+
+    def drop_a_weight(data: bytes) -> bytes:
+        weights = torch.load(io.BytesIO(data), weights_only=True)
+        dropped.append(next(key for key in weights if key.endswith(".weight")))
+        del weights[dropped[0]]
+        buffer = io.BytesIO()
+        torch.save(weights, buffer)
+        return buffer.getvalue()
+
+    _rewrite_member(checkpoint, "model.pt", drop_a_weight)
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--model-package", str(tmp_path / "pkg"))
+    assert code == 2
+    assert re.search(f"could not be loaded .*Missing key.*{re.escape(dropped[0])}", one_line(err))
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize(
