@@ -697,19 +697,22 @@ def weights_from_checkpoint_only() -> Iterator[None]:
     checkpoint's, exactly as after a random start (pinned by a test against
     earth2studio's own ``load_model``). One difference: torch's global random generator
     is not advanced by the draws; nothing in a run uses it (the sampler's noise comes
-    from its own seeded generators). A physicsnemo that no longer has ``_weight_init``
-    in these modules is left as it is.
+    from its own seeded generators). A physicsnemo that no longer has these modules, or
+    ``_weight_init`` in them, is left as it is: its layers start at random, as usual.
     """
     import importlib
 
     import torch
 
-    def zeros(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> Any:
-        return torch.zeros(*shape)
+    def zeros(shape: Sequence[int], *how: Any, **more: Any) -> Any:
+        return torch.zeros(*shape)  # whatever the initialisation mode and fans
 
     replaced = []
     for name in _INITIALISING_MODULES:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:  # moved in another physicsnemo: its layers draw as usual
+            continue
         original = getattr(module, "_weight_init", None)
         if callable(original):
             replaced.append((module, original))

@@ -205,3 +205,19 @@ def test_loading_skips_the_random_start_and_gives_load_models_own_tensors(
     from physicsnemo.nn.module.utils import weight_init
 
     assert conv_layers._weight_init is weight_init._weight_init  # restored after loading
+
+
+def test_the_zero_start_leaves_a_physicsnemo_without_those_modules_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import physicsnemo.nn.module.conv_layers as conv_layers
+
+    original = conv_layers._weight_init
+    monkeypatch.setattr(
+        model, "_INITIALISING_MODULES", ("physicsnemo.nn.module.gone", conv_layers.__name__)
+    )
+    with model.weights_from_checkpoint_only():
+        assert conv_layers._weight_init is not original
+        start = conv_layers._weight_init([3, 2], mode="kaiming_uniform", fan_in=2, fan_out=3)
+        assert torch.equal(start, torch.zeros(3, 2))
+    assert conv_layers._weight_init is original
