@@ -251,11 +251,13 @@ class BackgroundWriter:
     call is raised in the loop when it is waited for, at the latest by :meth:`finish`, which
     the loop calls before it reports the run complete; nothing queued after it is written.
 
-    When the loop stops on an error (inputs that cannot be fetched, a failed batch), the
-    queued calls are still made by :meth:`settle`: what was computed before the error is
-    on disk, and a ``--resume`` does not redo it. When it is asked to stop (SIGTERM,
-    Ctrl-C), the call in flight is finished (a fraction of a second: one batch, or the
-    store's creation, which is atomic) and the queued ones are dropped.
+    A context manager: leaving it stops the thread. When the loop stops on an error
+    (inputs that cannot be fetched, a failed batch), the queued calls are still made
+    first (:meth:`settle`): what was computed before the error is on disk, and a
+    ``--resume`` does not redo it. When it is asked to stop (SIGTERM, Ctrl-C), the call in
+    flight is finished (a fraction of a second: one batch, or the store's creation, which
+    is atomic; its flags are set only once its fields are on disk) and the queued ones are
+    dropped.
 
     With ``open_here=False`` the store itself is created on the background thread too
     (its first call), so creating it overlaps the first regression; ranks of a torchrun
@@ -265,15 +267,21 @@ class BackgroundWriter:
     #: Calls queued at most, the one running included.
     DEPTH = 2
 
-    def __init__(
-        self, open_writer: Callable[[], Writer], pool: ThreadPoolExecutor, open_here: bool
-    ) -> None:
-        self._pool = pool
+    def __init__(self, open_writer: Callable[[], Writer], open_here: bool) -> None:
         self._queued: collections.deque[Future[None]] = collections.deque()
         self._failed = False
         self._writer: Writer | None = open_writer() if open_here else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
         if self._writer is None:
-            self._queued.append(pool.submit(self._run, self._open, open_writer))
+            self._queued.append(self._pool.submit(self._run, self._open, open_writer))
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if isinstance(error, Exception):
+            self.settle()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _open(self, open_writer: Callable[[], Writer]) -> None:
         self._writer = open_writer()
@@ -470,42 +478,35 @@ def downscale(
         pending: Future[dict[str, np.ndarray]] | None = (
             pool.submit(fetch, jobs[0]) if pool is not None else None
         )
-        try:
-            for position, job in enumerate(jobs):
-                wait_start = clock.perf_counter()
-                fields = pending.result() if pending is not None else fetch(job)
-                timings.fetch += clock.perf_counter() - wait_start
-                if pool is not None and position + 1 < len(jobs):
-                    pending = pool.submit(fetch, jobs[position + 1])
-                if writer is None:
-                    writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write")
-                    # On SIGTERM or Ctrl-C the write in flight ends (its flags are set only
-                    # once its fields are on disk) and the queued ones are dropped.
-                    stack.callback(writes.shutdown, wait=True, cancel_futures=True)
-                    writer = BackgroundWriter(open_writer, writes, open_here=not background_open)
+        for position, job in enumerate(jobs):
+            wait_start = clock.perf_counter()
+            fields = pending.result() if pending is not None else fetch(job)
+            timings.fetch += clock.perf_counter() - wait_start
+            if pool is not None and position + 1 < len(jobs):
+                pending = pool.submit(fetch, jobs[position + 1])
+            if writer is None:
+                # Leaving the stack on an error writes what is queued; on SIGTERM or
+                # Ctrl-C it drops it (see BackgroundWriter).
+                writer = stack.enter_context(
+                    BackgroundWriter(open_writer, open_here=not background_open)
+                )
 
-                start = clock.perf_counter()
-                writer.write_inputs(job.index, fields)
-                timings.write += clock.perf_counter() - start
+            start = clock.perf_counter()
+            writer.write_inputs(job.index, fields)
+            timings.write += clock.perf_counter() - start
 
-                if job.samples:  # else another rank computes this time: no regression here
-                    batch_size = _compute(
-                        job,
-                        fields,
-                        sampler,
-                        writer,
-                        seed,
-                        batch_size,
-                        adaptive_batch,
-                        timings,
-                        progress,
-                    )
-        except Exception:
-            # An ordinary error (the next time's inputs unreachable, a failed batch) does
-            # not cost the batches already computed: they are written before it goes on.
-            if writer is not None:
-                writer.settle()
-            raise
+            if job.samples:  # else another rank computes this time: no regression here
+                batch_size = _compute(
+                    job,
+                    fields,
+                    sampler,
+                    writer,
+                    seed,
+                    batch_size,
+                    adaptive_batch,
+                    timings,
+                    progress,
+                )
         if writer is not None:
             start = clock.perf_counter()
             writer.finish()  # the last batch is on disk before the run says it is done
