@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time as time_mod
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
+from corrdiff_tools import checks
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
 from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, INPUT_VARIABLES, LR_LAT, LR_LON
@@ -93,41 +94,35 @@ def parse_source(text: str) -> SourceSpec:
 #: Dimension order earth2studio's ``DataArrayFile`` assumes: it indexes by position.
 FILE_DIMS = ("time", "variable", "lat", "lon")
 
-#: Plausible range and units of each model input. A file in other units (t2m in deg C,
-#: geopotential height in metres instead of geopotential) gives a plausible-looking but
-#: wrong downscaling, so inputs outside these are refused before any work.
-PHYSICAL_RANGES: dict[str, tuple[float, float, str]] = {
-    "tcwv": (0.0, 120.0, "kg m-2"),
-    "z500": (40000.0, 62000.0, "m2 s-2 (geopotential, not height)"),
-    "z850": (7000.0, 18000.0, "m2 s-2 (geopotential, not height)"),
-    "t500": (200.0, 300.0, "K"),
-    "t850": (220.0, 330.0, "K"),
-    "t2m": (200.0, 340.0, "K"),
-    **{name: (-150.0, 150.0, "m s-1") for name in ("u500", "v500", "u850", "v850")},
-    **{name: (-100.0, 100.0, "m s-1") for name in ("u10m", "v10m")},
-}
-
 
 def check_physical(fields: dict[str, np.ndarray], where: str) -> str | None:
-    """A one-line complaint about the first input outside its physical range, or None."""
-    for name, (low, high, units) in PHYSICAL_RANGES.items():
-        if name not in fields:
-            continue
-        values = fields[name][np.isfinite(fields[name])]
-        if values.size and (values.min() < low or values.max() > high):
-            return (
-                f"input {name} {where} spans {values.min():.6g} to {values.max():.6g}, outside "
-                f"its physical range {low:g} to {high:g} {units}: convert the file to these units"
-            )
+    """A one-line complaint about the first input outside its physical range, or None.
+
+    The ranges are :data:`corrdiff_tools.checks.PHYSICAL_RANGES`.
+    """
+    for name, values in fields.items():
+        why = checks.out_of_range(name, values)
+        if why:
+            return f"input {name} {where} {why}: convert the file to these units"
     return None
 
 
-def open_file_source(path: Path) -> xr.DataArray:
-    """Open a source file as an xarray DataArray with dims (time, variable, lat, lon).
+@contextlib.contextmanager
+def open_file_source(path: Path) -> Iterator[xr.DataArray]:
+    """Open a source file as a DataArray with dims (time, variable, lat, lon), checked.
 
     The dimensions are matched by name and the array is transposed to :data:`FILE_DIMS`:
     earth2studio's ``DataArrayFile`` reads by position, so a file stored as (time, lat,
-    lon, variable) would otherwise be read scrambled, without an error.
+    lon, variable) would otherwise be read scrambled, without an error. Its coordinates
+    are made unambiguous first (see :mod:`corrdiff_tools.checks`): times become
+    datetimes on the minute, variable labels plain strings, and lat/lon must be finite,
+    strictly monotonic axes. A single NaN latitude, even outside the model's box, would
+    make the nearest-point selection copy one row into every row of the inputs.
+
+    Raises
+    ------
+    UsageError
+        Naming the file and what is wrong with it.
     """
     import xarray as xr
 
@@ -151,16 +146,52 @@ def open_file_source(path: Path) -> xr.DataArray:
             f"--source {path} could not be read as NetCDF or Zarr ({type(err).__name__}: {err}); "
             "give a file written by --prefetch or earth2studio's datasource_to_file"
         ) from None
+    try:
+        yield _checked_coordinates(path, array)
+    finally:
+        array.close()
+
+
+def _checked_coordinates(path: Path, array: xr.DataArray) -> xr.DataArray:
+    """``array`` in :data:`FILE_DIMS` order with normalised, verified coordinates."""
     if set(array.dims) != set(FILE_DIMS):
         raise UsageError(
             f"--source {path} has dims {tuple(array.dims)}; it needs (time, variable, lat, lon), "
             "the layout earth2studio's datasource_to_file writes"
         )
-    return array.transpose(*FILE_DIMS)
+    array = array.transpose(*FILE_DIMS)
+    missing = [name for name in FILE_DIMS if name not in array.coords]
+    if missing:
+        raise UsageError(
+            f"--source {path} has no {missing[0]} coordinate: label every dimension "
+            "(times, variable names, latitudes, longitudes)"
+        )
+    try:
+        stamps = checks.normalise_times(array["time"].values)
+        labels = checks.decode_labels(array["variable"].values)
+    except ValueError as err:
+        raise UsageError(f"--source {path}: {err}") from None
+    for name in ("lat", "lon"):
+        why = checks.axis_problem(name, array[name].values)
+        if why:
+            raise UsageError(
+                f"--source {path}: {why}; every coordinate must be a finite, strictly "
+                "monotonic axis: fix or drop the bad points"
+            )
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"--source {path} has a repeated variable label: keep one of each")
+    extra = [name for name in array.coords if name not in FILE_DIMS]
+    return array.drop_vars(extra).assign_coords(
+        time=stamps, variable=np.array(labels, dtype=object)
+    )
 
 
 def check_file_source(path: Path, requested: Sequence[datetime]) -> list[str]:
-    """Check that a file holds every input, every requested time and the input grid.
+    """Check everything a run will read from a file, before anything is written.
+
+    Every input and every requested time on the input grid, finite and physical; the
+    optional ``refc`` physical too. Nothing read later can then fail (or, with
+    ``--overwrite``, fail after the old store was replaced).
 
     Returns
     -------
@@ -179,22 +210,11 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
             f"--source {path} lacks the input variable(s) {', '.join(missing)}; "
             f"CorrDiff needs {', '.join(INPUT_VARIABLES)}"
         )
-    stamps = np.asarray(array["time"].values, dtype="datetime64[m]").tolist()
-    twice = sorted({t for t in stamps if stamps.count(t) > 1})
-    if twice:
-        raise UsageError(
-            f"--source {path} holds {times_mod.format_time(twice[0])} more than once: "
-            "keep one field per time (e.g. xarray's drop_duplicates('time'))"
-        )
-    for name in ("variable", "lat", "lon"):
-        labels = array[name].values.tolist()
-        if len(set(labels)) != len(labels):
-            raise UsageError(f"--source {path} has a repeated {name} label: keep one of each")
-    available = set(stamps)
-    absent = [t for t in requested if t not in available]
+    held = np.sort(np.asarray(array["time"].values, dtype="datetime64[ns]"))
+    absent = [t for t in requested if np.datetime64(t, "ns") not in held]
     if absent:
-        listed = ", ".join(times_mod.format_time(t) for t in sorted(available)[:6])
-        more = " ..." if len(available) > 6 else ""
+        listed = ", ".join(checks.format_time64(t) for t in held[:6])
+        more = " ..." if held.size > 6 else ""
         raise UsageError(
             f"{times_mod.format_time(absent[0])} is not in --source {path}"
             f"{f' (nor {len(absent) - 1} more)' if len(absent) > 1 else ''}: "
@@ -210,21 +230,33 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
                 f"({name} {grid[0]:g} to {grid[-1]:g}; {name} {gaps[0]:g} is missing): "
                 "regrid the file onto a 0.25 degree grid covering it"
             )
+    extras = [v for v in EXTRA_LOWRES_VARIABLES if v in variables]
     for time in requested:
-        box = _model_box(array).sel(time=np.datetime64(time, "ns"), variable=list(INPUT_VARIABLES))
-        values = np.asarray(box.values, dtype="float64")
-        fields = {name: values[i] for i, name in enumerate(INPUT_VARIABLES)}
-        complaint = check_physical(fields, f"at {times_mod.format_time(time)} in --source {path}")
+        when = f"at {times_mod.format_time(time)} in --source {path}"
+        box = _model_box(array).sel(time=np.datetime64(time, "ns"))
+        fields = {
+            name: np.asarray(box.sel(variable=name).values, dtype="float64")
+            for name in (*INPUT_VARIABLES, *extras)
+        }
+        for name in INPUT_VARIABLES:
+            why = checks.not_finite(fields[name])
+            if why:
+                raise UsageError(
+                    f"input {name} {when} {why} on the model's input grid: fill the gaps or "
+                    "pick another time"
+                )
+        complaint = check_physical(fields, when)
         if complaint:
             raise UsageError(complaint)
-    return [*INPUT_VARIABLES, *(v for v in EXTRA_LOWRES_VARIABLES if v in variables)]
+    return [*INPUT_VARIABLES, *extras]
 
 
 def _model_box(array: xr.DataArray) -> xr.DataArray:
     """The model's 36 x 40 input box of a (time, variable, lat, lon) array.
 
     Selected by the nearest labels (any lat order, lon in 0..360 or -180..180) and
-    labelled with the model's own lat/lon.
+    labelled with the model's own lat/lon. The axes were checked finite and monotonic
+    by :func:`open_file_source`, and to contain the grid by :func:`check_file_source`.
     """
     lon = np.asarray(array["lon"].values, dtype=float) % 360.0
     lat = np.asarray(array["lat"].values, dtype=float)
@@ -281,13 +313,14 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSourc
         return import_alone("earth2studio.data.arco").ARCO()
     assert spec.path is not None  # noqa: S101 - guaranteed by parse_source
     source = import_alone("earth2studio.data.xr").DataArrayFile(str(spec.path))
-    full = source.da
-    # By name, then in earth2studio's positional order (see open_file_source).
-    window = _model_box(full.transpose(*FILE_DIMS))
-    if times:
-        window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
-    source.da = window.load().drop_vars([name for name in window.coords if name not in FILE_DIMS])
-    full.close()
+    source.da.close()
+    # By name, then in earth2studio's positional order, with the coordinates checked and
+    # normalised as validation saw them (see open_file_source).
+    with open_file_source(spec.path) as array:
+        window = _model_box(array)
+        if times:
+            window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
+        source.da = window.load()
     return source
 
 
@@ -399,9 +432,11 @@ def fetch_inputs(
     lead_hours: int,
     extras: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
-    """Fetch the 12 model inputs (checked finite) and any available extra fields.
+    """Fetch the 12 model inputs (checked finite and physical) and any extra fields.
 
-    Extra fields (``refc``) are best effort: a failure or NaN only logs a warning.
+    Extra fields (``refc``) are best effort: a failure, or values outside their physical
+    range (linear reflectivity instead of dBZ would blank every reflectivity colour
+    scale), only log a warning and the field is left out; missing values are kept as NaN.
     """
     fields = fetch_fields(source, spec, time, lead_hours, INPUT_VARIABLES)
     for name, values in fields.items():
@@ -420,6 +455,16 @@ def fetch_inputs(
             extra = fetch_fields(source, spec, time, lead_hours, [name])[name]
         except RunError as err:
             logger.warning("%s is not available, plots will lack it: %s", name, err)
+            continue
+        wrong = checks.out_of_range(name, extra)
+        if wrong:
+            logger.warning(
+                "%s at %s from %s %s: left out, plots will lack it",
+                name,
+                times_mod.format_time(time),
+                spec.label,
+                wrong,
+            )
             continue
         if not np.isfinite(extra).all():
             logger.warning("%s at %s has missing values", name, times_mod.format_time(time))

@@ -29,24 +29,29 @@ MAX_TIMES = 87_660
 DEFAULT_RANGE_STEP = timedelta(hours=6)
 
 _TIME_RE = re.compile(
-    r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<hour>\d{2})(?::(?P<minute>\d{2})(?::(?P<second>\d{2}))?)?"
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<hour>\d{2})(?::(?P<minute>\d{2})"
+    r"(?::(?P<second>\d{2})(?P<fraction>\.\d{1,9})?)?)?"
     r"(?P<zone>Z|[+-]\d{2}:?\d{2})?$",
     re.IGNORECASE,
 )
 _STEP_RE = re.compile(r"^(?P<hours>\d+)h$", re.IGNORECASE)
 
 
-def parse_time(text: str) -> datetime:
+def parse_time(text: str, allow_seconds: bool = False) -> datetime:
     """Parse one ISO 8601 UTC time.
 
     Accepted forms: ``2024-07-24T12:00``, ``2024-07-24T12``, ``2024-07-24 12:00Z``,
     ``2024-07-24T12:00:00+00:00``. Offsets other than UTC are refused rather than
-    converted, so a typo in the zone cannot silently shift the run.
+    converted, so a typo in the zone cannot silently shift the run. Seconds other than
+    ``:00`` are refused too (every source is hourly at most, and a time printed to the
+    minute would hide them), unless ``allow_seconds`` (time labels read from a file).
 
     Parameters
     ----------
     text : str
         The time as typed.
+    allow_seconds : bool
+        Keep seconds (and fractions of them) instead of refusing them.
 
     Returns
     -------
@@ -70,12 +75,19 @@ def parse_time(text: str) -> datetime:
             f"{text!r} has a non-UTC offset ({zone}): give the time in UTC, e.g. 2024-07-24T12:00Z"
         )
     try:
-        return datetime.strptime(
+        parsed = datetime.strptime(
             f"{match['date']}T{match['hour']}:{match['minute'] or '00'}:{match['second'] or '00'}",
             "%Y-%m-%dT%H:%M:%S",
         )
     except ValueError as err:
         raise UsageError(f"{text!r} is not a valid date and time ({err})") from None
+    fraction = float(match["fraction"] or 0)
+    if not allow_seconds and (parsed.second or fraction):
+        raise UsageError(
+            f"{text!r} has seconds: times are whole minutes (every source is hourly at "
+            f"most), e.g. {parsed:%Y-%m-%dT%H:%M}"
+        )
+    return parsed + timedelta(seconds=fraction)
 
 
 def parse_step(text: str) -> timedelta:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from corrdiff_tools import checks
 from corrdiff_tools.store import HR_SHAPE, OUTPUT_VARIABLES
 
 if TYPE_CHECKING:
@@ -83,31 +84,56 @@ def load_truth(
         With a message saying what is wrong with the file.
     """
     dataset = _open(Path(path))
-    present = _variables(dataset)
-    common = _common_times(dataset, valid_times)
-    fields: dict[np.datetime64, dict[str, np.ndarray]] = {t: {} for t in common}
-    for name in present:
-        array = dataset[name]
-        spatial = [dim for dim in array.dims if dim != "time"]
-        if len(spatial) != 2 or "time" not in array.dims:
-            raise ValueError(f"{name} has dims {array.dims}; expected (time, y, x)")
-        order, regrid = _placement(dataset, name, [str(dim) for dim in spatial], lat, lon)
-        for time in common:
-            values = np.asarray(array.sel(time=time).transpose(*order).values, dtype="float64")
-            if regrid is not None:
-                values = interpolate_lowres(values, regrid[0], regrid[1], lat, lon)
-            fields[time][name] = values
-    dataset.close()
+    try:
+        present = _variables(dataset)
+        common = _common_times(dataset, valid_times)
+        fields: dict[np.datetime64, dict[str, np.ndarray]] = {t: {} for t in common}
+        for name in present:
+            array = dataset[name]
+            spatial = [dim for dim in array.dims if dim != "time"]
+            if len(spatial) != 2 or "time" not in array.dims:
+                raise ValueError(f"{name} has dims {array.dims}; expected (time, y, x)")
+            order, regrid = _placement(dataset, name, [str(dim) for dim in spatial], lat, lon)
+            for time in common:
+                values = np.asarray(array.sel(time=time).transpose(*order).values, "float64")
+                # Units are judged on the file's own values: a units attribute that is
+                # missing or wrong (t2m in deg C labelled K) does not change them.
+                wrong = checks.out_of_range(name, values)
+                if wrong:
+                    raise ValueError(
+                        f"{name} at {checks.format_time64(time)} {wrong}: convert it (the "
+                        "units attribute alone does not change the values)"
+                    )
+                if regrid is not None:
+                    values = interpolate_lowres(values, regrid[0], regrid[1], lat, lon)
+                fields[time][name] = values
+    finally:
+        dataset.close()
     return Truth(fields, present)
 
 
 def _open(path: Path) -> xr.Dataset:
+    """The file as a Dataset: fill values masked, times normalised (see checks)."""
     import xarray as xr
 
+    from corrdiff_tools.store import mask_fill_values
+
     try:
-        return xr.open_zarr(path) if path.is_dir() else xr.open_dataset(path)
+        if path.is_dir():
+            dataset = mask_fill_values(xr.open_zarr(path, consolidated=None), path)
+        else:
+            dataset = xr.open_dataset(path)
     except Exception as err:  # noqa: BLE001 - any failure means "not a readable file"
         raise ValueError(f"cannot be read as NetCDF or Zarr ({type(err).__name__})") from None
+    if "time" in dataset.coords:
+        try:
+            times = checks.normalise_times(dataset["time"].values)
+        except ValueError:
+            dataset.close()
+            raise
+        if times.ndim == 1 and dataset["time"].dims == ("time",):
+            dataset = dataset.assign_coords(time=times)
+    return dataset
 
 
 def _variables(dataset: xr.Dataset) -> tuple[str, ...]:
@@ -144,7 +170,7 @@ def _span(times: np.ndarray) -> str:
     if times.size == 0:
         return "none"
     ordered = np.sort(times)
-    first, last = (np.datetime_as_string(t, "m") for t in (ordered[0], ordered[-1]))
+    first, last = (checks.format_time64(t) for t in (ordered[0], ordered[-1]))
     return first if first == last else f"{first} to {last}"
 
 
@@ -161,6 +187,15 @@ def _placement(
     """The file dims that are the store's (y, x), and the 1-D grid to regrid from if any."""
     shape = tuple(dataset[name].sizes[dim] for dim in spatial)
     file_lat, file_lon = _coordinate(dataset, _LAT_NAMES), _coordinate(dataset, _LON_NAMES)
+    for kind, coordinate in (("lat", file_lat), ("lon", file_lon)):
+        if coordinate is not None and coordinate.ndim == 1:
+            why = checks.axis_problem(str(coordinate.name), np.asarray(coordinate.values), kind)
+            if why:
+                raise ValueError(f"{why}: every coordinate must be a finite, monotonic axis")
+    if file_lat is not None and file_lon is not None and file_lat.ndim == file_lon.ndim == 2:
+        why = checks.grid_problem(np.asarray(file_lat.values), np.asarray(file_lon.values))
+        if why:
+            raise ValueError(f"its 2-D {why}: every grid point needs a finite position")
     if shape == HR_SHAPE:
         return _output_grid_order(name, spatial, file_lat, file_lon, lat, lon), None
     if (

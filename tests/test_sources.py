@@ -171,3 +171,171 @@ def test_inputs_in_other_units_are_refused(
         sources.check_file_source(path, [NOON])
     assert "\n" not in str(caught.value)
     assert sources.check_physical({"t2m": np.full((2, 2), 299.0)}, "here") is None
+
+
+# ------------------------------------------------------------------ messier files (round three)
+
+
+def _canonical_inputs(input_file: Path) -> dict[str, np.ndarray]:
+    spec = sources.SourceSpec("file", input_file)
+    return sources.fetch_inputs(sources.build_source(spec, [NOON]), spec, NOON, 0, ["refc"])
+
+
+def _damage_coordinate(array: xr.DataArray, case: str) -> xr.DataArray:
+    lat, lon = array["lat"].values.copy(), array["lon"].values.copy()
+    if case == "nan-lat-outside-the-box":
+        lat[0] = np.nan  # the file's first row, north of the model's box
+    elif case == "inf-lon":
+        lon[-1] = np.inf
+    elif case == "repeated-lat":
+        lat[5] = lat[4]
+    elif case == "lat-turns-back":
+        lat[[3, 4]] = lat[[4, 3]]
+    elif case == "lat-beyond-the-pole":
+        lat = lat + 70.0
+    elif case == "lon-twice-the-same-meridian":
+        lon[0] = lon[1] - 360.0
+    else:
+        raise AssertionError(case)
+    return array.assign_coords(lat=lat, lon=lon)
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("nan-lat-outside-the-box", "lat has 1 non-finite value(s) (nan at position 0)"),
+        ("inf-lon", "lon has 1 non-finite value(s) (inf at position"),
+        ("repeated-lat", "lat is not strictly increasing or decreasing (at position 5"),
+        ("lat-turns-back", "lat is not strictly increasing or decreasing (at position 4"),
+        ("lat-beyond-the-pole", "lat runs outside -90..90"),
+        ("lon-twice-the-same-meridian", "lon names the same meridian twice"),
+    ],
+)
+def test_a_file_with_a_bad_coordinate_is_refused_in_one_line(
+    case: str, fragment: str, input_file: Path, tmp_path: Path
+) -> None:
+    """A single NaN latitude made the nearest-point selection copy one row into every row."""
+    path = tmp_path / f"{case}.nc"
+    _damage_coordinate(load_inputs(input_file), case).to_netcdf(path)
+    with pytest.raises(UsageError) as caught:
+        sources.check_file_source(path, [NOON])
+    message = str(caught.value)
+    assert message.startswith(f"--source {path}: ") and fragment in message, message
+    assert "\n" not in message
+
+
+def _relabel_times(array: xr.DataArray, case: str) -> xr.DataArray:
+    stamps = array["time"].values
+    if case == "iso-strings":
+        return array.assign_coords(time=[str(t)[:16] for t in stamps.astype("datetime64[m]")])
+    if case == "a-few-seconds-off":
+        return array.assign_coords(time=stamps + np.timedelta64(3, "s"))
+    if case == "noleap-calendar":
+        import cftime
+
+        dates = [t.astype("datetime64[s]").astype(datetime) for t in stamps]
+        return array.assign_coords(
+            time=[cftime.DatetimeNoLeap(d.year, d.month, d.day, d.hour) for d in dates]
+        )
+    if case == "bytes-variable-labels":
+        return array.assign_coords(variable=[v.encode() for v in array["variable"].values])
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case", ["iso-strings", "a-few-seconds-off", "noleap-calendar", "bytes-variable-labels"]
+)
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_unambiguous_times_and_labels_are_normalised(
+    case: str, suffix: str, input_file: Path, tmp_path: Path
+) -> None:
+    """These gave "unexpected KeyError" (or "lacks the input variables") before."""
+    expected = _canonical_inputs(input_file)
+    path = tmp_path / f"{case}{suffix}"
+    array = _relabel_times(load_inputs(input_file), case)
+    if suffix == ".nc":
+        array.to_netcdf(path)
+    else:
+        array.to_dataset(name="fields").to_zarr(path, consolidated=False)
+    assert sources.check_file_source(path, [NOON]) == [*INPUT_VARIABLES, "refc"]
+    spec = sources.SourceSpec("file", path)
+    got = sources.fetch_inputs(sources.build_source(spec, [NOON]), spec, NOON, 0, ["refc"])
+    assert sorted(got) == sorted(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)
+    identity = sources.file_identity(path, [NOON])["sha256"]
+    assert identity == sources.file_identity(input_file, [NOON])["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("stamps", "fragment"),
+    [
+        (
+            lambda t: t.astype("datetime64[s]").astype(object).tolist()[:-1] + [None],
+            "time has 1 missing value(s) (NaT)",
+        ),
+        (lambda t: ["2024-07-24T00", "soon", "2024-07-24T12", "2024-07-24T18"], "'soon'"),
+        (
+            lambda t: [__import__("cftime").DatetimeJulian(2024, 7, 24, h) for h in (0, 6, 12, 18)],
+            "julian calendar, whose dates are not the Gregorian calendar's",
+        ),
+        (
+            lambda t: t[[0, 1, 2, 2]] + np.array([0, 0, 0, 2], "timedelta64[s]"),
+            "time holds 2024-07-24T12:00 more than once",
+        ),
+    ],
+)
+def test_times_that_are_not_unambiguous_are_refused_in_one_line(
+    stamps, fragment: str, input_file: Path, tmp_path: Path
+) -> None:
+    array = load_inputs(input_file)
+    path = tmp_path / "times.nc"
+    array.assign_coords(time=stamps(array["time"].values)).to_netcdf(path)
+    with pytest.raises(UsageError) as caught:
+        sources.check_file_source(path, [NOON])
+    assert str(caught.value).startswith(f"--source {path}: ") and fragment in str(caught.value)
+
+
+def test_a_time_with_seconds_is_named_with_its_seconds(input_file: Path, tmp_path: Path) -> None:
+    array = load_inputs(input_file)
+    path = tmp_path / "late.nc"
+    array.assign_coords(time=array["time"].values + np.timedelta64(40, "s")).to_netcdf(path)
+    with pytest.raises(UsageError, match=r"it holds 2024-07-24T00:00:40, .*12:00:40"):
+        sources.check_file_source(path, [NOON])
+
+
+def test_every_requested_time_is_checked_finite_before_anything_is_written(
+    input_file: Path, tmp_path: Path
+) -> None:
+    """A NaN at a later time used to surface mid-run, after --overwrite had replaced a store."""
+    array = load_inputs(input_file)
+    row = int(np.argmin(np.abs(array["lat"].values - LR_LAT[5])))
+    column = int(np.argmin(np.abs(array["lon"].values - LR_LON[7])))
+    variable = list(array["variable"].values).index("v850")
+    array.values[3, variable, row, column] = np.nan  # at 18Z, inside the model's box
+    path = tmp_path / "late-nan.nc"
+    array.to_netcdf(path)
+    assert sources.check_file_source(path, [NOON])  # 18Z is not asked for: fine
+    with pytest.raises(UsageError) as caught:
+        sources.check_file_source(path, [NOON, datetime(2024, 7, 24, 18)])
+    assert str(caught.value) == (
+        f"input v850 at 2024-07-24T18:00 in --source {path} has 1 NaN/inf value(s) of 1440 "
+        "on the model's input grid: fill the gaps or pick another time"
+    )
+
+
+def test_refc_is_range_checked_like_the_inputs(
+    input_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Linear reflectivity instead of dBZ blanked every reflectivity colour scale."""
+    array = load_inputs(input_file)
+    array.loc[{"variable": "refc"}] = 10 ** (array.sel(variable="refc") / 10)
+    path = tmp_path / "linear.nc"
+    array.to_netcdf(path)
+    with pytest.raises(UsageError, match=r"input refc at 2024-07-24T12:00 .* -100 to 100 dBZ"):
+        sources.check_file_source(path, [NOON])
+    # A remote source's refc is best effort: left out with a warning, the run goes on.
+    spec = sources.SourceSpec("file", path)
+    got = sources.fetch_inputs(sources.build_source(spec, [NOON]), spec, NOON, 0, ["refc"])
+    assert "refc" not in got and len(got) == 12
+    assert "refc at 2024-07-24T12:00 from" in caplog.text and "left out" in caplog.text
