@@ -67,9 +67,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from corrdiff_tools import checks
 from corrdiff_tools.errors import RunError
 from corrdiff_tools.sampling import PRESETS, SampleNoise, SamplerSettings, run_sampler
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
+from corrdiff_tools.times import format_time
 
 if TYPE_CHECKING:
     import torch
@@ -369,12 +371,23 @@ def _compute(
 
     start = clock.perf_counter()
     inputs = np.stack([fields[name] for name in INPUT_VARIABLES])
-    condition = sampler.condition(inputs)
-    mean = sampler.regression_mean(condition)
+    try:
+        condition = sampler.condition(inputs)
+        mean = sampler.regression_mean(condition)
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        where = out_of_memory(err)
+        if where is None:
+            raise
+        raise RunError(
+            f"out of {where} memory computing the regression mean at {format_time(job.time)} "
+            "(one sample's worth): this machine cannot run the model; use a larger one, or a "
+            "GPU (run_corrdiff.py --benchmark sizes it)"
+        ) from err
     timings.inference += clock.perf_counter() - start
+    regression = sampler.denormalise(mean)[0]
+    _check_computed(job, "the regression mean", regression[None], sampler)
     if job.writes_mean:
         start = clock.perf_counter()
-        regression = sampler.denormalise(mean)[0]
         writer.write_regression(
             job.index, {name: regression[i] for i, name in enumerate(OUTPUT_VARIABLES)}
         )
@@ -387,9 +400,11 @@ def _compute(
         start = clock.perf_counter()
         try:
             fields_hr = sampler.denormalise(mean + sampler.residuals(condition, seeds))
-        except (torch.OutOfMemoryError, MemoryError) as err:
+        except (RuntimeError, MemoryError) as err:
+            where = out_of_memory(err)
+            if where is None:
+                raise
             if not adaptive_batch or len(batch) == 1:
-                where = "device" if isinstance(err, torch.OutOfMemoryError) else "host"
                 raise RunError(
                     f"out of {where} memory with a batch of {len(batch)} sample(s): "
                     "rerun with --resume and a smaller --batch-size (e.g. --batch-size "
@@ -402,6 +417,7 @@ def _compute(
             continue
         timings.inference += clock.perf_counter() - start
         timings.batch_sizes.append(len(batch))
+        _check_computed(job, f"sample(s) {', '.join(map(str, batch))}", fields_hr, sampler)
 
         start = clock.perf_counter()
         writer.write_samples(
@@ -415,6 +431,43 @@ def _compute(
         if progress is not None:
             progress(len(batch))
     return batch_size
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """``"device"`` or ``"host"`` when ``err`` is running out of that memory, else None.
+
+    On a GPU torch raises ``torch.OutOfMemoryError``; on a CPU its allocator raises a plain
+    ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory"), and Python's own
+    allocations raise ``MemoryError``: all three get the same ``--batch-size`` advice.
+    """
+    import torch
+
+    if isinstance(err, MemoryError):
+        return "host"
+    if isinstance(err, torch.OutOfMemoryError):
+        return "device"
+    text = str(err)
+    if "DefaultCPUAllocator" in text or "can't allocate memory" in text:
+        return "host"
+    return None
+
+
+def _check_computed(job: Job, what: str, fields: np.ndarray, sampler: CorrDiffSampler) -> None:
+    """Refuse a computed batch (sample, variable, y, x) that is not finite and physical.
+
+    Checked before the batch is handed to the writer, so it is never marked complete (and
+    a ``--resume`` does not trust it): NaN or 1e15 K are a failure, not an ensemble member.
+    """
+    problem = checks.field_problem(
+        {name: fields[:, i] for i, name in enumerate(OUTPUT_VARIABLES)}, checks.OUTPUT_LIMITS
+    )
+    if problem is None:
+        return
+    when = format_time(job.time) + (f" +{job.lead_hours} h" if job.lead_hours else "")
+    raise RunError(
+        f"{what} at {when}: {problem}, so nothing of it was stored: the sampler settings "
+        f"({sampler.settings.describe()}) or the model package give no physical result here"
+    )
 
 
 def downscale(

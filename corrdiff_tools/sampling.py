@@ -169,18 +169,72 @@ def resolve(
     return settings
 
 
+#: Noise levels a sampler may start and end at (the published 0.002 to 80 or 800). The
+#: diffusion net was trained on noise levels drawn around 0.3 (EDM's log-normal, P_mean
+#: -1.2, P_std 1.2): far outside this range it is asked what it never learned, and at the
+#: extremes float32 gives out (sigma 1e-300 is 0, whose log is -inf: every value NaN).
+SIGMA_LIMITS = (1e-4, 1e4)
+#: Time-step exponents the schedule holds up at (published 7; below 1 the steps crowd at
+#: the highest noise levels, and at 0.5 the stochastic sampler already returns NaN).
+RHO_LIMITS = (1.0, 100.0)
+#: EDM's cap on the churn of one step, gamma = S_churn / steps <= sqrt(2) - 1 (Karras et
+#: al. 2022, Algorithm 2). physicsnemo's deterministic sampler applies it silently; its
+#: stochastic sampler does not apply it at all, so a large S_churn multiplies the noise
+#: level at every step (an infinite one gives NaN everywhere). We refuse what EDM caps.
+MAX_CHURN_PER_STEP = math.sqrt(2) - 1
+#: Churn noise inflation allowed: EDM's tuned values are 1.000 to 1.007, published 1.
+MAX_S_NOISE = 2.0
+
+
 def check(settings: SamplerSettings) -> None:
-    """Refuse settings the samplers cannot use, naming the option and the rule."""
+    """Refuse settings that cannot give a finite, physical ensemble, naming the rule.
+
+    Every setting must be finite (``S_max`` may be infinite: "churn at every level"),
+    and inside the limits above. Each computed batch is checked as well
+    (``downscale``), so what these limits let through still cannot reach the store as
+    a complete piece.
+    """
+    low, high = SIGMA_LIMITS
+    values = {
+        "--sigma-min": settings.sigma_min,
+        "--sigma-max": settings.sigma_max,
+        "--rho": settings.rho,
+        "--s-churn": settings.s_churn,
+        "--s-min": settings.s_min,
+        "--s-noise": settings.s_noise,
+    }
+    for flag, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value:g}: must be a finite number")
+    churn_cap = MAX_CHURN_PER_STEP * settings.steps
     rules: Sequence[tuple[bool, str]] = (
         (settings.steps >= 2, f"--steps {settings.steps}: use 2 or more"),
         (
-            0 < settings.sigma_min < settings.sigma_max and math.isfinite(settings.sigma_max),
+            0 < settings.sigma_min < settings.sigma_max,
             f"--sigma-min {settings.sigma_min:g} / --sigma-max {settings.sigma_max:g}: need "
             "0 < sigma_min < sigma_max < inf",
         ),
-        (settings.rho > 0, f"--rho {settings.rho:g}: must be positive (published: 7)"),
+        (
+            low <= settings.sigma_min and settings.sigma_max <= high,
+            f"--sigma-min {settings.sigma_min:g} / --sigma-max {settings.sigma_max:g}: keep "
+            f"both within {low:g} to {high:g} (published 0.002 to 80 or 800); beyond, the "
+            "network is asked about noise levels it was never trained on",
+        ),
+        (
+            RHO_LIMITS[0] <= settings.rho <= RHO_LIMITS[1],
+            f"--rho {settings.rho:g}: use {RHO_LIMITS[0]:g} to {RHO_LIMITS[1]:g} (published: 7)",
+        ),
         (settings.s_churn >= 0, f"--s-churn {settings.s_churn:g}: must be 0 or more"),
-        (settings.s_noise >= 0, f"--s-noise {settings.s_noise:g}: must be 0 or more"),
+        (
+            settings.s_churn <= churn_cap,
+            f"--s-churn {settings.s_churn:g}: EDM caps the churn per step at sqrt(2) - 1, so "
+            f"at most {churn_cap:.4g} for {settings.steps} steps",
+        ),
+        (
+            0 <= settings.s_noise <= MAX_S_NOISE,
+            f"--s-noise {settings.s_noise:g}: use 0 to {MAX_S_NOISE:g} (published 1; EDM's "
+            "tuned values are 1.000 to 1.007)",
+        ),
         (
             0 <= settings.s_min <= settings.s_max,
             f"--s-min {settings.s_min:g} / --s-max {settings.s_max:g}: need 0 <= S_min <= S_max",
