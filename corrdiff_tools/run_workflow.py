@@ -148,7 +148,10 @@ def _run_ranked(
     sampler = downscale.CorrDiffSampler(corrdiff, request.sampler)
     logger.info("%s", request.sampler.describe())
     resuming = request.resume and request.output.exists()
+    layout = _layout(request, sampler)
+    attrs = _attributes(request, device.description, precision)
     if resuming and ranks.is_root:
+        _restore_missing(request, layout, attrs)
         _recompute_damaged(store.StoreWriter(request.output))
     ranks.barrier()  # every rank plans from the verified flags
     done = store.StoreWriter(request.output).completed() if resuming else None
@@ -171,8 +174,7 @@ def _run_ranked(
             "the current one computes)",
             request.source.label,
         )
-    attrs = _attributes(request, device.description, precision)
-    open_writer = _writer_opener(request, _layout(request, sampler), attrs, ranks, resuming)
+    open_writer = _writer_opener(request, layout, attrs, ranks, resuming)
     timings = _downscale(request, parts, device, jobs, fetch, sampler, open_writer, ranks)
     _store_statistics(request.output, request.statistics, ranks)
     _summary(request, device, ranks, len(jobs), timings, load_time, clocks)
@@ -451,6 +453,19 @@ def _summary(
                 rate,
                 rank_peak / 2**30,
             )
+
+
+def _restore_missing(request: RunRequest, layout: StoreLayout, attrs: dict[str, object]) -> None:
+    """``--resume`` recreates arrays whose metadata was lost (see store.restore_missing)."""
+    from corrdiff_tools import store
+
+    restored = store.restore_missing(request.output, layout, attrs, request.resume_settings())
+    if restored:
+        logger.warning(
+            "%s lacked the metadata of %s: recreated empty, and what they held is computed again",
+            request.output,
+            ", ".join(restored),
+        )
 
 
 def _recompute_damaged(writer: StoreWriter) -> None:

@@ -27,6 +27,7 @@ so ``xr.open_zarr(path)`` opens it without warnings.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -47,6 +48,7 @@ from corrdiff_tools.quantities import THRESHOLD_UNITS
 if TYPE_CHECKING:
     import xarray as xr
 
+logger = logging.getLogger(__name__)
 
 #: Variables CorrDiff Taiwan writes, in the model's output order.
 OUTPUT_VARIABLES: tuple[str, ...] = ("mrr", "t2m", "u10m", "v10m")
@@ -512,6 +514,104 @@ def _write_atomically(
                 shutil.rmtree(staging, ignore_errors=True)
 
 
+def _array_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
+    """Each array of the store at ``path`` with its own metadata: its shape (None: unreadable).
+
+    Read from each array's ``zarr.json``, not from the consolidated copy in the root: an
+    array whose directory was removed is still listed there.
+    """
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for meta in sorted(path.glob("*/zarr.json")):
+        try:
+            content = json.loads(meta.read_text())
+            shapes[meta.parent.name] = tuple(int(n) for n in content["shape"])
+        except (OSError, ValueError, KeyError, TypeError):
+            shapes[meta.parent.name] = None
+    return shapes
+
+
+def layout_problems(path: str | Path, layout: StoreLayout) -> tuple[list[str], list[str]]:
+    """Arrays of ``layout`` that the store at ``path`` lacks, and those it holds wrongly.
+
+    Returns
+    -------
+    missing : list of str
+        Arrays whose metadata is gone (a removed directory): :func:`restore_missing`
+        recreates them.
+    wrong : list of str
+        ``'t2m has shape (1, 2, 448, 448), expected (1, 4, 448, 448)'``: a store that is
+        not what its settings say; nothing is guessed.
+    """
+    dataset, _ = _empty_dataset(layout, {}, {})
+    expected = {str(name): tuple(dataset[name].shape) for name in dataset.variables}
+    held = _array_shapes(Path(path))
+    missing = [name for name in expected if name not in held]
+    wrong = [
+        f"{name} has {'unreadable metadata' if held[name] is None else f'shape {held[name]}'}, "
+        f"expected {expected[name]}"
+        for name in expected
+        if name in held and held[name] != expected[name]
+    ]
+    return missing, wrong
+
+
+def restore_missing(
+    path: str | Path, layout: StoreLayout, attrs: Mapping[str, Any], settings: Mapping[str, Any]
+) -> list[str]:
+    """Recreate the arrays of ``layout`` whose metadata the store lacks; return their names.
+
+    A store whose ``t2m`` directory was removed still lists ``t2m`` in its consolidated
+    metadata, so writes "succeed" into chunks no reader finds, and the next consolidation
+    drops the variable. The arrays are recreated empty (NaN) with their attributes, and
+    the metadata consolidated again; the pieces they held are then missing, and
+    ``--resume``'s read-back (:meth:`StoreWriter.damaged`) computes them again. A missing
+    ``completed`` record comes back all zero: everything is recomputed.
+    """
+    import zarr
+
+    path = Path(path)
+    missing, wrong = layout_problems(path, layout)
+    if wrong:
+        raise UsageError(f"--resume {path} is a damaged store: {wrong[0]}")
+    if not missing:
+        return []
+    dataset, encoding = _empty_dataset(layout, attrs, settings)
+    native = [name for name in missing if name in NATIVE_TIME_COORDS]
+    plain = [name for name in missing if name not in NATIVE_TIME_COORDS]
+    data = [name for name in plain if name in dataset.data_vars]
+    coords = [name for name in plain if name not in dataset.data_vars]
+    subset = dataset[data].drop_vars(
+        [c for c in dataset.coords if c not in coords], errors="ignore"
+    )
+    for name in coords:
+        subset[name] = dataset[name].variable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        subset.attrs = {}
+        subset.to_zarr(
+            str(path),
+            mode="a",
+            compute=False,
+            encoding={name: encoding[name] for name in subset.variables if name in encoding},
+            consolidated=False,
+        )
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        for name in native:
+            values = dataset[name].values
+            array = group.create_array(
+                name,
+                shape=values.shape,
+                dtype=values.dtype,
+                dimension_names=[name],
+                fill_value=None,
+                attributes=dict(dataset[name].attrs),
+                overwrite=True,
+            )
+            array[:] = values
+        zarr.consolidate_metadata(str(path))
+    return missing
+
+
 def _store_native_times(path: Path, dataset: xr.Dataset) -> None:
     """Rewrite ``time``/``lead_time`` as Zarr datetime64/timedelta64 arrays, in place.
 
@@ -558,9 +658,56 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def read_settings(path: str | Path) -> dict[str, Any] | None:
-    """The settings a store was created with, or None if it is not one of ours."""
+    """The settings a store was created with, or None if it is not one of ours.
+
+    Raises
+    ------
+    ValueError
+        If the attribute is there but damaged (see :func:`damage`).
+    """
     raw = read_attrs(path).get(SETTINGS_ATTR)
-    return None if raw is None else json.loads(raw)
+    if raw is None:
+        return None
+    try:
+        settings = json.loads(raw)
+    except (TypeError, ValueError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise ValueError(f"its {SETTINGS_ATTR} attribute is not the JSON object it should be")
+    return settings
+
+
+def damage(path: str | Path) -> str | None:
+    """Why a directory that looks like a CorrDiff store cannot be read as one, or None.
+
+    A store whose root metadata (``zarr.json``) is missing or does not parse, or whose
+    settings attribute is damaged, is a *damaged* store, not "not a store": it holds the
+    arrays (``completed``, ``t2m``, ...) of one. Neither tool guesses around the damage.
+    """
+    path = Path(path)
+    looks_like_one = (path / COMPLETED / "zarr.json").is_file() or all(
+        (path / name).is_dir() for name in OUTPUT_VARIABLES
+    )
+    root = path / "zarr.json"
+    if not root.is_file():
+        if (path / ".zgroup").is_file() or not looks_like_one:
+            return None  # a Zarr v2 store, or not a store at all
+        return f"its root metadata {root} is missing"
+    try:
+        meta = json.loads(root.read_text())
+    except (OSError, ValueError) as err:
+        return f"its root metadata {root} does not parse ({type(err).__name__})"
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return f"its root metadata {root} is not a Zarr group's"
+    attributes = meta.get("attributes")
+    if not isinstance(attributes, dict):
+        return f"the attributes in {root} are damaged" if looks_like_one else None
+    if FORMAT_ATTR in attributes:
+        try:
+            read_settings(path)
+        except ValueError as err:
+            return str(err)
+    return None
 
 
 class StoreWriter:
@@ -753,6 +900,13 @@ def check_target(path: Path, overwrite: bool, resume: bool, settings: Mapping[st
     """
     if not path.exists():
         return
+    broken = damage(path)
+    if broken:
+        raise UsageError(
+            f"--output {path} is a damaged store: {broken}; neither --resume nor --overwrite "
+            "acts on a store it cannot read: restore it from a copy, or move it away and run "
+            "again"
+        )
     if not is_store(path):
         raise UsageError(
             f"--output {path} exists and is not a corrdiff-tools store; refusing to touch it: "
@@ -765,22 +919,65 @@ def check_target(path: Path, overwrite: bool, resume: bool, settings: Mapping[st
             f"--output {path} already exists: pass --resume to complete it, --overwrite to "
             "replace it, or choose another --output"
         )
-    mismatch = settings_mismatch(read_settings(path) or {}, settings)
+    stored = read_settings(path) or {}
+    mismatch = settings_mismatch(stored, settings)
     if mismatch:
         raise UsageError(
             f"--resume: {path} was made with other settings ({'; '.join(mismatch)}): "
             "rerun with the same settings, or use --overwrite or another --output"
         )
+    for move in moved_inputs(stored, settings):
+        logger.info("--resume: %s", move)
+
+
+#: Settings that identify a file by its content: its path is where it was, not what it is.
+CONTENT_SETTINGS = ("source", "model_package")
+
+
+def _by_content(value: Any) -> Any:
+    """An input file's or package's identity without its path (see :data:`CONTENT_SETTINGS`).
+
+    HPC jobs stage inputs and packages into a per-job ``$TMPDIR``: the same content at a
+    new path is the same input, and a ``--resume`` there must not be refused (the only
+    remedy, ``--overwrite``, would throw the completed work away).
+    """
+    if isinstance(value, Mapping) and "sha256" in value:
+        return {key: item for key, item in value.items() if key != "path"}
+    return value
 
 
 def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-    """Describe each setting that differs between a store and a new request."""
+    """Describe each setting that differs between a store and a new request.
+
+    Inputs and packages are compared by content (SHA-256), not by path.
+    """
     keys = sorted(set(stored) | set(requested))
+
+    def differs(key: str) -> bool:
+        if key in CONTENT_SETTINGS:
+            return _by_content(stored.get(key)) != _by_content(requested.get(key))
+        return stored.get(key) != requested.get(key)
+
     return [
         f"{key}: store has {stored.get(key)!r}, this run asks for {requested.get(key)!r}"
         for key in keys
-        if stored.get(key) != requested.get(key)
+        if differs(key)
     ]
+
+
+def moved_inputs(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """Inputs or packages a ``--resume`` finds with the same content at another path."""
+    moved = []
+    for key in CONTENT_SETTINGS:
+        before, now = stored.get(key), requested.get(key)
+        if (
+            isinstance(before, Mapping)
+            and isinstance(now, Mapping)
+            and before.get("path") != now.get("path")
+            and _by_content(before) == _by_content(now)
+        ):
+            moved.append(f"{key} {before.get('path')} is now {now.get('path')} (same content)")
+    return moved
 
 
 def _is_zarr_group(path: Path) -> bool:
@@ -799,6 +996,69 @@ def _is_consolidated(path: Path) -> bool:
     return isinstance(root, dict) and root.get("consolidated_metadata") is not None
 
 
+def implausible_arrays(dataset: xr.Dataset) -> dict[str, str]:
+    """Stored inputs and regression means outside their physical range, with why.
+
+    What the plot tool draws or scores against besides the samples (which are checked
+    piece by piece as they are read): ``lr_<input>`` against the inputs' ranges (a store
+    whose ``lr_refc`` is linear reflectivity would blank every reflectivity colour scale),
+    ``<var>_regression`` against the limits of computed fields.
+    """
+    import dask
+
+    from corrdiff_tools import checks
+
+    wanted: dict[str, tuple[str, Mapping[str, tuple[float, float, str]], Any]] = {}
+    for name in dataset.data_vars:
+        name = str(name)
+        if name.startswith("lr_"):
+            base, ranges = name.removeprefix("lr_"), checks.PHYSICAL_RANGES
+        elif name.endswith("_regression"):
+            base, ranges = name.removesuffix("_regression"), checks.OUTPUT_LIMITS
+        else:
+            continue
+        if base in ranges:
+            array = dataset[name]
+            wanted[name] = (base, ranges, (array.min().data, array.max().data))
+    extremes = dask.compute({name: pair for name, (_, _, pair) in wanted.items()})[0]
+    found = {}
+    for name, (base, ranges, _) in wanted.items():
+        why = checks.out_of_range(base, np.asarray(extremes[name], dtype="float64"), ranges)
+        if why:
+            found[name] = why
+    return found
+
+
+def mask_fill_values(dataset: xr.Dataset, path: str | Path) -> xr.Dataset:
+    """``dataset`` (opened from the Zarr store at ``path``) with fill values read as NaN.
+
+    A chunk that was never written reads as the array's fill value, and xarray does not
+    mask Zarr v3 fill values by default. Our stores fill with NaN, but earth2studio's
+    ``ZarrBackend`` (the blog's writer) fills with 0.0: an unwritten sample would be drawn
+    and scored as data (t2m -273 deg C). In every layout we read, a float value equal to
+    its array's fill value is missing data.
+    """
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - xarray read it; without zarr's view, nothing to mask
+        return dataset
+    for name in list(dataset.data_vars):
+        variable = dataset[name]
+        if not np.issubdtype(variable.dtype, np.floating) or str(name) not in group:
+            continue
+        fill = getattr(group[str(name)], "fill_value", None)
+        try:
+            fill = float(fill)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(fill):
+            dataset[name] = variable.where(variable != fill).assign_attrs(variable.attrs)
+            dataset[name].encoding = dict(variable.encoding)
+    return dataset
+
+
 def open_store(path: str | Path) -> xr.Dataset:
     """Open a store for reading, ours or the blog's, in our layout.
 
@@ -813,6 +1073,9 @@ def open_store(path: str | Path) -> xr.Dataset:
     """
     import xarray as xr
 
+    broken = damage(path)
+    if broken:
+        raise ValueError(f"{path} is a damaged store: {broken}; restore it from a copy")
     try:
         # Say whether the metadata is consolidated rather than let xarray guess: its guess
         # on a store without (the blog's) warns, once in every process that opens it.
@@ -832,6 +1095,7 @@ def open_store(path: str | Path) -> xr.Dataset:
             f"{path} is not CorrDiff output: it lacks {', '.join(missing)} "
             f"(expected {', '.join(OUTPUT_VARIABLES)})"
         )
+    dataset = mask_fill_values(dataset, path)
     dataset = dataset.rename({k: v for k, v in (("ilat", "y"), ("ilon", "x")) if k in dataset.dims})
     dataset = dataset.set_coords([name for name in ("lat", "lon") if name in dataset.data_vars])
     if "lat" not in dataset.coords or dataset["lat"].dims != ("y", "x"):
