@@ -19,7 +19,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from corrdiff_tools import __version__
 from corrdiff_tools.errors import RunError, Terminated, UsageError
@@ -53,10 +53,61 @@ examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line through our error surface."""
+    """An ArgumentParser whose errors are one line through our error surface.
+
+    Two of argparse's defaults hide mistakes, so both are off. Abbreviations: ``--model
+    X`` silently meant ``--model-package X``, and any new option could change what an old
+    abbreviation means. Repeats: ``--samples 4 ... --samples 8`` kept the last value; an
+    option given twice with different values is now an error (see :class:`_StoreOnce`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        # Every plain "store" option, in argument groups too (they share the registry).
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        for name in [name for name in vars(parsed) if name.startswith(_StoreOnce.PREFIX)]:
+            delattr(parsed, name)
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _StoreOnce(argparse.Action):
+    """argparse's "store", refusing the same option twice with different values."""
+
+    #: Namespace attributes that record which options were given (removed after parsing).
+    PREFIX = "_given_"
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        marker = f"{self.PREFIX}{self.dest}"
+        if option_string is not None and hasattr(namespace, marker):
+            before = getattr(namespace, self.dest)
+            if before != values:
+                parser.error(
+                    f"{option_string} given twice ({_shown(before)}, then {_shown(values)}): "
+                    "give it once"
+                )
+        setattr(namespace, marker, True)
+        setattr(namespace, self.dest, values)
+
+
+def _shown(value: Any) -> str:
+    """An option's value as typed: lists space-separated."""
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:

@@ -12,7 +12,9 @@ the value and the fix.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     import xarray as xr
 
     from corrdiff_tools.sources import SourceSpec
+
+logger = logging.getLogger(__name__)
 
 #: Frame rates a GIF can hold (see the --fps check).
 MIN_FPS, MAX_FPS = 0.002, 50.0
@@ -134,6 +138,14 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
             "or pass --benchmark to time the model without data"
         )
     times = times_mod.parse_times(args.times)
+    for flag, value in (
+        ("--source", None if args.source in sources.SOURCE_NAMES else args.source),
+        ("--model-package", None if model.is_remote(args.model_package) else args.model_package),
+        ("--output", args.output),
+        ("--prefetch", args.prefetch),
+    ):
+        if value is not None:
+            check_lookup(Path(value), flag)
     source = sources.parse_source(args.source)
     if args.lead_time is not None and not source.is_forecast:
         raise UsageError(
@@ -212,15 +224,38 @@ def _check_prefetch(request: RunRequest, typed_source: str) -> None:
         raise UsageError(
             f"--prefetch {request.prefetch} already exists: remove it or pick another name"
         )
-    check_writable_location(request.prefetch, "--prefetch")
+    check_writable_location(request.prefetch, "--prefetch", (f".{request.prefetch.name}.partial",))
 
 
 def _check_output(request: RunRequest) -> None:
     """``--output`` may be created, replaced (--overwrite) or completed (--resume)."""
     from corrdiff_tools import store
 
-    check_writable_location(request.output, "--output")
+    name = request.output.name
+    pid = os.getpid()
+    siblings = (f".{name}.creating-{pid}", f".{name}.replaced-{pid}", f"{name}.lock")
+    check_writable_location(request.output, "--output", siblings)
     store.check_target(request.output, request.overwrite, request.resume, request.resume_settings())
+    if request.resume and request.output.exists():
+        import numpy as np
+
+        # Shapes only: the grid's values come with the model, which is not loaded yet.
+        grid = np.zeros(store.HR_SHAPE, dtype="float32")
+        layout = store.StoreLayout(
+            times=request.times,
+            samples=request.samples,
+            lat=grid,
+            lon=grid,
+            lead_times=request.lead_times,
+            lowres_variables=request.lowres_variables,
+            statistics=request.statistics,
+        )
+        _, wrong = store.layout_problems(request.output, layout)
+        if wrong:
+            raise UsageError(
+                f"--resume {request.output} is a damaged store: {wrong[0]}; restore it from a "
+                "copy, or start a new store (--overwrite or another --output)"
+            )
 
 
 def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
@@ -252,10 +287,38 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
     )
 
 
-def check_writable_location(path: Path, flag: str) -> None:
-    """Refuse a path whose nearest existing parent cannot be written."""
-    parent = path.absolute().parent
+def check_lookup(path: Path, flag: str) -> None:
+    """Refuse a path the system cannot even look up (a name too long, a loop of links).
+
+    ``Path.exists()`` raises for those instead of answering, which surfaced as
+    "unexpected OSError" wherever the path was first touched.
+    """
+    try:
+        path.expanduser().exists()
+    except OSError as err:
+        text = str(path)
+        shown = text if len(text) <= 60 else f"{text[:28]}...{text[-28:]} ({len(text)} characters)"
+        raise UsageError(
+            f"{flag} {shown}: the system cannot look this path up ({err.strerror}); choose a "
+            "shorter or simpler one"
+        ) from None
+
+
+def check_writable_location(path: Path, flag: str, siblings: Sequence[str] = ()) -> None:
+    """Refuse a path that cannot be created: an unwritable parent, or names that do not fit.
+
+    ``siblings`` are names the tool will create beside ``path`` (a store's staging
+    directory and lock file, which are longer than its own name). Every name that does
+    not exist yet must fit the filesystem's limit, and the first one created is tried for
+    real (in the nearest existing parent, then removed), so a name the filesystem refuses
+    (too long, a character it cannot hold) is a one-line error now, not after the model
+    has loaded.
+    """
+    absolute = path.absolute()
+    parent = absolute.parent
+    missing: list[str] = []
     while not parent.exists():
+        missing.insert(0, parent.name)
         parent = parent.parent
     try:
         # A real probe: os.access says yes to root even where writes fail (/proc, read-only
@@ -266,6 +329,29 @@ def check_writable_location(path: Path, flag: str) -> None:
         raise UsageError(
             f"{flag} {path}: cannot write in {parent} ({err.strerror}); choose another location"
         ) from None
+    names = [*missing, absolute.name, *siblings]
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for name in names:
+        if len(os.fsencode(name)) > limit:
+            raise UsageError(
+                f"{flag} {path}: the name {name[:32]!r}... is {len(os.fsencode(name))} bytes, "
+                f"more than the {limit} this filesystem holds (with what the tool adds to it): "
+                "choose a shorter name"
+            )
+    probe = parent / (missing[0] if missing else max([absolute.name, *siblings], key=len))
+    try:
+        probe.mkdir()
+    except FileExistsError:
+        return
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {path}: this filesystem cannot hold the name {probe.name!r} "
+            f"({err.strerror}); choose another name"
+        ) from None
+    probe.rmdir()
 
 
 def parse_thresholds(values: Sequence[str]) -> dict[str, float]:
@@ -273,6 +359,7 @@ def parse_thresholds(values: Sequence[str]) -> dict[str, float]:
     from corrdiff_tools.quantities import DEFAULT_THRESHOLDS, THRESHOLD_VARIABLES
 
     thresholds = dict(DEFAULT_THRESHOLDS)
+    given: dict[str, str] = {}
     for text in values:
         name, sep, value = text.partition("=")
         name = name.strip()
@@ -287,6 +374,11 @@ def parse_thresholds(values: Sequence[str]) -> dict[str, float]:
             raise UsageError(f"--threshold {text!r}: {value!r} is not a number") from None
         if not math.isfinite(thresholds[name]):
             raise UsageError(f"--threshold {text!r}: the value must be finite")
+        if name in given and float(given[name].partition("=")[2]) != thresholds[name]:
+            raise UsageError(
+                f"--threshold {name} given twice ({given[name]!r}, then {text!r}): give it once"
+            )
+        given[name] = text
     return thresholds
 
 
@@ -321,18 +413,36 @@ class PlotRequest:
     overwrite: bool
     show: bool
     jobs: int | None
+    #: Arrays of the store left out as unphysical (see store.implausible_arrays).
+    left_out: tuple[str, ...] = ()
 
 
 def validate_plot(args: argparse.Namespace) -> PlotRequest:
     """Check the plot tool's arguments against the store before anything is drawn."""
     from corrdiff_tools import store
 
+    for flag, value in (
+        ("STORE", args.store),
+        ("--outdir", args.outdir),
+        ("--truth", args.truth),
+        ("--gif", args.gif if isinstance(args.gif, str) else None),
+    ):
+        if value is not None:
+            check_lookup(Path(value), flag)
     if not args.store.exists():
         raise UsageError(f"STORE {args.store} does not exist: give the path of a .zarr store")
     try:
         dataset = store.open_store(args.store)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    # Drawn or scored, every field is checked: an input or regression mean out of its
+    # physical range is left out, with a warning, not drawn on a blanked colour scale.
+    left_out = store.implausible_arrays(dataset)
+    for name, why in left_out.items():
+        logger.warning(
+            "%s in %s %s: left out of the maps and the evaluation", name, args.store, why
+        )
+    dataset = dataset.drop_vars(list(left_out))
     times = select_times(args.time, dataset)
     leads = select_leads(args.lead_time, dataset)
     samples = (
@@ -358,16 +468,25 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
                 "turbo, RdYlBu_r)"
             )
     if args.plot_lowres and not store.has_lowres(dataset):
+        unusable = [name for name in left_out if name.startswith("lr_") and name != "lr_refc"]
+        if unusable:
+            raise UsageError(
+                f"--plot-lowres: {unusable[0]} in {args.store} {left_out[unusable[0]]}: the "
+                "low-resolution input cannot be drawn; drop --plot-lowres"
+            )
         raise UsageError(
             f"--plot-lowres: {args.store} holds no low-resolution inputs (made by the blog's "
             "script?); rerun it with run_corrdiff.py, or drop --plot-lowres"
         )
     outdir = args.outdir or args.store.absolute().parent / f"{args.store.absolute().stem}-plots"
+    check_writable_location(outdir / "probe", "--outdir")
     if args.gif and not samples:
         raise UsageError("--gif animates samples: drop --sample none, or drop --gif")
     gif = args.gif if args.gif is None or args.gif is True else Path(args.gif)
     if isinstance(gif, Path) and gif.suffix.lower() != ".gif":
         raise UsageError(f"--gif {gif}: the file name must end in .gif")
+    if isinstance(gif, Path):
+        check_writable_location(gif, "--gif")
     return PlotRequest(
         store=args.store,
         dataset=dataset,
@@ -389,6 +508,7 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
         overwrite=args.overwrite,
         show=args.show,
         jobs=args.jobs,
+        left_out=tuple(left_out),
     )
 
 
