@@ -117,6 +117,27 @@ class Scores:
         return asdict(self)
 
 
+def unscorable(
+    truth: np.ndarray | None, members: np.ndarray, regression: np.ndarray | None = None
+) -> str | None:
+    """Why an ensemble cannot be scored against ``truth`` at all, or None.
+
+    :func:`score` uses the points where the truth, every member (and the regression mean,
+    if given) are finite; a radar outage can leave none.
+    """
+    if truth is None:
+        return "no reference field"
+    finite = np.isfinite(truth)
+    if not finite.any():
+        return "the reference has no finite value there"
+    finite &= np.isfinite(members).all(axis=0)
+    if regression is not None:
+        finite &= np.isfinite(regression)
+    if not finite.any():
+        return "no point where the reference and every member are finite"
+    return None
+
+
 def score(
     truth: np.ndarray,
     members: np.ndarray,

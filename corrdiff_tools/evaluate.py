@@ -128,27 +128,50 @@ def _truth_fields(request: Request, entry: Entry) -> dict[str, np.ndarray]:
     return {name: values for name, values in shown.items() if values is not None}
 
 
+def whole_samples(fields: dict[str, dict[str, Any]]) -> np.ndarray:
+    """Which members have a finite value at every pixel of every diagnostic variable.
+
+    A spectrum needs the whole field: a member with missing pixels (a store from
+    elsewhere, a patch of fill values) would give a NaN curve, which a figure silently
+    drops while its title still counts the member.
+    """
+    whole = np.ones(fields[DIAGNOSTIC_VARIABLES[0]]["members"].shape[0], dtype=bool)
+    for name in DIAGNOSTIC_VARIABLES:
+        whole &= np.isfinite(fields[name]["members"]).all(axis=(-2, -1))
+    return whole
+
+
 def _spectra(
-    fields: dict[str, dict[str, Any]], truth: dict[str, np.ndarray], spacing: float
+    fields: dict[str, dict[str, Any]], truth: dict[str, np.ndarray], spacing: float, when: str
 ) -> tuple[np.ndarray, dict[str, Curves]]:
+    """Spectra of the whole members (see :func:`whole_samples`) and of each baseline.
+
+    A baseline with missing pixels (an input box that does not cover the grid, a gap in
+    the reference) is left out with a note; the caller says which members were.
+    """
     curves: dict[str, Curves] = {}
     wavelength = np.empty(0)
+    whole = whole_samples(fields)
     for name in DIAGNOSTIC_VARIABLES:
-        members = fields[name]["members"]
+        members = fields[name]["members"][whole]
         wavelength, sample_power = diagnostics.power_spectrum(members, spacing)
 
-        def power(values: np.ndarray | None) -> np.ndarray | None:
-            return None if values is None else diagnostics.power_spectrum(values, spacing)[1]
+        def power(values: np.ndarray | None, what: str, name: str = name) -> np.ndarray | None:
+            if values is None:
+                return None
+            if not np.isfinite(values).all():
+                logger.info(
+                    "spectra at %s: the %s of %s has missing pixels, left out", when, what, name
+                )
+                return None
+            return diagnostics.power_spectrum(values, spacing)[1]
 
-        lowres = fields[name]["lowres"]
-        if lowres is not None and not np.isfinite(lowres).all():
-            lowres = None  # the input box does not cover the whole grid: no clean spectrum
         curves[name] = Curves(
             samples=sample_power,
             ensemble_mean=diagnostics.power_spectrum(members.mean(axis=0), spacing)[1],
-            regression=power(fields[name]["regression"]),
-            lowres=power(lowres),
-            truth=power(truth.get(name)),
+            regression=power(fields[name]["regression"], "regression mean"),
+            lowres=power(fields[name]["lowres"], "interpolated input"),
+            truth=power(truth.get(name), "reference"),
         )
     return wavelength, curves
 
@@ -195,6 +218,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
         logger.warning("this store has no regression mean (%s): that baseline is left out", made_by)
     spacing = diagnostics.grid_spacing_km(dataset["lat"].values, dataset["lon"].values)
     rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     pooled: dict[str, np.ndarray] = {}
     leads = lead_hours(dataset)
     for entry in entries:
@@ -207,11 +231,27 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
             None if lead is None else int(lead),
         )
         if request.spectra:
-            wavelength, curves = _spectra(fields, truth, spacing)
+            whole = whole_samples(fields)
+            count = f"{len(entry.samples)} samples"
+            if not whole.all():
+                left = [s for s, ok in zip(entry.samples, whole, strict=True) if not ok]
+                logger.warning(
+                    "spectra at %s: sample(s) %s have missing pixels and are left out",
+                    when,
+                    ", ".join(map(str, left)),
+                )
+                count = (
+                    f"{int(whole.sum())} of {len(entry.samples)} samples ({len(left)} with "
+                    "missing pixels left out)"
+                )
             path = request.outdir / f"{entry.stem}-spectra.{request.fmt}"
-            title = f"Power spectra · {valid} · {len(entry.samples)} samples"
-            _save(figures.spectra_figure(wavelength, curves, title), path, request.dpi)
-            written.append(path)
+            if whole.any():
+                wavelength, curves = _spectra(fields, truth, spacing, when)
+                title = f"Power spectra · {valid} · {count}"
+                _save(figures.spectra_figure(wavelength, curves, title), path, request.dpi)
+                written.append(path)
+            else:
+                logger.warning("spectra at %s: no sample without missing pixels, none drawn", when)
         if request.pdf:
             bins, curves = _densities(fields, truth)
             path = request.outdir / f"{entry.stem}-pdf.{request.fmt}"
@@ -221,8 +261,16 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
         if request.truth is not None and truth and len(entry.samples) >= 2:
             for name in request.truth.variables:
                 members = fields[name]["members"]
+                reference = truth.get(name)
+                why = diagnostics.unscorable(reference, members, fields[name]["regression"])
+                if why:
+                    skipped.append(
+                        {"valid_time": when, "lead_hours": lead, "variable": name, "why": why}
+                    )
+                    continue
+                assert reference is not None  # noqa: S101 - unscorable says so
                 result = diagnostics.score(
-                    truth[name], members, fields[name]["regression"], fields[name]["lowres"]
+                    reference, members, fields[name]["regression"], fields[name]["lowres"]
                 )
                 rows.append(
                     {"valid_time": when, "lead_hours": lead, "variable": name, **result.as_row()}
@@ -230,21 +278,34 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
                 previous = pooled.get(name)
                 counts = np.asarray(result.rank_histogram)
                 pooled[name] = counts if previous is None else previous + counts
+    if skipped:
+        logger.warning(
+            "--truth: %d (time, variable) pair(s) not scored: %s",
+            len(skipped),
+            "; ".join(f"{s['variable']} at {s['valid_time']} ({s['why']})" for s in skipped[:4])
+            + (" ..." if len(skipped) > 4 else ""),
+        )
     if request.truth is not None:
-        written += _write_scores(request, rows, pooled)
+        written += _write_scores(request, rows, pooled, skipped)
     return written
 
 
 def _write_scores(
-    request: Request, rows: list[dict[str, Any]], pooled: dict[str, np.ndarray]
+    request: Request,
+    rows: list[dict[str, Any]],
+    pooled: dict[str, np.ndarray],
+    skipped: list[dict[str, Any]],
 ) -> list[Path]:
-    """scores.csv/.json and their figures, from every (time, variable) row."""
+    """scores.csv/.json and their figures, from every (time, variable) row.
+
+    ``scores.json`` also lists the (time, variable) pairs that could not be scored, and why.
+    """
     from corrdiff_tools import diagnostic_figures as figures
 
     if not rows:
         logger.warning(
-            "--truth: no selected time has both a complete ensemble of 2 or more samples "
-            "and reference fields; no scores written"
+            "--truth: no selected time has a complete ensemble of 2 or more samples and "
+            "reference values to score it against; no scores written"
         )
         return []
     outdir = request.outdir
@@ -255,6 +316,7 @@ def _write_scores(
                 "truth": str(request.truth_path),
                 "units": "t2m scores in K (differences), winds in m s-1, mrr in dBZ",
                 "scores": rows,
+                "not_scored": skipped,
             },
             indent=1,
         )

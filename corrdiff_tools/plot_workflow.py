@@ -62,19 +62,11 @@ def plot(request: PlotRequest, progress: ProgressFactory) -> int:
     tasks = _complete_tasks(tasks, samples_ok)
     gifs = gif_paths(request)
     entries, science = evaluation_plan(request, samples_ok)
-    if not tasks and science is None:
-        if not request.samples:
-            raise UsageError(
-                "nothing to draw: --sample none with no --plot-lowres, --stats, --spectra, "
-                "--pdf or --truth"
-            )
-        raise UsageError("nothing to draw: every selected sample is incomplete in the store")
+    if not tasks and not entries:
+        raise UsageError(_nothing_to_draw(request, samples_ok))
     prints = drawn.Fingerprints(request, samples_ok)
     plan = _plan_writes(request, prints, tasks, gifs, entries, science)
     plan.refuse_stale(request.overwrite)
-    from corrdiff_tools.requests import check_writable_location
-
-    check_writable_location(request.outdir / "probe", "--outdir")
     tasks, gifs = plan.tasks, plan.gifs
     run_evaluation = science is not None and plan.evaluation_needed
     if plan.kept:
@@ -86,17 +78,22 @@ def plot(request: PlotRequest, progress: ProgressFactory) -> int:
     if not tasks and not run_evaluation:
         logger.info("nothing to draw: everything asked for is up to date in %s", request.outdir)
         return 0
-    request.outdir.mkdir(parents=True, exist_ok=True)
+    made = _make_directories(request.outdir)
     manifest = drawn.Manifest(request.outdir)
     written: list[Path] = []
-    if tasks:
-        context, coastlines = _draw(request, tasks, gifs, samples_ok if damaged else None, progress)
-        manifest.record((task.path, plan.fingerprints[task.path]) for task in tasks)
-        manifest.record((path, plan.fingerprints[path]) for path in gifs.values())
-    if run_evaluation:
-        assert science is not None  # noqa: S101 - run_evaluation says so
-        written = evaluate.evaluate(dataset, entries, science)
-        manifest.record((path, plan.fingerprints[path]) for path in written)
+    try:
+        if tasks:
+            healthy = samples_ok if damaged else None
+            context, coastlines = _draw(request, tasks, gifs, healthy, progress)
+            manifest.record((task.path, plan.fingerprints[task.path]) for task in tasks)
+            manifest.record((path, plan.fingerprints[path]) for path in gifs.values())
+        if run_evaluation:
+            assert science is not None  # noqa: S101 - run_evaluation says so
+            written = evaluate.evaluate(dataset, entries, science)
+            manifest.record((path, plan.fingerprints[path]) for path in written)
+    except BaseException:
+        _remove_if_empty(made)  # a failed run leaves no empty --outdir behind
+        raise
     if not tasks:
         logger.info("wrote %d file(s) to %s", len(written), request.outdir)
         return 0
@@ -190,32 +187,109 @@ def drawable_pieces(request: PlotRequest) -> tuple[np.ndarray, bool]:
     """Which (time, [lead,] sample) pieces can be drawn, and whether any was damaged.
 
     A piece of one of our stores is drawable when it is marked complete and its chunks
-    decode; only the selected times (and lead times) are read back. Stores from other
-    tools have no completion record: a sample whose 2 m temperature is missing
-    everywhere was never written (or was lost).
+    decode to physical values; only the selected times (and lead times) are read back.
+    Stores from other tools have no completion record: a sample whose 2 m temperature is
+    missing everywhere was never written (or was lost), and the others are read back too.
     """
     from corrdiff_tools import render, store
 
     dataset = request.dataset
-    if "completed" not in dataset:
-        return dataset["t2m"].notnull().any(dim=("y", "x")).values, False
-    samples_ok = dataset["completed"].values.astype(bool)
+    if "completed" in dataset:
+        samples_ok = dataset["completed"].values.astype(bool)
+    else:
+        # Fill values already read as NaN (store.mask_fill_values).
+        samples_ok = dataset["t2m"].notnull().any(dim=("y", "x")).values
     selected = np.zeros_like(samples_ok)
     for ti in request.times:
         for li in request.leads:
             selected[store.piece_index(ti, li)] = True
     problems = render.piece_problems(dataset, request.store, samples_ok & selected)
+    ours = "completed" in dataset
     for piece, why in problems.items():
         logger.warning(
-            "skipping sample %d of %s%s: it is marked complete but %s; "
-            "run_corrdiff.py --resume recomputes it",
+            "skipping sample %d of %s%s: %s%s",
             piece[-1],
             _format_time(dataset, piece[0]),
             f" (lead index {piece[1]})" if len(piece) == 3 else "",
-            why,
+            f"it is marked complete but {why}" if ours else why,
+            "; run_corrdiff.py --resume recomputes it" if ours else "",
         )
         samples_ok[piece] = False
     return samples_ok, bool(problems)
+
+
+def _make_directories(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; return those this call created."""
+    missing = []
+    parent = path
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(directories: Sequence[Path]) -> None:
+    """Remove directories this run created, innermost first, where they are still empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _nothing_to_draw(request: PlotRequest, samples_ok: np.ndarray) -> str:
+    """Why a plot run has nothing to draw: what was asked for, and what the store lacks."""
+    from corrdiff_tools import store
+
+    asked = [
+        option
+        for option, given in (
+            ("sample maps", bool(request.samples)),
+            ("--stats", request.stats),
+            ("--spectra", request.spectra),
+            ("--pdf", request.pdf),
+            ("--truth", request.truth is not None),
+        )
+        if given
+    ]
+    if not asked:
+        return (
+            "nothing to draw: --sample none with no --plot-lowres, --stats, --spectra, --pdf "
+            "or --truth"
+        )
+    size = samples_ok.shape[-1]
+    held = []
+    for ti in request.times:
+        for li in request.leads:
+            done = samples_ok[store.piece_index(ti, li)]
+            label = _format_time(request.dataset, ti) + ("" if li is None else f" (lead {li})")
+            chosen = f", none of --sample {_ranges(request.samples)}" if request.samples else ""
+            if done.any() and request.samples and not done[request.samples].any():
+                held.append(f"{label}: {int(done.sum())} of {size} complete{chosen}")
+            else:
+                held.append(f"{label}: {int(done.sum())} of {size} complete")
+    listed = "; ".join(held[:3]) + (" ..." if len(held) > 3 else "")
+    needs = (
+        "--stats needs every sample of a time, the rest at least one"
+        if request.stats
+        else ("each needs at least one complete sample")
+    )
+    return (
+        f"nothing to draw: {', '.join(asked)} asked for, and the store's selected samples are "
+        f"not complete ({listed}; {needs}): run_corrdiff.py --resume completes the store"
+    )
+
+
+def _ranges(samples: Sequence[int]) -> str:
+    """Sample indices as typed: ``0-3,7``."""
+    parts: list[str] = []
+    for sample in samples:
+        if parts and parts[-1].split("-")[-1] == str(sample - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{sample}"
+        else:
+            parts.append(str(sample))
+    return ",".join(parts)
 
 
 def _format_time(dataset: xr.Dataset, time_index: int) -> str:
@@ -275,7 +349,10 @@ def evaluation_plan(
             whole = tuple(int(s) for s in np.flatnonzero(samples_ok[store.piece_index(ti, li)]))
             valid, _ = render.valid_time(dataset, ti, li)
             if not whole:
-                logger.warning("no complete sample at %s: left out of the evaluation", valid)
+                logger.warning(
+                    "no complete sample at %s: left out of the evaluation",
+                    times_mod.format_time(valid),
+                )
                 continue
             entries.append(
                 evaluate.Entry(
@@ -333,6 +410,7 @@ def _draw(
         dpi=request.dpi,
         frames=bool(gifs),
         extent=plotting.grid_extent(request.dataset["lat"].values, request.dataset["lon"].values),
+        left_out=request.left_out,
     )
     jobs = min(request.jobs or _available_cores(), len(tasks))
     with progress(len(tasks)) as update:

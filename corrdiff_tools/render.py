@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from corrdiff_tools import plotting, quantities, store
+from corrdiff_tools import checks, plotting, quantities, store
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.plotting import ColourScale, Fields
 from corrdiff_tools.quantities import KELVIN
@@ -63,6 +63,8 @@ class RenderContext:
     lowres_panels: tuple[str, ...] = field(default=plotting.LOWRES_PANELS)
     #: What every map shows, the low-resolution input's included (so they compare).
     extent: tuple[float, float, float, float] = plotting.PAPER_EXTENT
+    #: Arrays of the store not to draw (unphysical: see store.implausible_arrays).
+    left_out: tuple[str, ...] = ()
 
 
 def valid_time(
@@ -138,11 +140,13 @@ def _finite_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float
 def piece_problems(
     dataset: xr.Dataset, path: Path, marked: np.ndarray
 ) -> dict[tuple[int, ...], str]:
-    """Pieces marked complete whose fields are missing or cannot be read, with why.
+    """Pieces marked complete whose fields are missing, unreadable or unphysical, with why.
 
     A completion flag is a promise, not a proof: a chunk lost or cut short after the run
-    would draw as a blank panel, or fail with a codec error naming no file. Each marked
-    piece's four fields are read once; an unreadable one is named by its chunk file.
+    would draw as a blank panel, or fail with a codec error naming no file, and a store
+    from elsewhere may hold anything. Each marked piece's four fields are read once; an
+    unreadable one is named by its chunk file, and one outside the limits of a computed
+    field (:data:`~corrdiff_tools.checks.OUTPUT_LIMITS`) is not drawn.
     """
     import zarr
 
@@ -163,6 +167,10 @@ def piece_problems(
                 break
             if np.isnan(values).all():
                 problems[index] = f"its {name} is missing (a lost chunk reads as NaN)"
+                break
+            wrong = checks.out_of_range(name, values, checks.OUTPUT_LIMITS)
+            if wrong:
+                problems[index] = f"its {name} {wrong}"
                 break
     return problems
 
@@ -287,7 +295,7 @@ def build_figure(task: Task, context: RenderContext, fig: Figure | None = None) 
 
 
 def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figure:
-    dataset = _open(context.store_path)
+    dataset = _open(context.store_path).drop_vars(list(context.left_out), errors="ignore")
     when, lead = valid_time(dataset, task.time_index, task.lead_index)
     title = times_mod.title_time(when, None if task.lead_index is None else lead)
     if task.kind == "sample":
