@@ -36,6 +36,12 @@ def offline_args(package_dir: Path, input_file: Path) -> list[str]:
     return ["--source", str(input_file), "--model-package", str(package_dir), "--device", "cpu"]
 
 
+def with_defaults(defaults: list[str], args: tuple[str, ...] | list[str]) -> list[str]:
+    """The (flag, value) pairs of ``defaults`` whose flag ``args`` does not give itself."""
+    pairs = zip(defaults[::2], defaults[1::2], strict=True)
+    return [word for flag, value in pairs if flag not in args for word in (flag, value)]
+
+
 @pytest.fixture(autouse=True)
 def _no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     from corrdiff_tools import sources
@@ -102,10 +108,12 @@ def run_tool(
     monkeypatch.chdir(tmp_path)
 
     def run(*args: str, build_source: Any = None) -> tuple[int, str]:
-        # The offline defaults come first, so a test's own --source (say) overrides them.
-        # build_source: a fake data-source factory (see cli.run_main).
+        # The offline defaults stand where a test gives no option of its own (an option
+        # given twice with other values is refused). build_source: a fake data-source
+        # factory (see cli.run_main).
         capsys.readouterr()
-        code = run_main([*offline_args(package_dir, input_file), *args], build_source=build_source)
+        argv = [*with_defaults(offline_args(package_dir, input_file), args), *args]
+        code = run_main(argv, build_source=build_source)
         return code, capsys.readouterr().err
 
     return run

@@ -202,8 +202,12 @@ def test_lowres_and_sample_titles(ensemble: Path) -> None:
     np.testing.assert_allclose(shown, ds.lr_t2m[0].values - KELVIN, rtol=1e-6)
 
 
-def blog_store(path: Path, samples: int = 2) -> Path:
-    """Write a store exactly as the blog's script does, with earth2studio's ZarrBackend."""
+def blog_store(path: Path, samples: int = 2, written: int | None = None) -> Path:
+    """Write a store exactly as the blog's script does, with earth2studio's ZarrBackend.
+
+    ``written``: only the first this many samples are written (a run that stopped early);
+    the rest read as the backend's fill value, 0.0.
+    """
     from earth2studio.io import ZarrBackend
     from earth2studio.utils.coords import split_coords
 
@@ -226,6 +230,8 @@ def blog_store(path: Path, samples: int = 2) -> Path:
     io = ZarrBackend(str(path))
     total = OrderedDict(time=coords["time"], sample=coords["sample"], lat=lat, lon=lon)
     io.add_array(total, list(store.OUTPUT_VARIABLES))
+    if written is not None:
+        x, coords = x[:, :written], OrderedDict(coords, sample=np.arange(written))
     io.write(*split_coords(x.float(), coords))
     return path
 
@@ -288,7 +294,8 @@ def test_rerunning_a_plot_keeps_up_to_date_files_and_refuses_to_replace_others(
     ensemble: Path, tmp_path: Path, capsys
 ) -> None:
     outdir = tmp_path / "o"
-    args = (str(ensemble), "--sample", "0", "--time", "0", "--outdir", str(outdir), "--dpi", "30")
+    base = (str(ensemble), "--sample", "0", "--time", "0", "--outdir", str(outdir))
+    args = (*base, "--dpi", "30")
     assert plot(*args, "--gif") == 0
     image = outdir / "corrdiff-2024-07-24T06-sample-00.jpg"
     gif = outdir / "corrdiff-2024-07-24T06.gif"
@@ -307,8 +314,12 @@ def test_rerunning_a_plot_keeps_up_to_date_files_and_refuses_to_replace_others(
     assert {p: p.stat().st_mtime_ns for p in drawn} == drawn
 
     # Other settings for an existing file: refused, nothing written.
-    for other in (["--dpi", "31"], ["--gif", "--fps", "3"], ["--colormap", "gray"]):
-        assert plot(*args, *other) == 2, other
+    for other in (
+        ["--dpi", "31"],
+        ["--dpi", "30", "--gif", "--fps", "3"],
+        ["--dpi", "30", "--colormap", "gray"],
+    ):
+        assert plot(*base, *other) == 2, other
         err = capsys.readouterr().err
         assert "already exist and were drawn from other data or with other settings" in err
         assert "pass --overwrite" in err
@@ -425,6 +436,22 @@ BAD = [
     (lambda s, t: [str(s), "--format", "bmp"], "invalid choice: 'bmp'"),
     (lambda s, t: [str(s), "--jobs", "0"], "--jobs must be at least 1"),
     (lambda s, t: [str(s), "--outdir", "/proc/plots"], "cannot write in /proc"),
+    # No abbreviations, no silent "last one wins".
+    (lambda s, t: [str(s), "--samp", "1"], "unrecognized arguments: --samp 1"),
+    (lambda s, t: [str(s), "--dpi", "50", "--dpi", "60"], "--dpi given twice (50, then 60)"),
+    (
+        lambda s, t: [str(s), "--threshold", "mrr=30", "--threshold", "mrr=40"],
+        "--threshold mrr given twice ('mrr=30', then 'mrr=40'): give it once",
+    ),
+    (
+        lambda s, t: [str(s), "--outdir", str(t / ("p" * 300))],
+        " (3",  # "--outdir /tmp/...ppp (3xx characters): the system cannot look this path up"
+    ),
+    (
+        lambda s, t: [str(s), "--outdir", str(t / ("p" * 300) / "plots")],
+        "the system cannot look this path up (File name too long); choose a shorter",
+    ),
+    (lambda s, t: [str(t / ("s" * 300))], "STORE /tmp/"),
 ]
 
 
@@ -609,3 +636,154 @@ def test_render_workers_take_the_parents_warning_filters() -> None:
         assert caught == []
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+# ------------------------------------------------------------------ round three: messier stores
+
+
+def test_an_unwritten_sample_of_a_blog_store_is_missing_not_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """earth2studio's ZarrBackend fills with 0.0: sample 1 was drawn at -273 deg C."""
+    path = blog_store(tmp_path / "blog.zarr", samples=2, written=1)
+    assert np.asarray(xr.open_zarr(path, consolidated=False)["t2m"][0, 1]).max() == 0.0
+    opened = store.open_store(path)
+    assert np.isnan(opened["t2m"].values[0, 1]).all()
+    assert np.isfinite(opened["t2m"].values[0, 0]).all()
+    capsys.readouterr()
+    assert (
+        plot(str(path), "--stats", "--outdir", str(tmp_path / "o"), "--jobs", "1", "--dpi", "30")
+        == 0
+    )
+    assert sorted(p.name for p in drawn_files(tmp_path / "o")) == [
+        "corrdiff-2024-07-24T12-sample-00.jpg"
+    ]
+    err = capsys.readouterr().err
+    assert "skipping corrdiff-2024-07-24T12-sample-01.jpg: that sample is not complete" in err
+    assert "skipping corrdiff-2024-07-24T12-stats.jpg: the ensemble is not complete" in err
+
+
+def test_unphysical_fields_of_a_store_are_not_drawn(
+    ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every field drawn is checked: linear refc, a sample in deg C, a mean of 1e15 K."""
+    import zarr
+
+    tampered = tmp_path / "tampered.zarr"
+    shutil.copytree(ensemble, tampered)
+    group = zarr.open_group(str(tampered), mode="r+")
+    group["lr_refc"][:] = 10 ** (np.asarray(group["lr_refc"][:]) / 10)  # linear Z, not dBZ
+    group["t2m"][0, 1] = np.asarray(group["t2m"][0, 1]) - KELVIN
+    group["t2m_regression"][1] = np.full((448, 448), 1e15, dtype="float32")
+    capsys.readouterr()
+    args = ("--time", "0", "--plot-lowres", "--spectra", "--outdir", str(tmp_path / "o"), *FAST[:2])
+    assert plot(str(tampered), *args, "--jobs", "1") == 0
+    err = capsys.readouterr().err
+    assert "lr_refc in " in err and "outside its physical range -100 to 100 dBZ: left out" in err
+    assert "t2m_regression in " in err and "outside its physical range 100 to 450 K" in err
+    assert "skipping sample 1 of 2024-07-24T06:00: it is marked complete but its t2m spans" in err
+    names = sorted(p.name for p in drawn_files(tmp_path / "o"))
+    assert names == [
+        "corrdiff-2024-07-24T06-lowres.jpg",
+        "corrdiff-2024-07-24T06-sample-00.jpg",
+        "corrdiff-2024-07-24T06-sample-02.jpg",
+        "corrdiff-2024-07-24T06-spectra.jpg",
+    ]
+    # The low-resolution figure lost its reflectivity panel rather than a blank scale.
+    figure = render.build_figure(
+        render.Task("lowres", 0, None, None, tmp_path / "x.jpg"),
+        render.RenderContext(
+            store_path=tampered,
+            scales=render.colour_scales(store.open_store(tampered).drop_vars("lr_refc")),
+            coastlines=[],
+            thresholds={},
+            fmt="jpg",
+            dpi=30,
+            left_out=("lr_refc",),
+        ),
+    )
+    titles = [ax.get_title() for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert titles == ["2 m temperature", "10 m wind speed"]
+
+
+def test_plot_lowres_of_unphysical_inputs_is_refused(
+    ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zarr
+
+    tampered = tmp_path / "celsius.zarr"
+    shutil.copytree(ensemble, tampered)
+    group = zarr.open_group(str(tampered), mode="r+")
+    group["lr_t2m"][:] = np.asarray(group["lr_t2m"][:]) - KELVIN
+    capsys.readouterr()
+    assert plot(str(tampered), "--plot-lowres", "--outdir", str(tmp_path / "o")) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"plot_corrdiff.py: error: --plot-lowres: lr_t2m in {tampered} spans ")
+    assert line.endswith(
+        "outside its physical range 200 to 340 K: the low-resolution input cannot be drawn; "
+        "drop --plot-lowres"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "completed", "fragment"),
+    [
+        (
+            ["--sample", "none", "--spectra"],
+            [[0, 0, 0], [1, 1, 1]],
+            "nothing to draw: --spectra asked for, and the store's selected samples are not "
+            "complete (2024-07-24T06:00: 0 of 3 complete; each needs at least one complete "
+            "sample): run_corrdiff.py --resume completes the store",
+        ),
+        (
+            ["--sample", "none", "--stats"],
+            [[1, 1, 0], [1, 1, 1]],
+            "nothing to draw: --stats asked for, and the store's selected samples are not "
+            "complete (2024-07-24T06:00: 2 of 3 complete; --stats needs every sample of a "
+            "time, the rest at least one)",
+        ),
+        (
+            ["--sample", "2"],
+            [[1, 1, 0], [1, 1, 1]],
+            "(2024-07-24T06:00: 2 of 3 complete, none of --sample 2;",
+        ),
+    ],
+)
+def test_nothing_to_draw_says_what_was_asked_and_what_the_store_lacks(
+    options: list[str],
+    completed: list[list[int]],
+    fragment: str,
+    ensemble: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before: "everything is up to date" (and exit 0), or "no ... --stats" with --stats."""
+    import zarr
+
+    partial = tmp_path / "partial.zarr"
+    shutil.copytree(ensemble, partial)
+    zarr.open_group(str(partial), mode="r+")["completed"][:] = np.array(completed, dtype="int8")
+    capsys.readouterr()
+    code = plot(str(partial), "--time", "0", *options, "--outdir", str(tmp_path / "o"), *FAST)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and fragment in lines[-1], lines
+    assert all(
+        line.startswith(("skipping ", "no complete sample at 2024-07-24T06:00"))
+        for line in lines[:-1]
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_plot_run_leaves_no_empty_outdir(
+    ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corrdiff_tools import evaluate
+
+    def broken(*args: object) -> list[Path]:
+        raise RuntimeError("the evaluation broke")
+
+    monkeypatch.setattr(evaluate, "evaluate", broken)
+    outdir = tmp_path / "new" / "plots"
+    assert plot(str(ensemble), "--sample", "none", "--pdf", "--outdir", str(outdir), *FAST) == 1
+    assert not (tmp_path / "new").exists()

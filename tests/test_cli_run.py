@@ -321,9 +321,50 @@ BAD_INPUTS = [
     ),
     (["2024-07-24T12", "--sigma-min", "0"], "need 0 < sigma_min < sigma_max < inf"),
     (["2024-07-24T12", "--sigma-min", "90"], "--sigma-min 90 / --sigma-max 80: need 0 <"),
-    (["2024-07-24T12", "--sigma-max", "inf"], "need 0 < sigma_min < sigma_max < inf"),
-    (["2024-07-24T12", "--rho", "-1"], "--rho -1: must be positive (published: 7)"),
+    (["2024-07-24T12", "--sigma-max", "inf"], "--sigma-max inf: must be a finite number"),
+    (["2024-07-24T12", "--rho", "-1"], "--rho -1: use 1 to 100 (published: 7)"),
     (["2024-07-24T12", "--s-churn", "-0.5"], "--s-churn -0.5: must be 0 or more"),
+    # Settings argparse accepts that cannot give a finite, physical ensemble.
+    (["2024-07-24T12", "--rho", "inf"], "--rho inf: must be a finite number"),
+    (["2024-07-24T12", "--rho", "0.5"], "--rho 0.5: use 1 to 100"),
+    (["2024-07-24T12", "--s-churn", "inf"], "--s-churn inf: must be a finite number"),
+    (
+        ["2024-07-24T12", "--preset", "paper", "--s-churn", "1000"],
+        "--s-churn 1000: EDM caps the churn per step at sqrt(2) - 1, so at most 7.456 for 18",
+    ),
+    (["2024-07-24T12", "--sigma-min", "1e-300"], "keep both within 0.0001 to 10000"),
+    (["2024-07-24T12", "--sigma-max", "1e30"], "keep both within 0.0001 to 10000"),
+    (["2024-07-24T12", "--s-noise", "1e10"], "--s-noise 1e+10: use 0 to 2"),
+    (["2024-07-24T12", "--s-min", "inf"], "--s-min inf: must be a finite number"),
+    # Names the filesystem cannot hold: the store's own name fits (255 bytes), the staging
+    # directory beside it would not; refused before the model loads, not after.
+    (
+        ["2024-07-24T12", "--output", "o" * 250 + ".zarr"],
+        "bytes, more than the 255 this filesystem holds (with what the tool adds to it)",
+    ),
+    (
+        ["2024-07-24T12", "--output", "o" * 300 + ".zarr"],
+        "(305 characters): the system cannot look this path up (File name too long)",
+    ),
+    (
+        ["2024-07-24T12", "--source", "s" * 300 + ".nc"],
+        "--source sssssssssssssssssssssssssss",
+    ),
+    (["2024-07-24T12", "--model-package", "m" * 300], "the system cannot look this path up"),
+    # Seconds are refused, not silently dropped from what a message prints.
+    (["2024-07-24T12:00:30"], "'2024-07-24T12:00:30' has seconds: times are whole minutes"),
+    # No abbreviations: --model once meant --model-package, and new options would shift it.
+    (["2024-07-24T12", "--model", "/x"], "unrecognized arguments: --model /x"),
+    (["2024-07-24T12", "--sample", "2"], "unrecognized arguments: --sample 2"),
+    # A repeated option with another value is a mistake, not "the last one wins".
+    (
+        ["2024-07-24T12", "--samples", "4", "--samples", "8"],
+        "--samples given twice (4, then 8): give it once",
+    ),
+    (
+        ["2024-07-24T12", "--source", "gfs-forecast", "--lead-time", "0", "--lead-time", "6"],
+        "--lead-time given twice (0, then 6): give it once",
+    ),
     (["2024-07-24T12", "--s-noise", "nan"], "--s-noise must be a number, got 'nan'"),
     (["2024-07-24T12", "--s-min", "5", "--s-max", "1"], "need 0 <= S_min <= S_max"),
     (["2024-07-24T12", "--sampler", "ddim"], "invalid choice: 'ddim'"),
@@ -391,8 +432,12 @@ def test_nan_input_is_refused_naming_variable_and_time(
     array.loc[{"variable": "z500", "time": "2024-07-24T12:00"}] = np.nan
     array.to_netcdf(tmp_path / "holes.nc")
     code, err = run_tool("2024-07-24T12", "--source", str(tmp_path / "holes.nc"), "--steps", "2")
-    assert code == 1
-    assert "input z500 at 2024-07-24T12:00" in err and "NaN/inf" in err
+    assert code == 2  # found by validation, before anything loads
+    assert err.strip().splitlines() == [
+        f"run_corrdiff.py: error: input z500 at 2024-07-24T12:00 in --source {tmp_path}/holes.nc "
+        "has 1440 NaN/inf value(s) of 1440 on the model's input grid: fill the gaps or pick "
+        "another time"
+    ]
     assert not (tmp_path / "outputs").exists()
 
 

@@ -375,7 +375,50 @@ BAD_TRUTHS = {
         lambda ds: ds.rename({"y": "dim_0", "x": "dim_1"}),
         "mrr is 448x448 on dims ('dim_0', 'dim_1') without 2-D lat/lon on them: name the dims",
     ),
+    # Units judged by the values: a missing or lying units attribute does not change them.
+    "deg C labelled K": (
+        lambda ds: ds.assign(t2m=ds.t2m - 273.15),
+        "t2m at 2024-07-24T00:00 spans ",
+    ),
+    "deg C without units": (
+        lambda ds: ds.assign(t2m=(ds.t2m - 273.15).assign_attrs(units=None)).pipe(
+            lambda d: d.assign(t2m=d.t2m.drop_attrs())
+        ),
+        "outside its physical range 200 to 340 K: convert it (the units attribute alone",
+    ),
+    "linear reflectivity": (
+        lambda ds: ds.assign(mrr=10 ** ((ds.mrr + 40) / 10)),  # a storm, in mm6 m-3
+        "outside its physical range -100 to 100 dBZ",
+    ),
+    # Coordinates must be finite, monotonic and unambiguous.
+    "a NaN latitude": (
+        lambda ds: _regular_truth(ds).pipe(
+            lambda d: d.assign_coords(lat=np.where(np.arange(d.lat.size) == 3, np.nan, d.lat))
+        ),
+        "lat has 1 non-finite value(s) (nan at position 3)",
+    ),
+    "a NaN in the 2-D grid": (
+        lambda ds: ds.assign_coords(
+            lat=(("y", "x"), np.where(np.eye(448, dtype=bool), np.nan, 23.0)),
+            lon=(("y", "x"), np.full((448, 448), 121.0)),
+        ),
+        "its 2-D lat has 448 non-finite value(s)",
+    ),
+    "a duplicated time": (
+        lambda ds: xr.concat([ds, ds.isel(time=[0])], "time"),
+        "time holds 2024-07-24T00:00 more than once",
+    ),
 }
+
+
+def _regular_truth(ds: xr.Dataset) -> xr.Dataset:
+    """A t2m reference on a regular lat/lon grid that covers the output grid."""
+    lat, lon = np.arange(19.0, 28.51, 0.05), np.arange(115.5, 126.51, 0.05)
+    field = 290 + 0.5 * lat[:, None] + 0.1 * lon[None, :]
+    return xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), np.stack([field, field + 1]), {"units": "K"})},
+        coords={"time": ds["time"].values, "lat": lat, "lon": lon},
+    )
 
 
 @pytest.mark.parametrize("case", list(BAD_TRUTHS))
@@ -408,3 +451,124 @@ def test_sample_none_alone_draws_nothing_and_says_so(
 ) -> None:
     code, err = _plot(capsys, str(made), "--sample", "none", "--outdir", str(tmp_path / "o"))
     assert code == 2 and "nothing to draw: --sample none" in err
+
+
+# ------------------------------------------------------------------ round three: messier truth
+
+
+@pytest.mark.parametrize("form", ["iso-strings", "noleap-calendar", "seconds-off", "zarr-fill-0"])
+def test_truth_times_and_fills_are_read_as_meant(form: str, made: Path, tmp_path: Path) -> None:
+    """Strings, model calendars and times a few seconds off gave "unexpected KeyError"."""
+    import cftime
+
+    from corrdiff_tools.truth import load_truth
+
+    ds = store.open_store(made)
+    lat, lon = ds["lat"].values.astype("float64"), ds["lon"].values.astype("float64")
+    times = list(ds["time"].values)
+    with xr.open_dataset(_truth_file(made, tmp_path / "good.nc")) as good:
+        canonical = good.load()
+    expected = load_truth(tmp_path / "good.nc", lat, lon, times)
+    stamps = canonical["time"].values
+    if form == "iso-strings":
+        variant = canonical.assign_coords(
+            time=[str(t)[:16] for t in stamps.astype("datetime64[m]")]
+        )
+    elif form == "noleap-calendar":
+        dates = [t.astype("datetime64[s]").astype(datetime) for t in stamps]
+        variant = canonical.assign_coords(
+            time=[cftime.DatetimeNoLeap(d.year, d.month, d.day, d.hour) for d in dates]
+        )
+    elif form == "seconds-off":
+        variant = canonical.assign_coords(time=stamps - np.timedelta64(2, "s"))
+    else:
+        variant = canonical.copy(deep=True)
+        variant["u10m"].values[1, :10, :10] = 0.0  # the fill value: missing, not calm
+    path = tmp_path / ("variant.zarr" if form == "zarr-fill-0" else "variant.nc")
+    if form == "zarr-fill-0":
+        encoding = {name: {"fill_value": 0.0} for name in store.OUTPUT_VARIABLES}
+        variant.to_zarr(path, zarr_format=3, consolidated=False, encoding=encoding)
+    else:
+        variant.to_netcdf(path)
+    got = load_truth(path, lat, lon, times)
+    assert list(got.fields) == list(expected.fields)
+    for time, fields in expected.fields.items():
+        for name, values in fields.items():
+            if form == "zarr-fill-0" and name == "u10m" and time == times[1]:
+                assert np.isnan(got.fields[time][name][:10, :10]).all()
+                np.testing.assert_array_equal(got.fields[time][name][10:], values[10:])
+            else:
+                np.testing.assert_array_equal(got.fields[time][name], values, err_msg=name)
+
+
+def test_truth_with_gaps_is_scored_where_it_has_values(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A radar outage (mrr missing at one time) and a patch of NaN crashed the scores."""
+    good = _truth_file(made, tmp_path / "good.nc")
+    with xr.open_dataset(good) as dataset:
+        gappy = dataset.load()
+    gappy["mrr"].values[1] = np.nan  # the whole of mrr at the second time
+    gappy["t2m"].values[0, 100:200, 100:150] = np.nan  # a patch
+    gappy.to_netcdf(tmp_path / "gappy.nc")
+    outdir = tmp_path / "out"
+    code, err = _plot(
+        capsys, str(made), "--sample", "none", "--truth", str(tmp_path / "gappy.nc"),
+        "--spectra", "--outdir", str(outdir),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (
+        "--truth: 1 (time, variable) pair(s) not scored: mrr at 2024-07-24T06:00 (the "
+        "reference has no finite value there)"
+    ) in err
+    report = json.loads((outdir / "scores.json").read_text())
+    scored = {(r["valid_time"], r["variable"]): r for r in report["scores"]}
+    assert len(scored) == 7 and ("2024-07-24T06:00", "mrr") not in scored
+    assert report["not_scored"] == [
+        {
+            "valid_time": "2024-07-24T06:00",
+            "lead_hours": None,
+            "variable": "mrr",
+            "why": "the reference has no finite value there",
+        }
+    ]
+    assert scored[("2024-07-24T00:00", "t2m")]["points"] == 448 * 448 - 100 * 50
+    assert scored[("2024-07-24T06:00", "t2m")]["points"] == 448 * 448
+    assert all(np.isfinite(r["crps"]) for r in report["scores"])
+    assert "spectra at 2024-07-24T06:00: the reference of mrr has missing pixels, left out" in err
+    assert "spectra at 2024-07-24T00:00: the reference of t2m has missing pixels, left out" in err
+
+
+def test_spectra_leave_out_samples_with_missing_pixels_and_say_so(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample with a few NaN pixels dropped its curve while the title still counted it."""
+    import shutil
+
+    import zarr
+
+    holed = tmp_path / "holed.zarr"
+    shutil.copytree(made, holed)
+    field = np.asarray(zarr.open_group(str(holed))["u10m"][0, 1])
+    field[5, 5:8] = np.nan
+    zarr.open_group(str(holed), mode="r+")["u10m"][0, 1] = field
+    from corrdiff_tools import diagnostic_figures
+
+    drawn: list[tuple[str, dict]] = []
+    original = diagnostic_figures.spectra_figure
+
+    def spy(wavelength: object, curves: dict, title: str) -> object:
+        drawn.append((title, curves))
+        return original(wavelength, curves, title)
+
+    monkeypatch.setattr(diagnostic_figures, "spectra_figure", spy)
+    args = (str(holed), "--sample", "none", "--spectra", "--outdir", str(tmp_path / "o"))
+    code, err = _plot(capsys, *args)
+    assert code == 0, err
+    assert "spectra at 2024-07-24T00:00: sample(s) 1 have missing pixels and are left out" in err
+    (first_title, first), (second_title, second) = drawn
+    assert first_title.endswith("· 2 of 3 samples (1 with missing pixels left out)")
+    assert second_title.endswith("· 3 samples")
+    for name in ("mrr", "t2m", "u10m", "v10m"):
+        assert first[name].samples.shape[0] == 2 and np.isfinite(first[name].samples).all()
+        assert second[name].samples.shape[0] == 3

@@ -9,6 +9,7 @@ an uninterrupted run.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -753,11 +754,11 @@ def test_resume_knows_inputs_and_packages_by_content_not_spelling(
 
     local = tmp_path / "in.nc"
     shutil.copy(input_file, local)
-    args = ("2024-07-24T12", "--samples", "2", "--steps", "2", "--output", "r.zarr")
+    args = ("2024-07-24T12", "--steps", "2", "--output", "r.zarr")
     assert run_tool(*args, "--source", "in.nc", "--samples", "1")[0] == 0
     # The same file, spelled absolutely and through a symlink: the same source.
     (tmp_path / "link.nc").symlink_to(local)
-    code, err = run_tool(*args, "--source", str(tmp_path / "link.nc"), "--resume")
+    code, err = run_tool(*args, "--samples", "2", "--source", str(tmp_path / "link.nc"), "--resume")
     assert code == 2 and "samples: store has 1, this run asks for 2" in err  # only that
     assert "source:" not in err and "model_package:" not in err
     # New content behind the same path: refused, naming the fingerprint.
@@ -770,9 +771,10 @@ def test_resume_knows_inputs_and_packages_by_content_not_spelling(
     assert "'sha256': " in err
     # A package whose weights changed behind the same path is refused too.
     shutil.copytree(package_dir, tmp_path / "pkg")
-    assert run_tool(*args, "--model-package", "pkg", "--output", "p.zarr")[0] == 0
+    package_args = ("2024-07-24T12", "--steps", "2", "--model-package", "pkg")
+    assert run_tool(*package_args, "--output", "p.zarr")[0] == 0
     lively_package(tmp_path / "pkg", seed=9)
-    code, err = run_tool(*args, "--model-package", "pkg", "--output", "p.zarr", "--resume")
+    code, err = run_tool(*package_args, "--output", "p.zarr", "--resume")
     assert code == 2 and "(model_package: store has {'path': " in err
 
 
@@ -815,7 +817,10 @@ def test_plot_tool_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixtu
         tmp_path / "empty.zarr", store.StoreLayout([datetime(2024, 7, 24)], 2, lat, lon), {}, {}
     )
     assert plot_main([str(tmp_path / "empty.zarr")]) == 2
-    assert "nothing to draw: every selected sample is incomplete" in capsys.readouterr().err
+    assert (
+        "nothing to draw: sample maps asked for, and the store's selected samples are not "
+        "complete (2024-07-24T00:00: 0 of 2 complete; each needs at least one complete sample)"
+    ) in capsys.readouterr().err
     assert not (tmp_path / "empty-plots").exists()
 
 
@@ -868,3 +873,270 @@ def test_sample_ranges_are_inclusive(low: int, high: int, size: int) -> None:
             parse_selection(text, size, "--sample")
     else:
         assert parse_selection(text, size, "--sample") == list(range(low, high + 1))
+
+
+# ------------------------------------------------------------------- round three: lost data
+
+
+def test_overwrite_keeps_the_old_store_when_the_new_input_fails_validation(
+    reference: xr.Dataset, run_tool: Run, input_file: Path, tmp_path: Path
+) -> None:
+    """A NaN at a later time of the file was found only after --overwrite had replaced."""
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    broken = load_inputs(input_file)
+    noon = list(broken["time"].values).index(np.datetime64("2024-07-24T12:00", "ns"))
+    row = int(np.argmin(np.abs(broken["lat"].values - 23.0)))
+    broken.values[noon, list(broken["variable"].values).index("t850"), row, :] = np.nan
+    broken.to_netcdf(tmp_path / "broken.nc")
+    code, err = run_tool(*JOB, "--source", "broken.nc", "--output", "s.zarr", "--overwrite")
+    assert code == 2
+    assert one_line(err) == (
+        "run_corrdiff.py: error: input t850 at 2024-07-24T12:00 in --source broken.nc has 40 "
+        "NaN/inf value(s) of 1440 on the model's input grid: fill the gaps or pick another time"
+    )
+    after = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    assert after == before  # not one byte of the old ensemble changed
+    assert_same_ensemble(tmp_path / "s.zarr", reference)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        "t2m",  # an output: every sample is recomputed
+        "lr_t850",  # an input: every piece of each time is recomputed
+        pytest.param("completed", marks=pytest.mark.slow),  # the record itself
+        pytest.param("time", marks=pytest.mark.slow),  # a coordinate
+    ],
+)
+def test_resume_recreates_an_array_whose_metadata_was_removed(
+    array: str,
+    reference: xr.Dataset,
+    run_tool: Run,
+    tmp_path: Path,
+) -> None:
+    """The consolidated metadata still listed it: the store "resumed" with the array gone."""
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    shutil.rmtree(path / array)
+    code, err = run_tool(*JOB, "--output", "s.zarr", "--resume")
+    assert code == 0, err
+    assert f"s.zarr lacked the metadata of {array}: recreated empty" in err
+    assert (path / array / "zarr.json").is_file()
+    assert array in zarr.open_group(str(path), mode="r", use_consolidated=False)
+    assert array in zarr.open_group(str(path), mode="r", use_consolidated=True)
+    assert_same_ensemble(path, reference)
+    got = xr.open_zarr(path)
+    for name in ("lr_t850", "t2m_regression", "time"):
+        np.testing.assert_array_equal(got[name].values, reference[name].values)
+    assert got["t2m"].attrs["units"] == "K" and got["time"].dtype == reference["time"].dtype
+
+
+def test_a_store_whose_array_has_another_shape_is_refused(run_tool: Run, tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    meta = json.loads((path / "mrr" / "zarr.json").read_text())
+    meta["shape"][1] = 5
+    (path / "mrr" / "zarr.json").write_text(json.dumps(meta))
+    code, err = run_tool(*JOB, "--output", "s.zarr", "--resume")
+    assert code == 2
+    assert one_line(err) == (
+        "run_corrdiff.py: error: --resume s.zarr is a damaged store: mrr has shape "
+        "(2, 5, 448, 448), expected (2, 3, 448, 448); restore it from a copy, or start a new "
+        "store (--overwrite or another --output)"
+    )
+
+
+DAMAGES = {
+    "root metadata cut short": (
+        lambda root: root.write_text(root.read_text()[:200]),
+        "its root metadata {root} does not parse (JSONDecodeError)",
+    ),
+    "root metadata removed": (lambda root: root.unlink(), "its root metadata {root} is missing"),
+    "settings attribute garbled": (
+        lambda root: root.write_text(
+            json.dumps(
+                {
+                    **(meta := json.loads(root.read_text())),
+                    "attributes": {**meta["attributes"], store.SETTINGS_ATTR: '{"times": ['},
+                },
+            )
+        ),
+        "its corrdiff_tools_settings attribute is not the JSON object it should be",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_store_is_called_damaged_and_left_alone(
+    damage: str, run_tool: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: "not a corrdiff-tools store", or an unexpected JSONDecodeError."""
+    path = tmp_path / "s.zarr"
+    assert run_tool("2024-07-24T12", "--steps", "2", "--output", "s.zarr")[0] == 0
+    change, why = DAMAGES[damage]
+    change(path / "zarr.json")
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    for flag in ("--resume", "--overwrite"):
+        code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "s.zarr", flag)
+        assert code == 2
+        assert one_line(err) == (
+            "run_corrdiff.py: error: --output s.zarr is a damaged store: "
+            f"{why.format(root='s.zarr/zarr.json')}; neither "
+            "--resume nor --overwrite acts on a store it cannot read: restore it from a copy, "
+            "or move it away and run again"
+        )
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    capsys.readouterr()
+    if damage != "settings attribute garbled":  # the plot tool does not need the settings
+        assert plot_main([str(path), "--outdir", str(tmp_path / "plots")]) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) == (
+            f"plot_corrdiff.py: error: {path} is a damaged store: "
+            f"{why.format(root=path / 'zarr.json')}; restore it from a copy"
+        )
+        assert not (tmp_path / "plots").exists()
+
+
+def test_resume_after_staging_matches_inputs_and_package_by_content(
+    reference: xr.Dataset,
+    run_tool: Run,
+    input_file: Path,
+    package_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """HPC jobs copy inputs and packages to a per-job $TMPDIR: not a different input."""
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    StoreWriter(path).unmark([(1, 0), (1, 1)])  # as if killed in time 1's first batch
+    staged = tmp_path / "job-1234"
+    shutil.copytree(package_dir, staged / "pkg")
+    shutil.copy(input_file, staged / "inputs.nc")
+    code, err = run_tool(
+        *JOB,
+        *("--source", str(staged / "inputs.nc"), "--model-package", str(staged / "pkg")),
+        *("--output", "s.zarr", "--resume"),
+    )
+    assert code == 0, err
+    assert f"source {input_file.resolve()} is now {staged / 'inputs.nc'} (same content)" in err
+    assert f"model_package {package_dir.resolve()} is now {staged / 'pkg'} (same content)" in err
+    assert "resuming s.zarr: 2 sample(s) left to compute" in err
+    assert_same_ensemble(path, reference)
+    # Other content at the staged path is still another input.
+    changed = load_inputs(staged / "inputs.nc")
+    changed.loc[{"variable": "t2m"}] = changed.sel(variable="t2m") + 0.5
+    changed.to_netcdf(staged / "inputs.nc")
+    StoreWriter(path).unmark([(1, 2)])
+    code, err = run_tool(
+        *JOB, "--source", str(staged / "inputs.nc"), "--output", "s.zarr", "--resume"
+    )
+    assert code == 2 and "was made with other settings (source: store has" in err
+
+
+def test_a_resumed_sample_is_bitwise_in_its_own_batch_and_to_rounding_alone(
+    reference: xr.Dataset, run_tool: Run, tmp_path: Path
+) -> None:
+    """What the README promises: whole batches bitwise, a sample alone to float32 rounding.
+
+    JOB computes 3 samples in batches of 2: [0, 1] and [2]. A kill leaves whole batches
+    missing, so their recomputation is bitwise; sample 1 recomputed alone (a damaged
+    chunk) sums its convolutions in another order.
+    """
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    StoreWriter(path).unmark([(0, 0), (0, 1)])  # the whole first batch of time 0
+    assert run_tool(*JOB, "--output", "s.zarr", "--resume")[0] == 0
+    assert_same_ensemble(path, reference)  # bitwise
+    StoreWriter(path).unmark([(1, 1)])  # one sample of a batch of two
+    assert run_tool(*JOB, "--output", "s.zarr", "--resume")[0] == 0
+    got = xr.open_zarr(path)["t2m"].values
+    expected = reference["t2m"].values
+    np.testing.assert_array_equal(
+        got[[0, 0, 1, 1], [0, 1, 0, 2]], expected[[0, 0, 1, 1], [0, 1, 0, 2]]
+    )
+    # Sample 1 of time 1, recomputed alone: float32 rounding of a ~300 K field at most.
+    assert np.abs(got[1, 1] - expected[1, 1]).max() <= 4 * np.spacing(np.float32(300.0))
+
+
+# ------------------------------------------------------------------- round three: numbers
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (float("nan"), "t2m has 200704 NaN/inf value(s) of 200704, so nothing"),
+        (1e15, "outside its physical range 100 to 450 K, so nothing"),
+    ],
+    ids=["NaN", "1e15 K"],
+)
+def test_a_batch_that_is_not_physical_is_never_marked_complete(
+    value: float,
+    fragment: str,
+    reference: xr.Dataset,
+    run_tool: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settings that gave every value NaN, or t2m in the 1e15 K, ended "done", exit 0."""
+    real = CorrDiffSampler.residuals
+    calls = []
+
+    def second_batch_breaks(self: CorrDiffSampler, condition: object, seeds: list[int]) -> object:
+        calls.append(seeds)
+        out = real(self, condition, seeds)
+        if len(calls) == 2:  # time 0's second batch: sample 2 alone
+            out = out.clone()
+            out[:, 1] = value  # t2m, in normalised units
+        return out
+
+    monkeypatch.setattr(CorrDiffSampler, "residuals", second_batch_breaks)
+    code, err = run_tool(*JOB, "--output", "s.zarr")
+    assert code == 1
+    line = one_line(err)
+    assert line.startswith("run_corrdiff.py: error: sample(s) 2 at 2024-07-24T06:00: t2m ")
+    assert fragment in line, line
+    assert "stored: the sampler settings (deterministic sampler, 2 euler step(s)" in line
+    done = xr.open_zarr(tmp_path / "s.zarr")["completed"].values
+    np.testing.assert_array_equal(done, [[1, 1, 0], [0, 0, 0]])  # the batch before is kept
+    monkeypatch.setattr(CorrDiffSampler, "residuals", real)
+    assert run_tool(*JOB, "--output", "s.zarr", "--resume")[0] == 0
+    assert_same_ensemble(tmp_path / "s.zarr", reference)
+
+
+@pytest.mark.parametrize("where", ["batch", "regression"])
+def test_host_out_of_memory_names_batch_size_as_on_a_gpu(
+    where: str, run_tool: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU's allocator raises a plain RuntimeError: it was "unexpected RuntimeError"."""
+    message = (
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 400000000000 bytes. Error code 12 (Cannot allocate memory)"
+    )
+
+    def exhausted(self: CorrDiffSampler, *args: object) -> object:
+        raise RuntimeError(message)
+
+    name = "residuals" if where == "batch" else "regression_mean"
+    monkeypatch.setattr(CorrDiffSampler, name, exhausted)
+    code, err = run_tool(*JOB, "--output", "oom.zarr")
+    assert code == 1
+    if where == "batch":
+        assert one_line(err) == (
+            "run_corrdiff.py: error: out of host memory with a batch of 2 sample(s): rerun with "
+            "--resume and a smaller --batch-size (e.g. --batch-size 1); completed samples are kept"
+        )
+    else:
+        assert one_line(err).startswith(
+            "run_corrdiff.py: error: out of host memory computing the regression mean at "
+            "2024-07-24T06:00 (one sample's worth): this machine cannot run the model"
+        )
+    # Any other RuntimeError is not called memory.
+    monkeypatch.setattr(
+        CorrDiffSampler, name, lambda self, *a: (_ for _ in ()).throw(RuntimeError("shapes"))
+    )
+    code, err = run_tool(*JOB, "--output", "other.zarr")
+    assert code == 1 and "unexpected RuntimeError: shapes" in one_line(err)
