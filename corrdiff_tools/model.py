@@ -262,10 +262,27 @@ def resolve_zip(spec: str) -> Path:
         from corrdiff_tools import network
         from corrdiff_tools.sources import OFFLINE_HINT
 
+        forget_download(package)
+
         why = network.unreachable_reason(err) or network.summarise(err)
         raise RunError(
             f"could not download the model package {spec} ({why}): {OFFLINE_HINT}"
         ) from err
+
+
+def forget_download(package: Any) -> None:
+    """Drop a package download that broke off, so the next attempt starts afresh.
+
+    fsspec's whole-file cache records a file as complete *before* downloading it and
+    writes that record to disk only afterwards: a download cut short leaves the cut file
+    behind, and, in this process, an in-memory record that says it is whole (its
+    filesystem instances are cached), so a second run in the same process would read the
+    cut zip. Both go; the on-disk record never listed it.
+    """
+    with contextlib.suppress(Exception):
+        type(package.fs).clear_instance_cache()
+    with contextlib.suppress(OSError, TypeError):
+        (Path(package.cache) / PACKAGE_ZIP).unlink(missing_ok=True)
 
 
 def _extract_bounded(archive: zipfile.ZipFile, zip_path: Path, target: Path) -> None:
@@ -357,6 +374,13 @@ def prepare_package(spec: str) -> Path:
             shutil.rmtree(target)
         staging.rename(target)
     except zipfile.BadZipFile as err:
+        if is_remote(spec):
+            # Damaged in transit: left in earth2studio's cache it would fail every run.
+            zip_path.unlink(missing_ok=True)
+            raise RunError(
+                f"the model package downloaded from {spec} is damaged ({err}); it was removed "
+                f"from the cache ({zip_path.parent}): run again to download it anew"
+            ) from None
         raise UsageError(f"--model-package {zip_path} is not a valid zip file ({err})") from None
     finally:
         if staging.exists():

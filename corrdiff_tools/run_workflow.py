@@ -261,7 +261,7 @@ def _check_reachable(probe: Probe) -> None:
     for endpoint, why in failures:
         logger.warning(
             "cannot reach %s for the %s (%s): trying earth2studio's cache in %s",
-            endpoint.host,
+            endpoint.address,
             endpoint.what,
             why,
             endpoint.cache,

@@ -306,11 +306,15 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSourc
     # it has (6.4 s of start-up on 2 cores; see corrdiff_tools.imports).
     from corrdiff_tools.imports import import_alone
 
+    # verbose=False: earth2studio's own progress bars ignore -q, TQDM_DISABLE and a
+    # stderr that is not a terminal, and an unfinished one swallows our error line.
     if spec.kind in ("gfs", "gfs-forecast"):
         gfs = import_alone("earth2studio.data.gfs")
-        return gfs.GFS() if spec.kind == "gfs" else gfs.GFS_FX()
+        made = gfs.GFS(verbose=False) if spec.kind == "gfs" else gfs.GFS_FX(verbose=False)
+        note_cache_origin(Path(made.cache))
+        return made
     if spec.kind == "era5":
-        return import_alone("earth2studio.data.arco").ARCO()
+        return import_alone("earth2studio.data.arco").ARCO(verbose=False)
     assert spec.path is not None  # noqa: S101 - guaranteed by parse_source
     source = import_alone("earth2studio.data.xr").DataArrayFile(str(spec.path))
     source.da.close()
@@ -322,6 +326,47 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSourc
             window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
         source.da = window.load()
     return source
+
+
+#: The file in earth2studio's GFS cache that lists the servers its files came from.
+ORIGINS_FILE = ".corrdiff-tools-origins.json"
+
+
+def note_cache_origin(cache: Path) -> None:
+    """Record which server fills the GFS cache, and warn when it holds more than one's.
+
+    earth2studio keys its GFS cache by object path and byte offset, not by server: a
+    file cached from a site mirror is reused when the run switches to another mirror or
+    to NOAA. Nothing says so; this does. The server is the one obstore will use (see
+    :func:`corrdiff_tools.network.endpoint_from_environment`).
+    """
+    import json
+
+    from corrdiff_tools import network
+
+    found = network.endpoint_from_environment(network.S3_ENDPOINT_VARIABLES)
+    origin = f"{found[0]}:{found[1]}" if found else "NOAA (s3.us-east-1.amazonaws.com)"
+    record = cache / ORIGINS_FILE
+    try:
+        origins = json.loads(record.read_text())
+        origins = [str(o) for o in origins] if isinstance(origins, list) else []
+    except (OSError, ValueError):
+        origins = []
+    cached = cache.is_dir() and any(p.name != ORIGINS_FILE for p in cache.iterdir())
+    if not cached:
+        origins = []
+    if origin not in origins:
+        origins.append(origin)
+        with contextlib.suppress(OSError):  # a read-only cache: the warning still stands
+            cache.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(origins))
+    if len(origins) > 1:
+        logger.warning(
+            "the GFS cache %s holds files from %s: earth2studio reuses a cached file whatever "
+            "server it came from; delete the folder if one of them served bad data",
+            cache,
+            " and ".join(origins),
+        )
 
 
 def cache_hint(source: Any) -> str:
@@ -342,6 +387,70 @@ def _reached(source: object) -> bool:
         return source in _REACHED
     except TypeError:  # no weak reference: assume it has delivered, and retry
         return True
+
+
+#: Seconds without an answer before a remote fetch says it is still waiting (earth2studio
+#: gives up on a stalled GFS transfer only after 120 s).
+PATIENCE = 30.0
+
+
+@contextlib.contextmanager
+def _patience(what: str, spec: SourceSpec) -> Iterator[None]:
+    """Say so when a remote fetch has been waiting :data:`PATIENCE` seconds, then go on."""
+    if spec.kind == "file":
+        yield
+        return
+    import threading
+
+    timer = threading.Timer(
+        PATIENCE,
+        lambda: logger.warning(
+            "still waiting for %s from %s after %g s (a slow or stalled transfer; it is "
+            "retried or reported when the source gives up; Ctrl-C stops, completed samples "
+            "are kept)",
+            what,
+            spec.label,
+            PATIENCE,
+        ),
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def settle_downloads(timeout: float = 10.0) -> None:
+    """Cancel what a failed earth2studio fetch left running on fsspec's IO loop.
+
+    earth2studio runs its GFS downloads on fsspec's event loop and gathers them with a
+    progress-bar gather that raises at the first failure, leaving the others running:
+    they go on hitting the server during our retry waits, and at exit the interpreter can
+    crash tearing them down (SIGSEGV after the error line, seen through obstore). Every
+    task on that loop is ours to stop here: nothing else uses it while inputs are fetched.
+    """
+    import asyncio
+
+    try:
+        import fsspec.asyn
+    except ImportError:  # pragma: no cover - earth2studio depends on fsspec
+        return
+    loop = fsspec.asyn.loop[0]
+    if loop is None or not loop.is_running():
+        return
+
+    async def cancel_the_others() -> None:
+        current = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    try:
+        asyncio.run_coroutine_threadsafe(cancel_the_others(), loop).result(timeout)
+    except Exception as err:  # noqa: BLE001 - best effort: the fetch error is what matters
+        logger.debug("could not stop the leftover downloads: %s", err)
 
 
 def fetch_fields(
@@ -378,13 +487,14 @@ def fetch_fields(
         logger.debug("fetching %s from %s", what, spec.label)
     for attempt in range(len(delays) + 1):
         try:
-            x, coords = fetch_data(
-                source,
-                time=np.array([np.datetime64(time, "ns")]),
-                variable=np.array(list(variables)),
-                lead_time=np.array([np.timedelta64(lead_hours, "h")]),
-                device="cpu",
-            )
+            with _patience(what, spec):
+                x, coords = fetch_data(
+                    source,
+                    time=np.array([np.datetime64(time, "ns")]),
+                    variable=np.array(list(variables)),
+                    lead_time=np.array([np.timedelta64(lead_hours, "h")]),
+                    device="cpu",
+                )
             x, coords = map_coords(
                 x,
                 coords,
@@ -398,14 +508,30 @@ def fetch_fields(
                 raise RunError(
                     f"could not read {what} from {spec.label} ({network.summarise(err)})"
                 ) from err
+            settle_downloads()
+            missing = network.missing_reason(err)
+            if missing is not None:  # permanent: no retry, and no cache to blame
+                raise RunError(
+                    f"{spec.label} has no data for {when} ({missing}): pick another time, or "
+                    "another --source"
+                ) from err
+            if network.stalled(err):  # earth2studio waited 120 s: another try would too
+                raise RunError(
+                    f"fetching the inputs at {when} from {spec.label} timed out: the host "
+                    "answered, then sent nothing for minutes; try again later (--resume "
+                    f"keeps what is done), or use a mirror or a local file ({OFFLINE_HINT})"
+                ) from err
             unreachable = network.unreachable_reason(err)
+            transient = network.transient_reason(err)
             # A host never reached in this run will not come back in 20 s: retrying only
-            # adds silence. Once it has delivered, a loss is retried (a network hiccup).
-            if attempt < len(delays) and (unreachable is None or _reached(source)):
+            # adds silence. Once it has delivered, a loss is retried (a network hiccup),
+            # and so is a transfer that broke off; a file that does not decode is not.
+            retry = transient is not None and (unreachable is None or _reached(source))
+            if attempt < len(delays) and retry:
                 logger.warning(
                     "fetching the inputs at %s failed (%s); retrying in %g s",
                     when,
-                    unreachable or network.summarise(err),
+                    transient,
                     delays[attempt],
                 )
                 time_mod.sleep(delays[attempt])

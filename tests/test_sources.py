@@ -339,3 +339,28 @@ def test_refc_is_range_checked_like_the_inputs(
     got = sources.fetch_inputs(sources.build_source(spec, [NOON]), spec, NOON, 0, ["refc"])
     assert "refc" not in got and len(got) == 12
     assert "refc at 2024-07-24T12:00 from" in caplog.text and "left out" in caplog.text
+
+
+def test_the_gfs_cache_says_when_it_holds_files_from_two_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """earth2studio keys its GFS cache by object path, not by server: switching mirrors."""
+    cache = tmp_path / "gfs"
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    sources.note_cache_origin(cache)  # an empty cache: nothing to say
+    (cache / "0123abcd").parent.mkdir(parents=True, exist_ok=True)
+    (cache / "0123abcd").write_bytes(b"GRIB")  # a download from NOAA
+    sources.note_cache_origin(cache)
+    assert caplog.text == ""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://mirror.example:9000")
+    sources.note_cache_origin(cache)
+    assert (
+        f"the GFS cache {cache} holds files from NOAA (s3.us-east-1.amazonaws.com) and "
+        "mirror.example:9000"
+    ) in caplog.text
+    # Emptied by the user: a fresh start, no warning.
+    caplog.clear()
+    (cache / "0123abcd").unlink()
+    sources.note_cache_origin(cache)
+    assert caplog.text == ""
