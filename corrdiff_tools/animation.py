@@ -33,6 +33,7 @@ def write_gif(frames: Sequence[np.ndarray], path: Path, fps: float) -> None:
         )
         for frame in frames
     ]
+    path.parent.mkdir(parents=True, exist_ok=True)  # --gif PATH may name new folders
     partial = path.with_name(f".{path.name}.partial")
     images[0].save(
         partial,

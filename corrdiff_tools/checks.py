@@ -54,6 +54,10 @@ OUTPUT_LIMITS: dict[str, tuple[float, float, str]] = {
 #: written and read back, land a few seconds off); further off, it is kept as it is.
 TIME_TOLERANCE = np.timedelta64(10, "s")
 
+#: What a datetime64[ns] can hold (nanoseconds since 1970 in 64 bits), whole years: outside,
+#: numpy wraps a time around without an error (2300 becomes 1715).
+TIME_RANGE = (np.datetime64("1678-01-01", "s"), np.datetime64("2262-01-01", "s"))
+
 #: Calendars whose dates are read by their labels (a model's 2024-07-24T12:00 is
 #: 2024-07-24T12:00), where the label exists in the proleptic Gregorian calendar.
 LABEL_CALENDARS = frozenset(
@@ -203,6 +207,7 @@ def normalise_times(values: Any) -> np.ndarray:
     """
     raw = np.atleast_1d(np.asarray(values))
     if np.issubdtype(raw.dtype, np.datetime64):
+        _check_range(raw)
         converted = raw.astype("datetime64[ns]")
     elif np.issubdtype(raw.dtype, np.number):
         raise ValueError(
@@ -229,6 +234,18 @@ def normalise_times(values: Any) -> np.ndarray:
     return snapped.reshape(raw.shape)
 
 
+def _check_range(stamps: np.ndarray) -> None:
+    """Refuse times a datetime64[ns] cannot hold (see :data:`TIME_RANGE`)."""
+    coarse = stamps.astype("datetime64[s]")
+    valid = coarse[~np.isnat(coarse)]
+    outside = valid[(valid < TIME_RANGE[0]) | (valid >= TIME_RANGE[1])]
+    if outside.size:
+        raise ValueError(
+            f"time {str(outside[0])[:16]} is outside 1678 to 2261, the years a datetime "
+            "in nanoseconds can hold: the tools cannot store it"
+        )
+
+
 def _one_time(value: Any) -> np.datetime64:
     """One time of an object or string array (see :func:`normalise_times`)."""
     from corrdiff_tools import times as times_mod
@@ -238,13 +255,17 @@ def _one_time(value: Any) -> np.datetime64:
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         try:
-            return np.datetime64(times_mod.parse_time(value, allow_seconds=True), "ns")
-        except UsageError:
-            raise ValueError(f"the time label {value!r} is not an ISO 8601 UTC time") from None
+            # An explicit offset is unambiguous in a file's labels: it is converted.
+            when = times_mod.parse_time(value, allow_seconds=True, allow_offset=True)
+        except UsageError as err:
+            raise ValueError(f"the time label {err}") from None
+        _check_range(np.array([when], dtype="datetime64[s]"))
+        return np.datetime64(when, "ns")
     if isinstance(value, np.datetime64 | dt.datetime) and not hasattr(value, "calendar"):
         if isinstance(value, dt.datetime) and value.tzinfo is not None:
             offset = value.utcoffset()
             value = value.replace(tzinfo=None) - (offset or dt.timedelta())
+        _check_range(np.array([value], dtype="datetime64[s]"))
         return np.datetime64(value, "ns")
     calendar = getattr(value, "calendar", None)
     if calendar is not None:
@@ -265,6 +286,7 @@ def _one_time(value: Any) -> np.datetime64:
             raise ValueError(
                 f"time {label} ({calendar} calendar) does not exist in the Gregorian calendar"
             ) from None
+        _check_range(np.array([when], dtype="datetime64[s]"))
         return np.datetime64(when, "ns") + np.timedelta64(int(value.microsecond), "us")
     if value is None:
         return np.datetime64("NaT", "ns")

@@ -106,7 +106,9 @@ class _StoreOnce(argparse.Action):
 
 
 def _shown(value: Any) -> str:
-    """An option's value as typed: lists space-separated."""
+    """An option's value as typed: lists space-separated, a flag given alone as such."""
+    if value is True:
+        return "given alone"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -374,6 +376,21 @@ def _missing_module(err: ModuleNotFoundError) -> str:
     )
 
 
+def _broken_import(err: ImportError) -> str:
+    """What to do when a library is there but cannot be loaded (memory, a broken install)."""
+    text = " ".join(str(err).split())
+    if "failed to map segment" in text or "cannot allocate memory" in text.lower():
+        return (
+            f"could not load {err.name or 'a library'} into memory ({text[:120]}): the process "
+            "may run under a memory limit (ulimit -v, a batch job's); raise it, torch alone maps "
+            "several GB"
+        )
+    return (
+        f"could not import {err.name or 'a library'} ({text[:160]}): the installation looks "
+        "broken; reinstall: .venv/bin/pip install -c constraints.txt -r requirements.txt"
+    )
+
+
 def guarded(
     main: Callable[[argparse.Namespace], int],
     parser: argparse.ArgumentParser,
@@ -409,6 +426,9 @@ def guarded(
             return code
         except ModuleNotFoundError as err:
             _report(prog, _missing_module(err), debug)
+            return 1
+        except ImportError as err:
+            _report(prog, _broken_import(err), debug)
             return 1
         except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
             _report(prog, f"unexpected {type(err).__name__}: {err} (rerun with --debug)", debug)

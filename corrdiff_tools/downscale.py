@@ -88,7 +88,7 @@ WINDOW = (slice(0, HR_SHAPE[0]), slice(0, HR_SHAPE[1]))
 #: How the store records that geometry (part of the settings ``--resume`` must match).
 GEOMETRY = "trained: 448x448 window at pixel (0, 0) of the package's 450x450 grid"
 
-#: Minutes between this epoch and a valid time enter the noise seed (non-negative for ERA5).
+#: Minutes between this epoch and a valid time enter the noise seed (modulo 2**64).
 SEED_EPOCH = datetime(1900, 1, 1)
 
 
@@ -112,7 +112,9 @@ def sample_seed(seed: int, time: datetime, lead_hours: int, sample: int) -> int:
         A 64-bit seed for ``torch.Generator.manual_seed``.
     """
     minutes = int((time - SEED_EPOCH).total_seconds() // 60)
-    sequence = np.random.SeedSequence([seed, minutes, lead_hours, sample])
+    # SeedSequence takes non-negative integers: a time before the epoch (a reanalysis of
+    # the 1800s) is taken modulo 2**64, which leaves every later time's seed as it was.
+    sequence = np.random.SeedSequence([seed, minutes % 2**64, lead_hours, sample])
     return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
 

@@ -302,14 +302,7 @@ def _write_scores(
     """
     from corrdiff_tools import diagnostic_figures as figures
 
-    if not rows:
-        logger.warning(
-            "--truth: no selected time has a complete ensemble of 2 or more samples and "
-            "reference values to score it against; no scores written"
-        )
-        return []
     outdir = request.outdir
-    (outdir / "scores.csv").write_text(diagnostics.score_table(rows))
     (outdir / "scores.json").write_text(
         json.dumps(
             {
@@ -321,6 +314,13 @@ def _write_scores(
             indent=1,
         )
     )
+    if not rows:
+        logger.warning(
+            "--truth: nothing could be scored (scores.json lists why): no selected time has a "
+            "complete ensemble of 2 or more samples with reference values to score it against"
+        )
+        return [outdir / "scores.json"]
+    (outdir / "scores.csv").write_text(diagnostics.score_table(rows))
     title = f"Scores against {request.truth_path.name if request.truth_path else 'truth'}"
     _save(figures.scores_figure(rows, title), outdir / f"scores.{request.fmt}", request.dpi)
     spread_skill = {

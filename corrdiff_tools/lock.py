@@ -80,6 +80,11 @@ class StoreLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
                 self._remove_parents()
+                if self.path.is_dir() or self.path.is_symlink():
+                    what = "a directory" if self.path.is_dir() else "a link to nowhere"
+                    raise RunError(
+                        f"the lock {self.path} is {what}, not a lock file: move it away, then rerun"
+                    ) from err
                 raise RunError(
                     f"could not create the lock {self.path} ({err.strerror or err}): free some "
                     "space or fix the permissions, then rerun"

@@ -165,12 +165,15 @@ def _write_stub_zip(directory: Path) -> None:
         pass
 
 
-def package_identity(spec: str) -> dict[str, str]:
-    """What identifies a model package for ``--resume``: the URL, or resolved path + digest.
+def package_identity(spec: str) -> dict[str, Any]:
+    """What identifies a model package for ``--resume``: the URL, or path + content digest.
 
-    A local package (zip or extracted folder) is fingerprinted by the SHA-256 of its
-    checkpoints and grid/normalisation files, so weights replaced behind the same path are
-    noticed, and the same package spelled differently is recognised.
+    A local package is fingerprinted by the SHA-256 of its checkpoints and grid and
+    normalisation files, whatever its form: the zip NGC ships and the folder it unzips to
+    give the same digest (the zip's members are hashed), so weights replaced behind the
+    same path are noticed, and the same package moved, spelled differently or unzipped
+    is recognised. ``same_as`` lists the digests earlier versions recorded for the same
+    content (the whole zip's), which ``--resume`` also accepts.
     """
     if is_remote(spec):
         return {"url": spec}
@@ -179,14 +182,66 @@ def package_identity(spec: str) -> dict[str, str]:
     if root is not None and not _zip_supersedes(path, root):
         dataset = sorted(p for p in (root / DATASET).rglob("*") if p.is_file())
         files = {str(f.relative_to(root)): f for f in (*(root / c for c in CHECKPOINTS), *dataset)}
-    else:
-        archive = path if path.is_file() else path / PACKAGE_ZIP
-        files = {PACKAGE_ZIP: archive}
+        digests = file_sha256s(list(files.values()))
+        return {"path": str(path), "sha256": _combined(zip(files, digests, strict=True))}
+    archive = path if path.is_file() else path / PACKAGE_ZIP
+    whole = file_sha256s([archive])[0]
+    legacy = _combined([(PACKAGE_ZIP, whole)])
+    try:
+        members = zip_member_sha256s(archive, whole)
+    except (OSError, zipfile.BadZipFile):
+        members = None  # not a readable zip: prepare_package says so, in one line
+    canonical = _combined(members) if members else legacy
+    return {"path": str(path), "sha256": canonical, "same_as": [legacy]}
+
+
+def _combined(named: Any) -> str:
+    """One SHA-256 over (name, digest) pairs, in order."""
     digest = hashlib.sha256()
-    for name, value in zip(files, file_sha256s(list(files.values())), strict=True):
+    for name, value in named:
         digest.update(name.encode())
         digest.update(bytes.fromhex(value))
-    return {"path": str(path), "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def zip_member_sha256s(archive: Path, archive_digest: str) -> list[tuple[str, str]]:
+    """(name in the package folder, SHA-256) of a package zip's checkpoints and dataset.
+
+    The names are relative to ``corrdiff_inference_package/``, as an extracted folder's
+    files are, in the same order (checkpoints, then the dataset's files sorted), so both
+    forms hash alike. Remembered by the zip's own digest in the same index as
+    :func:`file_sha256s`: the published package's 650 MB are read once.
+    """
+    import json
+
+    index = cache_root() / "digests.json"
+    key = f"zip-members|{archive_digest}"
+    try:
+        known = json.loads(index.read_text())
+        cached = known.get(key) if isinstance(known, dict) else None
+    except (OSError, ValueError):
+        known, cached = {}, None
+    if isinstance(cached, list) and all(isinstance(pair, list) for pair in cached):
+        return [(str(name), str(value)) for name, value in cached]
+    prefix = f"{PACKAGE_DIR}/"
+    with zipfile.ZipFile(archive) as opened:
+        names = [info.filename for info in opened.infolist() if not info.is_dir()]
+        checkpoints = [f"{prefix}{c}" for c in CHECKPOINTS if f"{prefix}{c}" in names]
+        dataset = sorted(n for n in names if n.startswith(f"{prefix}{DATASET}/"))
+        pairs = []
+        for name in (*checkpoints, *dataset):
+            with opened.open(name) as handle:
+                pairs.append(
+                    (name.removeprefix(prefix), hashlib.file_digest(handle, "sha256").hexdigest())
+                )
+    known = known if isinstance(known, dict) else {}
+    known[key] = [list(pair) for pair in pairs]
+    with contextlib.suppress(OSError):  # best effort, as for file_sha256s
+        index.parent.mkdir(parents=True, exist_ok=True)
+        staging = index.with_name(f".{index.name}.{os.getpid()}")
+        staging.write_text(json.dumps(known))
+        staging.replace(index)
+    return pairs
 
 
 def file_sha256(path: Path) -> str:

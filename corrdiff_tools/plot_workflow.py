@@ -371,14 +371,27 @@ def evaluation_plan(
 
 
 def _truth(request: PlotRequest, entries: Sequence[evaluate.Entry]) -> Truth | None:
+    """The ``--truth`` file on the store's grid at the entries' times, or refuse it.
+
+    With nothing to score it against (no complete sample at the selected times) it is not
+    read: the file is not to blame, and "nothing to draw" says what the store lacks.
+    """
     from corrdiff_tools.truth import load_truth
 
     if request.truth is None:
         return None
     if not request.truth.exists():
         raise UsageError(f"--truth {request.truth} does not exist: give a NetCDF or Zarr path")
+    if not entries:
+        return None
+    if all(len(entry.samples) < 2 for entry in entries):
+        most = max(len(entry.samples) for entry in entries)
+        raise UsageError(
+            f"--truth scores an ensemble, and the selected times have {most} complete "
+            "sample(s): CRPS, spread and rank histograms need 2 or more (--samples)"
+        )
     try:
-        return load_truth(
+        truth = load_truth(
             request.truth,
             np.asarray(request.dataset["lat"].values, dtype="float64"),
             np.asarray(request.dataset["lon"].values, dtype="float64"),
@@ -386,6 +399,16 @@ def _truth(request: PlotRequest, entries: Sequence[evaluate.Entry]) -> Truth | N
         )
     except ValueError as err:
         raise UsageError(f"--truth {request.truth}: {err}") from None
+    finite = any(
+        np.isfinite(values).any() for fields in truth.fields.values() for values in fields.values()
+    )
+    if not finite:
+        raise UsageError(
+            f"--truth {request.truth} has no finite value at the selected times "
+            f"({', '.join(np.datetime_as_string(e.valid_time, 'm') for e in entries[:3])}): "
+            "nothing to score against"
+        )
+    return truth
 
 
 def _draw(

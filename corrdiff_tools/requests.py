@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import UsageError
@@ -55,7 +55,7 @@ class RunRequest:
     lead_times: list[int] | None
     source: SourceSpec
     #: How ``--resume`` recognises the source: its label, or a file's path and content.
-    source_identity: str | dict[str, str]
+    source_identity: str | dict[str, Any]
     #: Low-resolution fields to store: the inputs, plus ``refc`` where the source has it.
     lowres_variables: list[str]
     output: Path
@@ -64,7 +64,7 @@ class RunRequest:
     sampler: SamplerSettings
     #: ``--model-package`` as typed, and what identifies its content.
     model_package: str
-    package_identity: dict[str, str]
+    package_identity: dict[str, Any]
     #: ``--stats`` exceedance thresholds, or None without ``--stats``.
     statistics: dict[str, float] | None
     overwrite: bool
@@ -80,7 +80,20 @@ class RunRequest:
     precision: str = "auto"
 
     def resume_settings(self) -> dict[str, object]:
-        """The settings a ``--resume`` must match, as stored in the store (JSON)."""
+        """The settings a ``--resume`` must match, as the store records them (JSON)."""
+        from corrdiff_tools.store import stored_identity
+
+        return {
+            key: stored_identity(value) if key in ("source", "model_package") else value
+            for key, value in self.comparable_settings().items()
+        }
+
+    def comparable_settings(self) -> dict[str, object]:
+        """What a store's settings are matched against: :meth:`resume_settings` and more.
+
+        Each identity keeps its ``same_as``: a digest earlier versions recorded for the same
+        content matches too.
+        """
         from corrdiff_tools.downscale import GEOMETRY
 
         return {
@@ -235,7 +248,9 @@ def _check_output(request: RunRequest) -> None:
     pid = os.getpid()
     siblings = (f".{name}.creating-{pid}", f".{name}.replaced-{pid}", f"{name}.lock")
     check_writable_location(request.output, "--output", siblings)
-    store.check_target(request.output, request.overwrite, request.resume, request.resume_settings())
+    store.check_target(
+        request.output, request.overwrite, request.resume, request.comparable_settings()
+    )
     if request.resume and request.output.exists():
         import numpy as np
 
@@ -290,21 +305,25 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
 def check_lookup(path: Path, flag: str) -> None:
     """Refuse a path the system cannot even look up (a name too long, a loop of links).
 
-    ``Path.exists()`` raises for those instead of answering, which surfaced as
-    "unexpected OSError" wherever the path was first touched.
+    ``Path.exists()`` and ``Path.resolve()`` raise for those instead of answering, which
+    surfaced as "unexpected OSError" (or RuntimeError) wherever the path was first touched.
     """
     try:
         path.expanduser().exists()
-    except OSError as err:
+        path.expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # pathlib's resolve() raises RuntimeError on loops
         text = str(path)
         shown = text if len(text) <= 60 else f"{text[:28]}...{text[-28:]} ({len(text)} characters)"
+        why = getattr(err, "strerror", None) or "a loop of symbolic links"
         raise UsageError(
-            f"{flag} {shown}: the system cannot look this path up ({err.strerror}); choose a "
+            f"{flag} {shown}: the system cannot look this path up ({why}); choose a "
             "shorter or simpler one"
         ) from None
 
 
-def check_writable_location(path: Path, flag: str, siblings: Sequence[str] = ()) -> None:
+def check_writable_location(
+    path: Path, flag: str, siblings: Sequence[str] = (), shown: Path | None = None
+) -> None:
     """Refuse a path that cannot be created: an unwritable parent, or names that do not fit.
 
     ``siblings`` are names the tool will create beside ``path`` (a store's staging
@@ -312,8 +331,9 @@ def check_writable_location(path: Path, flag: str, siblings: Sequence[str] = ())
     not exist yet must fit the filesystem's limit, and the first one created is tried for
     real (in the nearest existing parent, then removed), so a name the filesystem refuses
     (too long, a character it cannot hold) is a one-line error now, not after the model
-    has loaded.
+    has loaded. ``shown`` is the path messages name (the directory a probe goes into).
     """
+    shown = shown or path
     absolute = path.absolute()
     parent = absolute.parent
     missing: list[str] = []
@@ -327,7 +347,7 @@ def check_writable_location(path: Path, flag: str, siblings: Sequence[str] = ())
             pass
     except OSError as err:
         raise UsageError(
-            f"{flag} {path}: cannot write in {parent} ({err.strerror}); choose another location"
+            f"{flag} {shown}: cannot write in {parent} ({err.strerror}); choose another location"
         ) from None
     names = [*missing, absolute.name, *siblings]
     try:
@@ -337,7 +357,7 @@ def check_writable_location(path: Path, flag: str, siblings: Sequence[str] = ())
     for name in names:
         if len(os.fsencode(name)) > limit:
             raise UsageError(
-                f"{flag} {path}: the name {name[:32]!r}... is {len(os.fsencode(name))} bytes, "
+                f"{flag} {shown}: the name {name[:32]!r}... is {len(os.fsencode(name))} bytes, "
                 f"more than the {limit} this filesystem holds (with what the tool adds to it): "
                 "choose a shorter name"
             )
@@ -348,7 +368,7 @@ def check_writable_location(path: Path, flag: str, siblings: Sequence[str] = ())
         return
     except OSError as err:
         raise UsageError(
-            f"{flag} {path}: this filesystem cannot hold the name {probe.name!r} "
+            f"{flag} {shown}: this filesystem cannot hold the name {probe.name!r} "
             f"({err.strerror}); choose another name"
         ) from None
     probe.rmdir()
@@ -479,13 +499,17 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
             "script?); rerun it with run_corrdiff.py, or drop --plot-lowres"
         )
     outdir = args.outdir or args.store.absolute().parent / f"{args.store.absolute().stem}-plots"
-    check_writable_location(outdir / "probe", "--outdir")
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"--outdir {outdir} is a file, not a directory: choose another")
+    check_writable_location(outdir / "probe", "--outdir", shown=outdir)
     if args.gif and not samples:
         raise UsageError("--gif animates samples: drop --sample none, or drop --gif")
     gif = args.gif if args.gif is None or args.gif is True else Path(args.gif)
     if isinstance(gif, Path) and gif.suffix.lower() != ".gif":
         raise UsageError(f"--gif {gif}: the file name must end in .gif")
     if isinstance(gif, Path):
+        if gif.is_dir():
+            raise UsageError(f"--gif {gif} is a directory: name the .gif file to write")
         check_writable_location(gif, "--gif")
     return PlotRequest(
         store=args.store,

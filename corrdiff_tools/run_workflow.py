@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from corrdiff_tools.network import Endpoint, Probe
     from corrdiff_tools.requests import BenchmarkRequest, ProgressFactory, RunRequest
     from corrdiff_tools.sources import InputSource, SourceSpec
-    from corrdiff_tools.store import StoreLayout, StoreWriter
+    from corrdiff_tools.store import Replacement, StoreLayout, StoreWriter
 
 logger = logging.getLogger("corrdiff_tools")
 
@@ -174,8 +174,13 @@ def _run_ranked(
             "the current one computes)",
             request.source.label,
         )
-    open_writer = _writer_opener(request, layout, attrs, ranks, resuming)
-    timings = _downscale(request, parts, device, jobs, fetch, sampler, open_writer, ranks)
+    replacements: list[Replacement] = []
+    open_writer = _writer_opener(request, layout, attrs, ranks, resuming, replacements)
+    try:
+        timings = _downscale(request, parts, device, jobs, fetch, sampler, open_writer, ranks)
+    finally:
+        for replacement in replacements:
+            replacement.discard()
     _store_statistics(request.output, request.statistics, ranks)
     _summary(request, device, ranks, len(jobs), timings, load_time, clocks)
     return 0
@@ -351,17 +356,28 @@ def _writer_opener(
     attrs: dict[str, object],
     ranks: Context,
     resuming: bool,
+    replacements: list[Replacement],
 ) -> Callable[[], Writer]:
-    """What the loop calls once its first inputs have arrived: create (rank 0), then open."""
+    """What the loop calls once its first inputs have arrived: create (rank 0), then open.
+
+    An ``--overwrite`` of a single process writes a new store beside the old one, which it
+    replaces only once a batch is complete (:class:`corrdiff_tools.store.Replacement`,
+    appended to ``replacements`` so the caller can drop it if the run fails first).
+    """
     from corrdiff_tools import store
 
     output = request.output
 
     def open_writer() -> Writer:
         if ranks.is_root and not resuming:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            if output.exists() and request.overwrite and not ranks.enabled:
+                logger.info("replacing %s (--overwrite) once its first batch is complete", output)
+                replacement = store.Replacement(output, layout, attrs, request.resume_settings())
+                replacements.append(replacement)
+                return replacement
             if output.exists() and request.overwrite:
                 logger.info("replacing %s (--overwrite)", output)
-            output.parent.mkdir(parents=True, exist_ok=True)
             store.create_store(
                 output, layout, attrs, request.resume_settings(), replace=request.overwrite
             )
@@ -459,12 +475,20 @@ def _restore_missing(request: RunRequest, layout: StoreLayout, attrs: dict[str, 
     """``--resume`` recreates arrays whose metadata was lost (see store.restore_missing)."""
     from corrdiff_tools import store
 
-    restored = store.restore_missing(request.output, layout, attrs, request.resume_settings())
+    restored, rewritten = store.restore_missing(
+        request.output, layout, attrs, request.resume_settings()
+    )
     if restored:
         logger.warning(
             "%s lacked the metadata of %s: recreated empty, and what they held is computed again",
             request.output,
             ", ".join(restored),
+        )
+    if rewritten:
+        logger.warning(
+            "%s had damaged coordinates (%s): rewritten from the run's settings and grid",
+            request.output,
+            ", ".join(rewritten),
         )
 
 

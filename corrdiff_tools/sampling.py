@@ -228,7 +228,8 @@ def check(settings: SamplerSettings) -> None:
         (
             settings.s_churn <= churn_cap,
             f"--s-churn {settings.s_churn:g}: EDM caps the churn per step at sqrt(2) - 1, so "
-            f"at most {churn_cap:.4g} for {settings.steps} steps",
+            # Rounded down: the value printed must itself pass.
+            f"at most {math.floor(churn_cap * 1000) / 1000:g} for {settings.steps} steps",
         ),
         (
             0 <= settings.s_noise <= MAX_S_NOISE,

@@ -126,9 +126,13 @@ def open_file_source(path: Path) -> Iterator[xr.DataArray]:
     """
     import xarray as xr
 
+    from corrdiff_tools.store import mask_fill_values
+
     try:
         if path.is_dir():
-            dataset = xr.open_zarr(path, consolidated=None)
+            # A chunk never written reads as the fill value (0.0 for earth2studio's
+            # writer): missing, so refused as a gap, not read as calm winds.
+            dataset = mask_fill_values(xr.open_zarr(path, consolidated=None), path)
             names = list(dataset.data_vars)
             if len(names) != 1:
                 raise UsageError(
@@ -265,23 +269,29 @@ def _model_box(array: xr.DataArray) -> xr.DataArray:
     return array.isel(lat=lat_index, lon=lon_index).assign_coords(lat=LR_LAT, lon=LR_LON)
 
 
-def file_identity(path: Path, requested: Sequence[datetime]) -> dict[str, str]:
+def file_identity(path: Path, requested: Sequence[datetime]) -> dict[str, Any]:
     """Resolved path and content fingerprint of what a run reads from a ``--source`` file.
 
-    The fingerprint is a SHA-256 of the model's input box (every variable, the requested
-    times, float32, in (time, variable, lat, lon) order): ``--resume`` compares it, so new
-    content behind the same path is refused, while the same file spelled differently
-    (relative, absolute, through a symlink, with a trailing slash) is the same source.
+    The fingerprint is a SHA-256 of the model's input box (every variable, by name, the
+    requested times, float32, in (time, variable, lat, lon) order): ``--resume`` compares
+    it, so new content behind the same path is refused, while the same content anywhere
+    (another path, spelling, layout or variable order) is the same source. ``same_as``
+    holds the digest of the file's own variable order, which versions before 0.4 recorded.
     """
     import hashlib
 
+    def fingerprint(box: Any) -> str:
+        values = np.ascontiguousarray(np.asarray(box.values, dtype="float32"))
+        digest = hashlib.sha256(",".join(str(v) for v in box["variable"].values).encode())
+        digest.update(values.tobytes())
+        return digest.hexdigest()
+
     with open_file_source(path) as array:
         box = _model_box(array).sel(time=np.array(requested, dtype="datetime64[ns]"))
-        values = np.ascontiguousarray(np.asarray(box.values, dtype="float32"))
-        names = ",".join(str(v) for v in box["variable"].values)
-    digest = hashlib.sha256(names.encode())
-    digest.update(values.tobytes())
-    return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
+        names = [str(v) for v in box["variable"].values]
+        canonical = fingerprint(box.sel(variable=sorted(names)))
+        legacy = fingerprint(box)
+    return {"path": str(path.resolve()), "sha256": canonical, "same_as": [legacy]}
 
 
 def lowres_variables(spec: SourceSpec, file_variables: Sequence[str] | None = None) -> list[str]:

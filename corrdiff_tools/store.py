@@ -303,15 +303,18 @@ def clean_leftovers(path: str | Path) -> None:
     """Finish what a run killed while creating or replacing ``path`` left behind.
 
     Call only while holding the store's lock (no other run can be creating it). A
-    half-built ``.<name>.creating-<pid>`` is removed. A ``.<name>.replaced-<pid>`` (the
+    half-built ``.<name>.creating-<pid>`` is removed, and so is an ``--overwrite``'s new
+    store that never got a complete batch (``.<name>.replacing-<pid>``, see
+    :class:`Replacement`): the old store was never touched. A ``.<name>.replaced-<pid>`` (the
     store an ``--overwrite`` was replacing) is removed if its replacement is in place, and
     put back if it is not, so the user's data is never lost between the two renames.
     """
     path = Path(path)
     if not path.parent.is_dir():
         return
-    for leftover in sorted(path.parent.glob(f".{path.name}.creating-*")):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for kind in ("creating", "replacing"):
+        for leftover in sorted(path.parent.glob(f".{path.name}.{kind}-*")):
+            shutil.rmtree(leftover, ignore_errors=True)
     for leftover in sorted(path.parent.glob(f".{path.name}.replaced-*")):
         if path.exists():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -361,6 +364,10 @@ def _empty_dataset(
 
     data_vars, encoding = _data_arrays(layout)
     coords = _coordinates(layout)
+    settings = {
+        key: stored_identity(value) if key in CONTENT_SETTINGS else value
+        for key, value in settings.items()
+    }
     # CF 2.5.1: coordinate variables must not have a _FillValue (xarray gives every
     # float array one unless told not to); ours are always complete.
     encoding.update({name: {"_FillValue": None} for name in coords})
@@ -557,8 +564,11 @@ def layout_problems(path: str | Path, layout: StoreLayout) -> tuple[list[str], l
 
 def restore_missing(
     path: str | Path, layout: StoreLayout, attrs: Mapping[str, Any], settings: Mapping[str, Any]
-) -> list[str]:
-    """Recreate the arrays of ``layout`` whose metadata the store lacks; return their names.
+) -> tuple[list[str], list[str]]:
+    """Recreate the arrays of ``layout`` whose metadata the store lacks, repair coordinates.
+
+    Returns the arrays recreated and the coordinates rewritten (see
+    :func:`_rewrite_coordinates`).
 
     A store whose ``t2m`` directory was removed still lists ``t2m`` in its consolidated
     metadata, so writes "succeed" into chunks no reader finds, and the next consolidation
@@ -573,9 +583,10 @@ def restore_missing(
     missing, wrong = layout_problems(path, layout)
     if wrong:
         raise UsageError(f"--resume {path} is a damaged store: {wrong[0]}")
-    if not missing:
-        return []
     dataset, encoding = _empty_dataset(layout, attrs, settings)
+    if not missing:
+        return [], _rewrite_coordinates(path, dataset)
+
     native = [name for name in missing if name in NATIVE_TIME_COORDS]
     plain = [name for name in missing if name not in NATIVE_TIME_COORDS]
     data = [name for name in plain if name in dataset.data_vars]
@@ -609,7 +620,42 @@ def restore_missing(
             )
             array[:] = values
         zarr.consolidate_metadata(str(path))
-    return missing
+    return missing, _rewrite_coordinates(path, dataset)
+
+
+def _rewrite_coordinates(path: Path, dataset: xr.Dataset) -> list[str]:
+    """Rewrite coordinate arrays whose values are not the layout's; rebuild consolidation.
+
+    Coordinates are derived from the run's settings and the model's grid (both verified
+    by ``--resume``): a lost or damaged chunk of ``lat`` or ``time`` is written again
+    rather than trusted (NaN latitudes, NaT times), and consolidated metadata that
+    disagrees with the arrays' own (see :func:`consolidation_problem`) is rebuilt.
+    """
+    import zarr
+
+    stale = consolidation_problem(path)
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    rewritten = []
+    for name in dataset.coords:
+        expected = np.asarray(dataset[name].values)
+        if name in ("lat", "lon"):
+            expected = expected.astype("float32")
+        array = group[str(name)]
+        try:
+            held = np.asarray(array[...])
+            same = held.shape == expected.shape and bool(
+                np.array_equal(held.astype(expected.dtype), expected)
+            )
+        except Exception:  # noqa: BLE001 - a chunk that does not decode: rewrite it
+            same = False
+        if not same:
+            array[...] = expected
+            rewritten.append(str(name))
+    if stale or rewritten:
+        if stale:
+            logger.warning("%s: %s; rebuilding it", path, stale)
+        zarr.consolidate_metadata(str(path))
+    return rewritten
 
 
 def _store_native_times(path: Path, dataset: xr.Dataset) -> None:
@@ -708,6 +754,63 @@ def damage(path: str | Path) -> str | None:
         except ValueError as err:
             return str(err)
     return None
+
+
+class Replacement:
+    """``--overwrite`` without losing the old store to a run that computes nothing.
+
+    The new store is created beside the old one (``.<name>.replacing-<pid>``) and
+    written there; only when its first batch of samples is on disk, checked and marked
+    complete, does it take the old store's place (two renames, see
+    :func:`clean_leftovers` for a kill in between). A run that fails before that (inputs
+    that cannot be fetched, sampler settings that give no physical result) leaves the old
+    store as it was. Single process only: torchrun ranks open the store collectively.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        layout: StoreLayout,
+        attrs: Mapping[str, Any],
+        settings: Mapping[str, Any],
+    ) -> None:
+        self.path = Path(path)
+        self.staging = _staging(self.path, "replacing")
+        create_store(self.staging, layout, attrs, settings)
+        self._writer = StoreWriter(self.staging)
+        self.swapped = False
+
+    def write_inputs(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store one time's low-resolution fields (in the new store)."""
+        self._writer.write_inputs(index, fields)
+
+    def write_regression(self, index: tuple[int, ...], fields: Mapping[str, np.ndarray]) -> None:
+        """Store one time's regression mean (in the new store)."""
+        self._writer.write_regression(index, fields)
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
+    ) -> None:
+        """Store a batch; the first one puts the new store in the old one's place."""
+        self._writer.write_samples(index, samples, fields)
+        if not self.swapped:
+            aside = _staging(self.path, "replaced")
+            try:
+                os.rename(self.path, aside)
+                os.rename(self.staging, self.path)
+                shutil.rmtree(aside)
+            except OSError as err:
+                raise RunError(
+                    f"could not replace {self.path} ({err.strerror or err}); the old store is "
+                    "kept (a later run puts it back if it was moved aside)"
+                ) from err
+            self.swapped = True
+            self._writer = StoreWriter(self.path)
+
+    def discard(self) -> None:
+        """Drop the new store if it never replaced the old one (the run failed first)."""
+        if not self.swapped:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
 
 class StoreWriter:
@@ -942,24 +1045,41 @@ def _by_content(value: Any) -> Any:
     remedy, ``--overwrite``, would throw the completed work away).
     """
     if isinstance(value, Mapping) and "sha256" in value:
-        return {key: item for key, item in value.items() if key != "path"}
+        return {key: item for key, item in value.items() if key not in ("path", "same_as")}
     return value
+
+
+def stored_identity(value: Any) -> Any:
+    """An identity as a store records it: without ``same_as``, which is for comparing."""
+    if isinstance(value, Mapping):
+        return {key: item for key, item in value.items() if key != "same_as"}
+    return value
+
+
+def _same_content(stored: Any, requested: Any) -> bool:
+    """Whether a stored identity is the requested one's content (or an earlier digest of it)."""
+    if _by_content(stored) == _by_content(requested):
+        return True
+    if isinstance(stored, Mapping) and isinstance(requested, Mapping):
+        return stored.get("sha256") in requested.get("same_as", ())
+    return False
 
 
 def settings_mismatch(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
     """Describe each setting that differs between a store and a new request.
 
-    Inputs and packages are compared by content (SHA-256), not by path.
+    Inputs and packages are compared by content (SHA-256), not by path or form.
     """
     keys = sorted(set(stored) | set(requested))
 
     def differs(key: str) -> bool:
         if key in CONTENT_SETTINGS:
-            return _by_content(stored.get(key)) != _by_content(requested.get(key))
+            return not _same_content(stored.get(key), requested.get(key))
         return stored.get(key) != requested.get(key)
 
     return [
-        f"{key}: store has {stored.get(key)!r}, this run asks for {requested.get(key)!r}"
+        f"{key}: store has {stored.get(key)!r}, this run asks for "
+        f"{stored_identity(requested.get(key))!r}"
         for key in keys
         if differs(key)
     ]
@@ -974,7 +1094,7 @@ def moved_inputs(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> lis
             isinstance(before, Mapping)
             and isinstance(now, Mapping)
             and before.get("path") != now.get("path")
-            and _by_content(before) == _by_content(now)
+            and _same_content(before, now)
         ):
             moved.append(f"{key} {before.get('path')} is now {now.get('path')} (same content)")
     return moved
@@ -1076,10 +1196,16 @@ def open_store(path: str | Path) -> xr.Dataset:
     broken = damage(path)
     if broken:
         raise ValueError(f"{path} is a damaged store: {broken}; restore it from a copy")
+    consolidated = _is_consolidated(Path(path))
+    stale = consolidation_problem(path) if consolidated else None
+    if stale:
+        # The arrays' own metadata is the truth; the consolidated copy is only a cache.
+        logger.warning("%s: %s; reading each array's own metadata instead", path, stale)
+        consolidated = False
     try:
         # Say whether the metadata is consolidated rather than let xarray guess: its guess
         # on a store without (the blog's) warns, once in every process that opens it.
-        dataset = xr.open_zarr(str(path), consolidated=_is_consolidated(Path(path)))
+        dataset = xr.open_zarr(str(path), consolidated=consolidated)
     except Exception as err:  # noqa: BLE001 - any failure here means "not a readable store"
         if _is_zarr_group(Path(path)):
             reason = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -1108,4 +1234,59 @@ def open_store(path: str | Path) -> xr.Dataset:
             )
         for key, value in VARIABLE_ATTRS[name].items():
             dataset[name].attrs.setdefault(key, value)
+    wrong = coordinate_problem(dataset)
+    if wrong:
+        raise ValueError(
+            f"{path} is a damaged store: {wrong}; run_corrdiff.py --resume rewrites the "
+            "coordinates of its own stores"
+        )
     return dataset
+
+
+def coordinate_problem(dataset: xr.Dataset) -> str | None:
+    """What is wrong with a store's times or grid, or None.
+
+    Two pieces at one time would be drawn into one file name, a NaT has no name, and a
+    non-finite grid point cannot be drawn: a store whose coordinate chunks were lost or
+    damaged is refused, not half drawn.
+    """
+    from corrdiff_tools import checks
+
+    times = np.asarray(dataset["time"].values)
+    if np.issubdtype(times.dtype, np.datetime64):
+        if np.isnat(times).any():
+            return f"its time has {int(np.isnat(times).sum())} missing value(s) (NaT)"
+        unique, counts = np.unique(times, return_counts=True)
+        if (counts > 1).any():
+            return f"its time holds {checks.format_time64(unique[counts > 1][0])} twice"
+    why = checks.grid_problem(np.asarray(dataset["lat"].values), np.asarray(dataset["lon"].values))
+    return f"its 2-D {why}" if why else None
+
+
+def consolidation_problem(path: str | Path) -> str | None:
+    """How a store's consolidated metadata disagrees with its arrays' own, or None.
+
+    The consolidated copy in the root ``zarr.json`` is a cache of every array's
+    ``zarr.json``: an array it omits is invisible to readers that trust it, and one whose
+    shape it misstates is read wrongly. Found here, it is read around (plot tool) or
+    rebuilt (``--resume``), never trusted.
+    """
+    path = Path(path)
+    try:
+        root = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None  # damage() says what is wrong with that
+    listed = (root.get("consolidated_metadata") or {}).get("metadata")
+    if not isinstance(listed, dict):
+        return None
+    held = _array_shapes(path)
+    for name, shape in held.items():
+        entry = listed.get(name)
+        if not isinstance(entry, dict):
+            return f"its consolidated metadata omits the array {name}"
+        if shape is not None and tuple(entry.get("shape", ())) != shape:
+            return (
+                f"its consolidated metadata gives {name} the shape "
+                f"{tuple(entry.get('shape', ()))}, the array's own says {shape}"
+            )
+    return None

@@ -25,6 +25,9 @@ GFS_HOURLY_LEAD_LIMIT = 120
 #: Most times one range may expand to (ten years of hourly times), checked before expanding.
 MAX_TIMES = 87_660
 
+#: The years a datetime64[ns] holds whole (see corrdiff_tools.checks.TIME_RANGE).
+FIRST_YEAR, LAST_YEAR = 1678, 2261
+
 #: Default step of a ``START/END`` range.
 DEFAULT_RANGE_STEP = timedelta(hours=6)
 
@@ -37,7 +40,7 @@ _TIME_RE = re.compile(
 _STEP_RE = re.compile(r"^(?P<hours>\d+)h$", re.IGNORECASE)
 
 
-def parse_time(text: str, allow_seconds: bool = False) -> datetime:
+def parse_time(text: str, allow_seconds: bool = False, allow_offset: bool = False) -> datetime:
     """Parse one ISO 8601 UTC time.
 
     Accepted forms: ``2024-07-24T12:00``, ``2024-07-24T12``, ``2024-07-24 12:00Z``,
@@ -52,6 +55,9 @@ def parse_time(text: str, allow_seconds: bool = False) -> datetime:
         The time as typed.
     allow_seconds : bool
         Keep seconds (and fractions of them) instead of refusing them.
+    allow_offset : bool
+        Convert a time with a UTC offset to UTC instead of refusing it (time labels read
+        from a file, where an offset was written on purpose).
 
     Returns
     -------
@@ -70,9 +76,16 @@ def parse_time(text: str, allow_seconds: bool = False) -> datetime:
             f"{text!r} is not an ISO 8601 UTC time: write it like 2024-07-24T12:00 or 2024-07-24T12"
         )
     zone = match["zone"]
+    shift = timedelta()
     if zone and zone.upper() != "Z" and zone.replace(":", "")[1:] != "0000":
-        raise UsageError(
-            f"{text!r} has a non-UTC offset ({zone}): give the time in UTC, e.g. 2024-07-24T12:00Z"
+        if not allow_offset:
+            raise UsageError(
+                f"{text!r} has a non-UTC offset ({zone}): give the time in UTC, e.g. "
+                "2024-07-24T12:00Z"
+            )
+        digits = zone.replace(":", "")
+        shift = (1 if digits[0] == "+" else -1) * timedelta(
+            hours=int(digits[1:3]), minutes=int(digits[3:5])
         )
     try:
         parsed = datetime.strptime(
@@ -87,7 +100,12 @@ def parse_time(text: str, allow_seconds: bool = False) -> datetime:
             f"{text!r} has seconds: times are whole minutes (every source is hourly at "
             f"most), e.g. {parsed:%Y-%m-%dT%H:%M}"
         )
-    return parsed + timedelta(seconds=fraction)
+    if not FIRST_YEAR <= parsed.year <= LAST_YEAR:
+        raise UsageError(
+            f"{text!r} is outside {FIRST_YEAR} to {LAST_YEAR}, the years a datetime in "
+            "nanoseconds (as the stores hold times) can represent"
+        )
+    return parsed + timedelta(seconds=fraction) - shift
 
 
 def parse_step(text: str) -> timedelta:
@@ -173,6 +191,11 @@ def parse_lead_times(values: Iterable[str]) -> list[int]:
     leads: set[int] = set()
     for text in values:
         hours = parse_hours(text)
+        if hours is None and text.strip().startswith(("-", "+")):
+            raise UsageError(
+                f"lead time {text!r}: give hours after the initialisation time without a "
+                f"sign, 0 to {GFS_MAX_LEAD} (e.g. --lead-time 0 6 12)"
+            )
         if hours is None:
             raise UsageError(
                 f"lead time {text!r} is not a whole number of hours: use e.g. --lead-time 0 6 12"

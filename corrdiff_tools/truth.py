@@ -16,6 +16,7 @@ Everything wrong with a file is a ``ValueError`` whose message says what and how
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from corrdiff_tools.store import HR_SHAPE, OUTPUT_VARIABLES
 
 if TYPE_CHECKING:
     import xarray as xr
+
+logger = logging.getLogger(__name__)
 
 #: Units a ``--truth`` file may state for each variable (ours first).
 TRUTH_UNITS = {
@@ -105,10 +108,20 @@ def load_truth(
                         "units attribute alone does not change the values)"
                     )
                 if regrid is not None:
-                    values = interpolate_lowres(values, regrid[0], regrid[1], lat, lon)
+                    values = interpolate_lowres(values, regrid[0], regrid[1], lat, regrid[2])
                 fields[time][name] = values
+        unlabelled = [name for name in present if dataset[name].attrs.get("units") is None]
     finally:
         dataset.close()
+    for name in unlabelled:
+        # Values outside the range were refused above; other units that fall inside it
+        # (linear reflectivity under 100, winds in knots) cannot be told from ours.
+        logger.warning(
+            "--truth: %s has no units attribute: taken as %s, as its values are in range; "
+            "add one to be sure",
+            name,
+            TRUTH_UNITS[name][0],
+        )
     return Truth(fields, present)
 
 
@@ -120,7 +133,9 @@ def _open(path: Path) -> xr.Dataset:
 
     try:
         if path.is_dir():
-            dataset = mask_fill_values(xr.open_zarr(path, consolidated=None), path)
+            raw = xr.open_zarr(path, consolidated=None)
+            dataset = mask_fill_values(raw, path)
+            _report_fills(raw, dataset, path)
         else:
             dataset = xr.open_dataset(path)
     except Exception as err:  # noqa: BLE001 - any failure means "not a readable file"
@@ -134,6 +149,28 @@ def _open(path: Path) -> xr.Dataset:
         if times.ndim == 1 and dataset["time"].dims == ("time",):
             dataset = dataset.assign_coords(time=times)
     return dataset
+
+
+def _report_fills(raw: xr.Dataset, masked: xr.Dataset, path: Path) -> None:
+    """Say how many values of each reference field were read as missing fill values.
+
+    A Zarr chunk never written reads as the fill value, so values equal to it are missing
+    (as in every store we read); where the fill value is also real data (0 dBZ), the
+    scores change without a word otherwise.
+    """
+    for name in OUTPUT_VARIABLES:
+        if name not in raw.data_vars:
+            continue
+        before = int(raw[name].isnull().sum())
+        after = int(masked[name].isnull().sum())
+        if after > before:
+            logger.warning(
+                "--truth: %d value(s) of %s in %s equal its Zarr fill value and are read as "
+                "missing; if that value is data there, rewrite the file with NaN as fill value",
+                after - before,
+                name,
+                path,
+            )
 
 
 def _variables(dataset: xr.Dataset) -> tuple[str, ...]:
@@ -183,8 +220,12 @@ def _coordinate(dataset: xr.Dataset, names: Sequence[str]) -> xr.DataArray | Non
 
 def _placement(
     dataset: xr.Dataset, name: str, spatial: list[str], lat: np.ndarray, lon: np.ndarray
-) -> tuple[list[str], tuple[np.ndarray, np.ndarray] | None]:
-    """The file dims that are the store's (y, x), and the 1-D grid to regrid from if any."""
+) -> tuple[list[str], tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """The file dims that are the store's (y, x), and how to regrid, if it must be.
+
+    The regridding is (the file's lat, its longitudes unwrapped, the store's longitudes
+    in the same turn of the globe).
+    """
     shape = tuple(dataset[name].sizes[dim] for dim in spatial)
     file_lat, file_lon = _coordinate(dataset, _LAT_NAMES), _coordinate(dataset, _LON_NAMES)
     for kind, coordinate in (("lat", file_lat), ("lon", file_lon)):
@@ -205,19 +246,26 @@ def _placement(
         and file_lon.ndim == 1
         and {file_lat.dims[0], file_lon.dims[0]} == set(spatial)
     ):
-        lat_values, lon_values = np.asarray(file_lat), np.asarray(file_lon)
+        lat_values = np.asarray(file_lat, dtype="float64")
+        # A longitude axis may wrap (170 ... 180, -180 ... -170, or 300 ... 360, 0 ...):
+        # unwrapped it is monotonic, and the store's longitudes are moved by whole turns
+        # into its span.
+        lon_values = np.unwrap(np.asarray(file_lon, dtype="float64"), period=360.0)
+        middle = (lon_values.min() + lon_values.max()) / 2
+        turns = np.round((middle - (lon.min() + lon.max()) / 2) / 360.0)
+        target = lon + 360.0 * turns
         if not (
             lat_values.min() <= lat.min()
             and lat_values.max() >= lat.max()
-            and lon_values.min() <= lon.min()
-            and lon_values.max() >= lon.max()
+            and lon_values.min() <= target.min()
+            and lon_values.max() >= target.max()
         ):
             raise ValueError(
                 f"{name}'s lat/lon grid ({lat_values.min():g} to {lat_values.max():g} N, "
                 f"{lon_values.min():g} to {lon_values.max():g} E) does not cover the "
                 "output grid"
             )
-        return [str(file_lat.dims[0]), str(file_lon.dims[0])], (lat_values, lon_values)
+        return [str(file_lat.dims[0]), str(file_lon.dims[0])], (lat_values, lon_values, target)
     raise ValueError(
         f"{name} is on a {shape[0]}x{shape[1]} grid without 1-D lat/lon: put it on "
         "the store's 448x448 grid (dims time, y, x) or on a regular lat/lon grid "

@@ -117,6 +117,7 @@ def test_labels_come_back_as_plain_strings() -> None:
         (np.array([cftime.DatetimeNoLeap(2024, 7, 24, 12)], dtype=object), NOON),
         (np.array([cftime.Datetime360Day(2024, 7, 24, 12)], dtype=object), NOON),
         (np.array([cftime.DatetimeGregorian(2024, 7, 24, 12)], dtype=object), NOON),
+        (np.array(["2024-07-24T20:00+08:00"]), NOON),  # an explicit offset: converted
     ],
 )
 def test_times_are_normalised_to_datetimes_on_the_minute(values: np.ndarray, expected) -> None:
@@ -151,6 +152,10 @@ def test_a_time_far_off_the_minute_is_kept_as_it_is() -> None:
             "time holds 2024-07-24T12:00 more than once",
         ),
         (np.array([object()], dtype=object), "is not a date and time"),
+        # numpy would wrap these around without a word (2300 becomes 1715).
+        (np.array(["2300-01-01"], dtype="datetime64[s]"), "outside 1678 to 2261"),
+        (np.array([cftime.DatetimeGregorian(2300, 1, 1)], dtype=object), "outside 1678 to"),
+        (np.array(["1500-01-01T00:00"]), "outside 1678 to 2261"),
     ],
 )
 def test_times_that_cannot_be_read_unambiguously_are_refused(
@@ -159,3 +164,11 @@ def test_times_that_cannot_be_read_unambiguously_are_refused(
     with pytest.raises(ValueError) as caught:
         checks.normalise_times(values)
     assert fragment in str(caught.value)
+
+
+def test_the_churn_cap_the_message_prints_is_itself_accepted() -> None:
+    from corrdiff_tools import sampling
+
+    with pytest.raises(ValueError, match=r"at most 7\.455 for 18 steps"):
+        sampling.resolve("paper", None, {"s_churn": 7.456})
+    assert sampling.resolve("paper", None, {"s_churn": 7.455}).s_churn == 7.455

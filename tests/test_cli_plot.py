@@ -452,7 +452,23 @@ BAD = [
         "the system cannot look this path up (File name too long); choose a shorter",
     ),
     (lambda s, t: [str(t / ("s" * 300))], "STORE /tmp/"),
+    (lambda s, t: [str(s), "--gif", "--gif", "b.gif"], "--gif given twice (given alone, then"),
+    (
+        lambda s, t: [str(s), "--outdir", str(_a_file(t / "afile"))],
+        "afile is a file, not a directory: choose another",
+    ),
+    (lambda s, t: [str(s), "--gif", str(_a_dir(t / "d.gif"))], "d.gif is a directory"),
 ]
+
+
+def _a_file(path: Path) -> Path:
+    path.write_text("mine")
+    return path
+
+
+def _a_dir(path: Path) -> Path:
+    path.mkdir()
+    return path
 
 
 @pytest.mark.parametrize(("make_args", "message"), BAD, ids=[m for _, m in BAD])
@@ -461,7 +477,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     argv = make_args(ensemble, tmp_path)
-    before = sorted(tmp_path.rglob("*"))
+    before = sorted(tmp_path.rglob("*"))  # after the case's own set-up
     siblings = sorted(ensemble.parent.iterdir())
     code = plot_main(
         [*argv, "--outdir", str(tmp_path / "plots")] if "--outdir" not in argv else argv
@@ -641,6 +657,7 @@ def test_render_workers_take_the_parents_warning_filters() -> None:
 # ------------------------------------------------------------------ round three: messier stores
 
 
+@pytest.mark.slow
 def test_an_unwritten_sample_of_a_blog_store_is_missing_not_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -663,6 +680,7 @@ def test_an_unwritten_sample_of_a_blog_store_is_missing_not_zero(
     assert "skipping corrdiff-2024-07-24T12-stats.jpg: the ensemble is not complete" in err
 
 
+@pytest.mark.slow
 def test_unphysical_fields_of_a_store_are_not_drawn(
     ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -787,3 +805,47 @@ def test_a_failed_plot_run_leaves_no_empty_outdir(
     outdir = tmp_path / "new" / "plots"
     assert plot(str(ensemble), "--sample", "none", "--pdf", "--outdir", str(outdir), *FAST) == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("duplicate-time", "is a damaged store: its time holds 2024-07-24T06:00 twice"),
+        ("nat-time", "is a damaged store: its time has 1 missing value(s) (NaT)"),
+        ("nan-lat", "is a damaged store: its 2-D lat has 1 non-finite value(s)"),
+    ],
+)
+def test_a_store_with_damaged_coordinates_is_refused(
+    damage: str, message: str, ensemble: Path, tmp_path: Path, capsys
+) -> None:
+    """Two times drew into one file name; NaT and NaN ended in "unexpected" errors."""
+    import zarr
+
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(ensemble, copy)
+    group = zarr.open_group(str(copy), mode="r+", use_consolidated=False)
+    if damage == "duplicate-time":
+        times = np.asarray(group["time"][:])
+        group["time"][1] = times[0]
+    elif damage == "nat-time":
+        group["time"][1] = np.datetime64("NaT", "ns")
+    else:
+        lat = np.asarray(group["lat"][:])
+        lat[200, 200] = np.nan
+        group["lat"][:] = lat
+    zarr.consolidate_metadata(str(copy))
+    capsys.readouterr()
+    assert plot(str(copy), "--outdir", str(tmp_path / "o"), *FAST) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in line, line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_gif_path_in_new_folders_is_written(ensemble: Path, tmp_path: Path) -> None:
+    """It drew every figure, then failed: "unexpected FileNotFoundError"."""
+    gif = tmp_path / "new" / "folders" / "a.gif"
+    args = ("--time", "0", "--sample", "0-1", "--outdir", str(tmp_path / "o"))
+    assert plot(str(ensemble), *args, "--gif", str(gif), *FAST) == 0
+    with Image.open(gif) as image:
+        assert image.n_frames == 2

@@ -308,8 +308,8 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "no TIME given: name at least one"),
     (
-        ["0001-01-01T00/9999-12-31T00/1h"],
-        "holds 87,649,393 times, more than 87,660: split it into several runs",
+        ["1700-01-01T00/2200-12-31T00/1h"],
+        "holds 4,391,641 times, more than 87,660: split it into several runs",
     ),
     (
         ["2024-07-24T12", "--preset", "blog", "--sampler", "stochastic"],
@@ -330,7 +330,7 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--s-churn", "inf"], "--s-churn inf: must be a finite number"),
     (
         ["2024-07-24T12", "--preset", "paper", "--s-churn", "1000"],
-        "--s-churn 1000: EDM caps the churn per step at sqrt(2) - 1, so at most 7.456 for 18",
+        "--s-churn 1000: EDM caps the churn per step at sqrt(2) - 1, so at most 7.455 for 18",
     ),
     (["2024-07-24T12", "--sigma-min", "1e-300"], "keep both within 0.0001 to 10000"),
     (["2024-07-24T12", "--sigma-max", "1e30"], "keep both within 0.0001 to 10000"),
@@ -351,6 +351,8 @@ BAD_INPUTS = [
         "--source sssssssssssssssssssssssssss",
     ),
     (["2024-07-24T12", "--model-package", "m" * 300], "the system cannot look this path up"),
+    (["2300-01-01T00"], "outside 1678 to 2261"),
+    (["2024-07-24T12", "--source", "gfs-forecast", "--lead-time", "-6"], "without a sign"),
     # Seconds are refused, not silently dropped from what a message prints.
     (["2024-07-24T12:00:30"], "'2024-07-24T12:00:30' has seconds: times are whole minutes"),
     # No abbreviations: --model once meant --model-package, and new options would shift it.
@@ -600,3 +602,38 @@ def test_quiet_run_prints_nothing_and_verbose_says_more(run_tool: Run) -> None:
         and "model package already extracted" in err
     )
     assert "start-up " in err and " load " in err and " inference " in err and " write " in err
+
+
+def test_a_library_that_cannot_be_loaded_is_one_line(
+    run_tool: Callable[..., tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a memory limit torch's shared library does not map: "unexpected ImportError"."""
+    from corrdiff_tools import model
+
+    def cannot_map(*args: object) -> None:
+        raise ImportError("libtorch_cpu.so: failed to map segment from shared object", name="torch")
+
+    monkeypatch.setattr(model, "import_model_stack", cannot_map)
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "o.zarr")
+    assert code == 1
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "run_corrdiff.py: error: could not load torch into memory (libtorch_cpu.so: failed to "
+            "map segment from shared object): the process may run under a memory limit"
+        )
+    )
+
+
+def test_a_path_in_a_loop_of_links_is_one_line(
+    run_tool: Callable[..., tuple[int, str]], tmp_path: Path
+) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    code, err = run_tool("2024-07-24T12", "--output", "a")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "run_corrdiff.py: error: --output a: the system cannot look this path up (a loop of "
+        "symbolic links); choose a shorter or simpler one"
+    ]

@@ -501,6 +501,7 @@ def test_truth_times_and_fills_are_read_as_meant(form: str, made: Path, tmp_path
                 np.testing.assert_array_equal(got.fields[time][name], values, err_msg=name)
 
 
+@pytest.mark.slow
 def test_truth_with_gaps_is_scored_where_it_has_values(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -539,6 +540,7 @@ def test_truth_with_gaps_is_scored_where_it_has_values(
     assert "spectra at 2024-07-24T00:00: the reference of t2m has missing pixels, left out" in err
 
 
+@pytest.mark.slow
 def test_spectra_leave_out_samples_with_missing_pixels_and_say_so(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -572,3 +574,72 @@ def test_spectra_leave_out_samples_with_missing_pixels_and_say_so(
     for name in ("mrr", "t2m", "u10m", "v10m"):
         assert first[name].samples.shape[0] == 2 and np.isfinite(first[name].samples).all()
         assert second[name].samples.shape[0] == 3
+
+
+def test_truth_on_a_grid_whose_longitudes_wrap_is_read(made: Path, tmp_path: Path) -> None:
+    """60 ... 180, -180 ... -100: monotonic once unwrapped; scipy refused it as it was."""
+    from corrdiff_tools.truth import load_truth
+
+    ds = store.open_store(made)
+    lat = np.arange(15.0, 32.01, 0.25)
+    lon = np.concatenate([np.arange(60.0, 180.0, 0.25), np.arange(-180.0, -100.0, 0.25)])
+    unwrapped = np.unwrap(lon, period=360.0)
+    field = 290 + 0.5 * lat[:, None] + 0.01 * unwrapped[None, :]
+    times = ds["time"].values
+    xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), np.stack([field, field + 1]), {"units": "K"})},
+        coords={"time": times, "lat": lat, "lon": lon},
+    ).to_netcdf(tmp_path / "wrap.nc")
+    grid_lat, grid_lon = ds["lat"].values.astype("float64"), ds["lon"].values.astype("float64")
+    got = load_truth(tmp_path / "wrap.nc", grid_lat, grid_lon, list(times))
+    values = got.fields[times[0]]["t2m"]
+    expected = 290 + 0.5 * grid_lat + 0.01 * grid_lon  # linear: bilinear is exact
+    np.testing.assert_allclose(values, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["one sample", "no finite value", "no complete sample"])
+def test_truth_with_nothing_to_score_says_why(
+    case: str, made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It exited 0 with an empty outdir, or blamed the truth file for the store's gaps."""
+    import shutil
+
+    import zarr
+
+    good = _truth_file(made, tmp_path / "good.nc")
+    store_path = tmp_path / "s.zarr"
+    shutil.copytree(made, store_path)
+    completed = zarr.open_group(str(store_path), mode="r+")["completed"]
+    truth = good
+    if case == "one sample":
+        completed[:] = np.array([[1, 0, 0], [1, 0, 0]], dtype="int8")
+        expected = "--truth scores an ensemble, and the selected times have 1 complete sample(s)"
+    elif case == "no finite value":
+        with xr.open_dataset(good) as dataset:
+            (dataset.load() * np.nan).to_netcdf(tmp_path / "empty.nc")
+        truth = tmp_path / "empty.nc"
+        expected = f"--truth {truth} has no finite value at the selected times"
+    else:
+        completed[1] = np.zeros(3, dtype="int8")
+        expected = "nothing to draw: --truth asked for, and the store's selected samples"
+    outdir = tmp_path / "out"
+    code, err = _plot(capsys, str(store_path), "--time", "1" if case == "no complete sample" else "all",
+                      "--sample", "none", "--truth", str(truth), "--outdir", str(outdir))  # fmt: skip
+    assert code == 2 and expected in err.strip().splitlines()[-1], err
+    assert not outdir.exists()
+
+
+@pytest.mark.slow
+def test_truth_without_units_is_taken_with_a_warning(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _truth_file(made, tmp_path / "good.nc")
+    with xr.open_dataset(good) as dataset:
+        bare = dataset.load()
+    for name in bare.data_vars:
+        bare[name].attrs = {}
+    bare.to_netcdf(tmp_path / "bare.nc")
+    code, err = _plot(capsys, str(made), "--sample", "none", "--truth", str(tmp_path / "bare.nc"),
+                      "--outdir", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0, err
+    assert "--truth: t2m has no units attribute: taken as K, as its values are in range" in err

@@ -329,6 +329,7 @@ def test_the_grib_encoder_decodes_with_pygrib(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the blog's job
 
 
+@pytest.mark.slow
 def test_the_quick_start_through_the_real_clients(
     services: Services,
     run: Callable[..., Result],
@@ -365,6 +366,7 @@ def test_the_quick_start_through_the_real_clients(
     )
 
 
+@pytest.mark.slow
 def test_prefetch_through_the_real_clients_then_offline(
     services: Services,
     run: Callable[..., Result],
@@ -395,6 +397,7 @@ def test_prefetch_through_the_real_clients_then_offline(
     assert_inputs_are_the_encoded_fields(ds, gfs_files, {"time": 0}, ANALYSES[1], 0)
 
 
+@pytest.mark.slow
 def test_a_forecast_through_the_real_client(
     services: Services,
     run: Callable[..., Result],
@@ -413,6 +416,7 @@ def test_a_forecast_through_the_real_client(
     assert not np.array_equal(ds["lr_t2m"].values[0, 0], ds["lr_t2m"].values[0, 1])
 
 
+@pytest.mark.slow
 def test_a_warm_cache_is_used_with_the_servers_stopped(
     services: Services,
     run: Callable[..., Result],
@@ -540,6 +544,7 @@ CASES = {
         1,
         says=r"could not fetch the inputs at 2024-07-24T12:00 from gfs after 3 tries "
         r"\(GenericError: GET gfs\.t12z\.pgrb2\.0p25\.f000\.idx: 503 Service Unavailable",
+        slow=True,
     ),
     "reset-mid-body-once": Case(
         through_proxy(faults.Fault("reset", match=DATA, times=1, after=4096)), ANALYSIS, 0
@@ -550,6 +555,7 @@ CASES = {
         1,
         says=r"could not fetch the inputs at 2024-07-24T12:00 from gfs",
         never="could not reach",
+        slow=True,
     ),
     "stalled-body": Case(
         through_proxy(faults.Fault("stall", match=DATA, after=4096, seconds=900)),
@@ -583,6 +589,7 @@ CASES = {
         datetime(2024, 7, 26, 0),
         1,
         says=r"not that many messages in file\); .*delete \S+/earth2studio/gfs",
+        slow=True,
     ),
     "time-not-in-bucket": Case(
         in_bucket(lambda f: (None, None)),
@@ -682,6 +689,7 @@ def test_an_interrupted_package_download_does_not_count_as_cached(
     )
 
 
+@pytest.mark.slow
 def test_an_interrupted_package_download_is_fetched_again(
     services: Services, run: Callable[..., Result]
 ) -> None:

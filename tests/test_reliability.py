@@ -878,6 +878,7 @@ def test_sample_ranges_are_inclusive(low: int, high: int, size: int) -> None:
 # ------------------------------------------------------------------- round three: lost data
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_old_store_when_the_new_input_fails_validation(
     reference: xr.Dataset, run_tool: Run, input_file: Path, tmp_path: Path
 ) -> None:
@@ -903,8 +904,8 @@ def test_overwrite_keeps_the_old_store_when_the_new_input_fails_validation(
 @pytest.mark.parametrize(
     "array",
     [
-        "t2m",  # an output: every sample is recomputed
-        "lr_t850",  # an input: every piece of each time is recomputed
+        pytest.param("t2m", marks=pytest.mark.slow),  # an output: every sample recomputed
+        pytest.param("lr_t850", marks=pytest.mark.slow),  # an input: each time recomputed
         pytest.param("completed", marks=pytest.mark.slow),  # the record itself
         pytest.param("time", marks=pytest.mark.slow),  # a coordinate
     ],
@@ -934,6 +935,7 @@ def test_resume_recreates_an_array_whose_metadata_was_removed(
     assert got["t2m"].attrs["units"] == "K" and got["time"].dtype == reference["time"].dtype
 
 
+@pytest.mark.slow
 def test_a_store_whose_array_has_another_shape_is_refused(run_tool: Run, tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
     assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
@@ -1000,6 +1002,7 @@ def test_a_damaged_store_is_called_damaged_and_left_alone(
         assert not (tmp_path / "plots").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_staging_matches_inputs_and_package_by_content(
     reference: xr.Dataset,
     run_tool: Run,
@@ -1037,6 +1040,7 @@ def test_resume_after_staging_matches_inputs_and_package_by_content(
     assert code == 2 and "was made with other settings (source: store has" in err
 
 
+@pytest.mark.slow
 def test_a_resumed_sample_is_bitwise_in_its_own_batch_and_to_rounding_alone(
     reference: xr.Dataset, run_tool: Run, tmp_path: Path
 ) -> None:
@@ -1068,8 +1072,14 @@ def test_a_resumed_sample_is_bitwise_in_its_own_batch_and_to_rounding_alone(
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
-        (float("nan"), "t2m has 200704 NaN/inf value(s) of 200704, so nothing"),
-        (1e15, "outside its physical range 100 to 450 K, so nothing"),
+        pytest.param(
+            float("nan"),
+            "t2m has 200704 NaN/inf value(s) of 200704, so nothing",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            1e15, "outside its physical range 100 to 450 K, so nothing", marks=pytest.mark.slow
+        ),
     ],
     ids=["NaN", "1e15 K"],
 )
@@ -1140,3 +1150,149 @@ def test_host_out_of_memory_names_batch_size_as_on_a_gpu(
     )
     code, err = run_tool(*JOB, "--output", "other.zarr")
     assert code == 1 and "unexpected RuntimeError: shapes" in one_line(err)
+
+
+# ------------------------------------------------------------------- round three, second pass
+
+
+@pytest.mark.parametrize(
+    "coordinate", [pytest.param(name, marks=pytest.mark.slow) for name in ("lat", "time")]
+)
+def test_resume_rewrites_coordinates_whose_chunks_were_lost(
+    coordinate: str, reference: xr.Dataset, run_tool: Run, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """It said "complete" and left lat all NaN (or time NaT), which nothing could draw."""
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    for chunk in (path / coordinate / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+    assert plot_main([str(path), "--outdir", str(tmp_path / "p")]) == 2
+    assert "is a damaged store: its " in capsys.readouterr().err
+    code, err = run_tool(*JOB, "--output", "s.zarr", "--resume")
+    assert code == 0, err
+    assert f"s.zarr had damaged coordinates ({coordinate}): rewritten" in err
+    got = xr.open_zarr(path)
+    np.testing.assert_array_equal(got[coordinate].values, reference[coordinate].values)
+    assert_same_ensemble(path, reference)
+
+
+@pytest.mark.slow
+def test_resume_rebuilds_consolidated_metadata_that_omits_an_array(
+    reference: xr.Dataset, run_tool: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It cleared every completion flag, then crashed with "unexpected KeyError"."""
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    root = json.loads((path / "zarr.json").read_text())
+    del root["consolidated_metadata"]["metadata"]["t2m"]
+    (path / "zarr.json").write_text(json.dumps(root))
+    capsys.readouterr()
+    assert plot_main([str(path), "--sample", "0", "--time", "0", "--dpi", "20", "--jobs", "1",
+                      "--outdir", str(tmp_path / "p")]) == 0  # fmt: skip
+    assert "its consolidated metadata omits the array t2m; reading each array's own" in (
+        capsys.readouterr().err
+    )
+    code, err = run_tool(*JOB, "--output", "s.zarr", "--resume")
+    assert code == 0, err
+    assert "its consolidated metadata omits the array t2m; rebuilding it" in err
+    assert "nothing to do: s.zarr is complete" in err  # not one flag was cleared
+    assert store.consolidation_problem(path) is None
+    assert_same_ensemble(path, reference)
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_the_old_store_until_a_batch_is_complete(
+    reference: xr.Dataset, run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings that gave no physical result replaced a complete store with an empty one."""
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    real = CorrDiffSampler.residuals
+    monkeypatch.setattr(
+        CorrDiffSampler, "residuals", lambda self, c, seeds: real(self, c, seeds) * np.nan
+    )
+    code, err = run_tool(*JOB, "--output", "s.zarr", "--overwrite", "--seed", "3")
+    assert code == 1 and "so nothing of it was stored" in one_line(err)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # no staging left
+    # A run that works replaces it, leaving nothing beside it.
+    monkeypatch.setattr(CorrDiffSampler, "residuals", real)
+    assert run_tool(*JOB, "--output", "s.zarr", "--overwrite")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert_same_ensemble(path, reference)
+
+
+def test_a_replacement_left_by_a_killed_overwrite_is_cleared(tmp_path: Path) -> None:
+    (tmp_path / "s.zarr").mkdir()
+    (tmp_path / ".s.zarr.replacing-12345").mkdir()
+    store.clean_leftovers(tmp_path / "s.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+@pytest.mark.slow
+def test_times_before_1900_are_downscaled(run_tool: Run, input_file: Path, tmp_path: Path) -> None:
+    """A reanalysis of the 1800s: the noise seed took minutes since 1900 and crashed."""
+    from datetime import datetime
+
+    from corrdiff_tools.downscale import sample_seed
+
+    old = load_inputs(input_file)
+    old = old.assign_coords(time=old["time"].values - np.timedelta64(365 * 125, "D"))
+    old.to_netcdf(tmp_path / "old.nc")
+    when = str(old["time"].values[2])[:16]
+    code, err = run_tool(when, "--samples", "2", "--steps", "2", "--source", "old.nc",
+                         "--output", "old.zarr")  # fmt: skip
+    assert code == 0, err
+    assert xr.open_zarr(tmp_path / "old.zarr")["completed"].values.all()
+    seeds = {sample_seed(0, datetime(1899, 7, 24, 12), 0, s) for s in range(3)}
+    assert len(seeds) == 3
+    # Seeds of times after 1900 are what they always were.
+    minutes = int((datetime(2024, 7, 24, 12) - datetime(1900, 1, 1)).total_seconds() // 60)
+    expected = np.random.SeedSequence([0, minutes, 0, 1]).generate_state(1, dtype=np.uint64)[0]
+    assert sample_seed(0, datetime(2024, 7, 24, 12), 0, 1) == int(expected)
+
+
+@pytest.mark.parametrize("obstacle", ["directory", "broken link"])
+def test_a_lock_path_that_is_not_a_file_is_named(
+    obstacle: str, run_tool: Run, tmp_path: Path
+) -> None:
+    lock = lock_path(tmp_path / "s.zarr")
+    if obstacle == "directory":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "nowhere" / "x")
+    code, err = run_tool("2024-07-24T12", "--steps", "2", "--output", "s.zarr")
+    what = "a directory" if obstacle == "directory" else "a link to nowhere"
+    assert code == 1
+    assert one_line(err) == (
+        f"run_corrdiff.py: error: the lock {lock} is {what}, not a lock file: move it away, "
+        "then rerun"
+    )
+
+
+@pytest.mark.slow
+def test_resume_knows_the_same_content_in_another_form(
+    reference: xr.Dataset, run_tool: Run, input_file: Path, package_dir: Path, tmp_path: Path
+) -> None:
+    """The package's zip and its unzipped folder; an input file with its variables reordered."""
+    import zipfile
+
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    StoreWriter(path).unmark([(1, 0), (1, 1)])
+    with zipfile.ZipFile(package_dir / "corrdiff_inference_package.zip") as archive:
+        archive.extractall(tmp_path / "unzipped")
+    shuffled = load_inputs(input_file)
+    shuffled.isel(variable=list(range(shuffled.sizes["variable"]))[::-1]).to_netcdf(
+        tmp_path / "shuffled.nc"
+    )
+    code, err = run_tool(
+        *JOB, "--model-package", str(tmp_path / "unzipped"), "--source", "shuffled.nc",
+        "--output", "s.zarr", "--resume",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "(same content)" in err
+    assert_same_ensemble(path, reference)

@@ -364,3 +364,25 @@ def test_the_gfs_cache_says_when_it_holds_files_from_two_servers(
     (cache / "0123abcd").unlink()
     sources.note_cache_origin(cache)
     assert caplog.text == ""
+
+
+def test_an_unwritten_chunk_of_a_zarr_input_is_a_gap_not_calm(
+    input_file: Path, tmp_path: Path
+) -> None:
+    """earth2studio's writer fills with 0.0: zero winds and water vapour were read as data."""
+    import shutil
+
+    path = tmp_path / "in.zarr"
+    dataset = load_inputs(input_file).to_dataset(name="fields").chunk({"time": 1, "variable": 1})
+    dataset.to_zarr(path, encoding={"fields": {"fill_value": 0.0}}, consolidated=False)
+    noon = list(dataset["time"].values).index(np.datetime64(NOON, "ns"))
+    u10m = list(dataset["variable"].values).index("u10m")
+    chunk = path / "fields" / "c" / str(noon) / str(u10m)
+    assert chunk.exists()
+    shutil.rmtree(chunk) if chunk.is_dir() else chunk.unlink()
+    with pytest.raises(UsageError) as caught:
+        sources.check_file_source(path, [NOON])
+    assert str(caught.value).startswith(
+        f"input u10m at 2024-07-24T12:00 in --source {path} has 1440 NaN/inf value(s) of 1440"
+    )
+    assert sources.check_file_source(path, [datetime(2024, 7, 24, 6)])  # other times are whole

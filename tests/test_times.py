@@ -110,7 +110,7 @@ def test_lead_times() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("-6", "not a whole number of hours"),
+        ("-6", "without a sign"),
         ("1.5", "not a whole number of hours"),
         ("385", "beyond the GFS forecast range"),
         ("121", "3-hourly"),
