@@ -120,6 +120,7 @@ def main() -> None:
     add_job_options(parser, samples=1, device_help="for our tool; the blog picks cuda if any")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep the package and stores here")
+    parser.add_argument("--json", type=Path, help="also write the best rounds here (JSON)")
     args = parser.parse_args()
 
     workdir, source_package, inputs, times = prepare(
@@ -192,6 +193,16 @@ def main() -> None:
     startup = {n: best[n][0] - best[n][1]["regression"] - best[n][1]["diffusion"] for n in names}
     print("| **start-up** (wall minus network calls) | "
           + " | ".join(f"**{startup[n]:.2f}**" for n in names) + " |")  # fmt: skip
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    name: {"wall": best[name][0], "startup": startup[name], **best[name][1]}
+                    for name in names
+                },
+                indent=1,
+            )
+        )
     blog_startup = startup[names[0]]
     for name in names[1:]:
         print(

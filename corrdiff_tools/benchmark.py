@@ -142,9 +142,8 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Build, load and time a random-weight CorrDiff (see the module docstring)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from corrdiff_tools import downscale, model, speed, synthetic
+    from corrdiff_tools import model, speed, synthetic
 
     gpu = device.is_gpu
 
@@ -158,6 +157,51 @@ def run_benchmark(
         (corrdiff, dtype), load = _timed(lambda: model.load_corrdiff(tmp, device, precision), sync)
     if compile_nets:
         speed.compile_networks(corrdiff)
+    return time_ensemble(
+        corrdiff,
+        device,
+        samples=samples,
+        batch_size=batch_size,
+        sampler_settings=sampler_settings,
+        compiled=compile_nets,
+        seed=seed,
+        size=size,
+        precision=dtype,
+        build=build,
+        load=load,
+    )
+
+
+def time_ensemble(
+    corrdiff: Any,
+    device: DeviceInfo,
+    samples: int,
+    batch_size: int,
+    sampler_settings: SamplerSettings,
+    compiled: bool = False,
+    seed: int = 0,
+    size: str = "",
+    precision: str = "",
+    build: float = 0.0,
+    load: float = 0.0,
+) -> BenchmarkResult:
+    """Time one ensemble of a loaded model (the timed part of :func:`run_benchmark`).
+
+    Separate so that a loaded (and compiled) model can be timed at several ensemble
+    sizes without loading it again (``bench/kit/measure.py``). The first calls of each
+    batch shape are timed apart (setup, compiling) and their FLOPs counted.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from corrdiff_tools import downscale, model
+
+    gpu = device.is_gpu
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize(device.device)
+
     sampler = downscale.CorrDiffSampler(corrdiff, sampler_settings)
     condition = sampler.condition(synthetic_model_inputs(seed))
 
@@ -199,11 +243,11 @@ def run_benchmark(
     return BenchmarkResult(
         size=size,
         device=device.description,
-        precision=dtype,
+        precision=precision,
         samples=samples,
         batch_size=min(batch_size, samples),
         sampler=sampler_settings,
-        compiled=compile_nets,
+        compiled=compiled,
         build=build,
         load=load,
         first_regression=first_regression,
