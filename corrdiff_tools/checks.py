@@ -295,6 +295,5 @@ def _one_time(value: Any) -> np.datetime64:
 
 def format_time64(value: np.datetime64) -> str:
     """A time as users type it, with seconds only where it has them: ``2024-07-24T12:00``."""
-    seconds = np.datetime64(value, "s")
-    text = str(seconds)
+    text = str(np.asarray(value).astype("datetime64[s]"))
     return text[:-3] if text.endswith(":00") else text

@@ -230,10 +230,11 @@ def zip_member_sha256s(archive: Path, archive_digest: str) -> list[tuple[str, st
         dataset = sorted(n for n in names if n.startswith(f"{prefix}{DATASET}/"))
         pairs = []
         for name in (*checkpoints, *dataset):
+            digest = hashlib.sha256()
             with opened.open(name) as handle:
-                pairs.append(
-                    (name.removeprefix(prefix), hashlib.file_digest(handle, "sha256").hexdigest())
-                )
+                while block := handle.read(2**20):
+                    digest.update(block)
+            pairs.append((name.removeprefix(prefix), digest.hexdigest()))
     known = known if isinstance(known, dict) else {}
     known[key] = [list(pair) for pair in pairs]
     with contextlib.suppress(OSError):  # best effort, as for file_sha256s

@@ -133,7 +133,7 @@ def open_file_source(path: Path) -> Iterator[xr.DataArray]:
             # A chunk never written reads as the fill value (0.0 for earth2studio's
             # writer): missing, so refused as a gap, not read as calm winds.
             dataset = mask_fill_values(xr.open_zarr(path, consolidated=None), path)
-            names = list(dataset.data_vars)
+            names = [str(name) for name in dataset.data_vars]
             if len(names) != 1:
                 raise UsageError(
                     f"--source {path} holds {len(names)} arrays ({', '.join(names[:5])}); it must "

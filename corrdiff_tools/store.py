@@ -640,7 +640,7 @@ def _rewrite_coordinates(path: Path, dataset: xr.Dataset) -> list[str]:
         expected = np.asarray(dataset[name].values)
         if name in ("lat", "lon"):
             expected = expected.astype("float32")
-        array = group[str(name)]
+        array: Any = group[str(name)]  # zarr types Group.__getitem__ as a Group too
         try:
             held = np.asarray(array[...])
             same = held.shape == expected.shape and bool(
@@ -1142,8 +1142,8 @@ def implausible_arrays(dataset: xr.Dataset) -> dict[str, str]:
             wanted[name] = (base, ranges, (array.min().data, array.max().data))
     extremes = dask.compute({name: pair for name, (_, _, pair) in wanted.items()})[0]
     found = {}
-    for name, (base, ranges, _) in wanted.items():
-        why = checks.out_of_range(base, np.asarray(extremes[name], dtype="float64"), ranges)
+    for name, (base, limits, _) in wanted.items():
+        why = checks.out_of_range(base, np.asarray(extremes[name], dtype="float64"), limits)
         if why:
             found[name] = why
     return found
