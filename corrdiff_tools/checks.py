@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from corrdiff_tools import times as times_mod
+
 #: Plausible range and units of every field the tools read, store or draw. A field in
 #: other units (t2m in deg C, geopotential height in metres instead of geopotential,
 #: linear reflectivity instead of dBZ) gives plausible-looking but wrong maps and scores,
@@ -56,7 +58,10 @@ TIME_TOLERANCE = np.timedelta64(10, "s")
 
 #: What a datetime64[ns] can hold (nanoseconds since 1970 in 64 bits), whole years: outside,
 #: numpy wraps a time around without an error (2300 becomes 1715).
-TIME_RANGE = (np.datetime64("1678-01-01", "s"), np.datetime64("2262-01-01", "s"))
+TIME_RANGE = (
+    np.datetime64(f"{times_mod.FIRST_YEAR}-01-01", "s"),
+    np.datetime64(f"{times_mod.LAST_YEAR + 1}-01-01", "s"),
+)
 
 #: Calendars whose dates are read by their labels (a model's 2024-07-24T12:00 is
 #: 2024-07-24T12:00), where the label exists in the proleptic Gregorian calendar.
@@ -241,14 +246,14 @@ def _check_range(stamps: np.ndarray) -> None:
     outside = valid[(valid < TIME_RANGE[0]) | (valid >= TIME_RANGE[1])]
     if outside.size:
         raise ValueError(
-            f"time {str(outside[0])[:16]} is outside 1678 to 2261, the years a datetime "
+            f"time {str(outside[0])[:16]} is outside {times_mod.FIRST_YEAR} to "
+            f"{times_mod.LAST_YEAR}, the years a datetime "
             "in nanoseconds can hold: the tools cannot store it"
         )
 
 
 def _one_time(value: Any) -> np.datetime64:
     """One time of an object or string array (see :func:`normalise_times`)."""
-    from corrdiff_tools import times as times_mod
     from corrdiff_tools.errors import UsageError
 
     if isinstance(value, bytes):

@@ -387,7 +387,7 @@ def _compute(
         ) from err
     timings.inference += clock.perf_counter() - start
     regression = sampler.denormalise(mean)[0]
-    _check_computed(job, "the regression mean", regression[None], sampler)
+    _check_computed(job, "the regression mean", regression[None], sampler, "the model package")
     if job.writes_mean:
         start = clock.perf_counter()
         writer.write_regression(
@@ -419,7 +419,13 @@ def _compute(
             continue
         timings.inference += clock.perf_counter() - start
         timings.batch_sizes.append(len(batch))
-        _check_computed(job, f"sample(s) {', '.join(map(str, batch))}", fields_hr, sampler)
+        _check_computed(
+            job,
+            f"sample(s) {', '.join(map(str, batch))}",
+            fields_hr,
+            sampler,
+            f"the sampler settings ({sampler.settings.describe()}) or the model package",
+        )
 
         start = clock.perf_counter()
         writer.write_samples(
@@ -454,7 +460,9 @@ def out_of_memory(err: BaseException) -> str | None:
     return None
 
 
-def _check_computed(job: Job, what: str, fields: np.ndarray, sampler: CorrDiffSampler) -> None:
+def _check_computed(
+    job: Job, what: str, fields: np.ndarray, sampler: CorrDiffSampler, suspects: str
+) -> None:
     """Refuse a computed batch (sample, variable, y, x) that is not finite and physical.
 
     Checked before the batch is handed to the writer, so it is never marked complete (and
@@ -467,8 +475,8 @@ def _check_computed(job: Job, what: str, fields: np.ndarray, sampler: CorrDiffSa
         return
     when = format_time(job.time) + (f" +{job.lead_hours} h" if job.lead_hours else "")
     raise RunError(
-        f"{what} at {when}: {problem}, so nothing of it was stored: the sampler settings "
-        f"({sampler.settings.describe()}) or the model package give no physical result here"
+        f"{what} at {when}: {problem}, so nothing of it was stored: {suspects} give(s) no "
+        "physical result here"
     )
 
 

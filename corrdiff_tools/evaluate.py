@@ -142,16 +142,19 @@ def whole_samples(fields: dict[str, dict[str, Any]]) -> np.ndarray:
 
 
 def _spectra(
-    fields: dict[str, dict[str, Any]], truth: dict[str, np.ndarray], spacing: float, when: str
+    fields: dict[str, dict[str, Any]],
+    truth: dict[str, np.ndarray],
+    spacing: float,
+    when: str,
+    whole: np.ndarray,
 ) -> tuple[np.ndarray, dict[str, Curves]]:
-    """Spectra of the whole members (see :func:`whole_samples`) and of each baseline.
+    """Spectra of the ``whole`` members (see :func:`whole_samples`) and of each baseline.
 
     A baseline with missing pixels (an input box that does not cover the grid, a gap in
     the reference) is left out with a note; the caller says which members were.
     """
     curves: dict[str, Curves] = {}
     wavelength = np.empty(0)
-    whole = whole_samples(fields)
     for name in DIAGNOSTIC_VARIABLES:
         members = fields[name]["members"][whole]
         wavelength, sample_power = diagnostics.power_spectrum(members, spacing)
@@ -211,7 +214,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
     written: list[Path] = []
     if not any(regression_name(name) in dataset for name in DIAGNOSTIC_VARIABLES):
         made_by = (
-            "an earlier run_corrdiff.py did not store it"
+            "left out as unphysical, or an earlier run_corrdiff.py did not store it"
             if FORMAT_ATTR in dataset.attrs
             else "the blog's run-corrdiff.py does not store it; run_corrdiff.py does"
         )
@@ -246,7 +249,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
                 )
             path = request.outdir / f"{entry.stem}-spectra.{request.fmt}"
             if whole.any():
-                wavelength, curves = _spectra(fields, truth, spacing, when)
+                wavelength, curves = _spectra(fields, truth, spacing, when, whole)
                 title = f"Power spectra · {valid} · {count}"
                 _save(figures.spectra_figure(wavelength, curves, title), path, request.dpi)
                 written.append(path)

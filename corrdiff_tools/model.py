@@ -180,8 +180,15 @@ def package_identity(spec: str) -> dict[str, Any]:
     path = Path(spec.removeprefix("file://")).expanduser().resolve()
     root = _extracted_root(path) if path.is_dir() else None
     if root is not None and not _zip_supersedes(path, root):
-        dataset = sorted(p for p in (root / DATASET).rglob("*") if p.is_file())
-        files = {str(f.relative_to(root)): f for f in (*(root / c for c in CHECKPOINTS), *dataset)}
+        # Sorted by the name relative to the package, as a zip's members are: both forms
+        # hash alike (zip_member_sha256s).
+        dataset = sorted(
+            (p for p in (root / DATASET).rglob("*") if p.is_file()),
+            key=lambda p: p.relative_to(root).as_posix(),
+        )
+        files = {
+            f.relative_to(root).as_posix(): f for f in (*(root / c for c in CHECKPOINTS), *dataset)
+        }
         digests = file_sha256s(list(files.values()))
         return {"path": str(path), "sha256": _combined(zip(files, digests, strict=True))}
     archive = path if path.is_file() else path / PACKAGE_ZIP

@@ -84,6 +84,7 @@ UNREACHABLE_MARKERS = {
     # a host that answered (transient_reason), not one that cannot be reached.
     "connecterror": "could not connect",
     "cannot connect to host": "could not connect",
+    "connection timeout to host": "timed out",  # aiohttp's ConnectionTimeoutError
 }
 #: Words by which an error says that a transfer broke off or stalled: worth another try.
 TRANSIENT_MARKERS = (
@@ -104,6 +105,11 @@ TRANSIENT_MARKERS = (
 #: The object a "does not exist" message names (earth2studio: "The specified data index,
 #: noaa-gfs-bdp-pds/gfs.20240725/06/atmos/gfs.t06z.pgrb2.0p25.f000.idx, does not exist").
 MISSING_OBJECT = re.compile(r"(?P<name>[^\s,]+/[^\s,]+?)[,.]? does not exist", re.IGNORECASE)
+#: An HTTP status in a client's message ("status code: 403 Forbidden", "HTTP/1.1 404").
+HTTP_STATUS = re.compile(r"(?:status(?: code)?:? |HTTP/\d(?:\.\d)? )(?P<status>[1-5]\d\d)\b")
+HTTP_NOT_FOUND = 404
+#: Client errors that are worth another try: a request timeout, too many requests.
+RETRYABLE_4XX = frozenset({408, 429})
 #: Modules whose errors are all network errors (HTTP clients and object stores).
 NETWORK_MODULES = ("obstore", "aiohttp", "botocore", "aiobotocore", "urllib3", "requests", "http")
 #: errno values of a network failure.
@@ -384,18 +390,46 @@ def _chain(err: BaseException) -> list[BaseException]:
     return seen
 
 
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the errors it was explicitly raised from (``raise ... from``)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and all(current is not other for other in seen):
+        seen.append(current)
+        current = current.__cause__
+    return seen
+
+
+def http_status(err: BaseException) -> int | None:
+    """The HTTP status an error reports (aiohttp's ``status``, obstore's message), or None."""
+    for current in _chain(err):
+        status = getattr(current, "status", None)
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
+        found = HTTP_STATUS.search(str(current))
+        if found:
+            return int(found["status"])
+    return None
+
+
 def missing_reason(err: BaseException) -> str | None:
     """Why ``err`` means the data is not there at all (a time the archive lacks), or None.
 
     A missing object is permanent: retrying it only adds silence, and blaming a corrupt
-    cache misleads. earth2studio raises ``FileNotFoundError`` for a GFS index it cannot
-    find ("The specified data index ... does not exist").
+    cache misleads. earth2studio raises ``FileNotFoundError`` naming the GFS index it
+    cannot find ("The specified data index, <bucket>/<key>, does not exist"); an object
+    store answers 404. Only the error and what it was raised *from* count (an error that
+    merely happened while a missing file was being handled is not about it), and the
+    message must name an object: a bucket that does not exist is a misconfigured mirror,
+    not a missing time.
     """
-    for current in _chain(err):
+    for current in _causes(err):
         text = " ".join(str(current).split())
-        if isinstance(current, FileNotFoundError) or "does not exist" in text.lower():
-            named = MISSING_OBJECT.search(text)
-            return f"{named['name']} does not exist" if named else summarise(current)
+        named = MISSING_OBJECT.search(text)
+        if named:
+            return f"{named['name']} does not exist"
+        if "NoSuchKey" in text or http_status(current) == HTTP_NOT_FOUND:
+            return summarise(current)
     return None
 
 
@@ -412,13 +446,18 @@ def stalled(err: BaseException) -> bool:
 
 
 def transient_reason(err: BaseException) -> str | None:
-    """Why ``err`` is a network failure worth another try (a reset, a 503, a stall), or None.
+    """Why ``err`` is a network failure worth another try (a reset, a 503), or None.
 
     Only network errors are retried: a file that does not decode (pygrib's "End of
     resource reached", "not that many messages in file") reads the same cached bytes on
-    every try, and a missing object stays missing (:func:`missing_reason`).
+    every try, a missing object stays missing (:func:`missing_reason`), a stalled
+    transfer already waited its two minutes (:func:`stalled`), and a refusal (HTTP 4xx
+    but 408 and 429: a mirror that wants credentials) is not a hiccup.
     """
     if missing_reason(err) is not None or stalled(err):
+        return None
+    status = http_status(err)
+    if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
         return None
     for current in _chain(err):
         module = type(current).__module__.split(".")[0]

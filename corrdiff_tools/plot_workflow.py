@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from corrdiff_tools import times as times_mod
+from corrdiff_tools.checks import format_time64
 from corrdiff_tools.errors import UsageError
 
 if TYPE_CHECKING:
@@ -273,7 +274,7 @@ def _nothing_to_draw(request: PlotRequest, samples_ok: np.ndarray) -> str:
     needs = (
         "--stats needs every sample of a time, the rest at least one"
         if request.stats
-        else ("each needs at least one complete sample")
+        else "each needs at least one complete sample"
     )
     return (
         f"nothing to draw: {', '.join(asked)} asked for, and the store's selected samples are "
@@ -405,7 +406,7 @@ def _truth(request: PlotRequest, entries: Sequence[evaluate.Entry]) -> Truth | N
     if not finite:
         raise UsageError(
             f"--truth {request.truth} has no finite value at the selected times "
-            f"({', '.join(np.datetime_as_string(e.valid_time, 'm') for e in entries[:3])}): "
+            f"({', '.join(format_time64(e.valid_time) for e in entries[:3])}): "
             "nothing to score against"
         )
     return truth

@@ -28,9 +28,11 @@ from corrdiff_tools.errors import UsageError
 from corrdiff_tools.sampling import SamplerSettings
 
 if TYPE_CHECKING:
+    import numpy as np
     import xarray as xr
 
     from corrdiff_tools.sources import SourceSpec
+    from corrdiff_tools.store import StoreLayout
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +83,26 @@ class RunRequest:
 
     def resume_settings(self) -> dict[str, object]:
         """The settings a ``--resume`` must match, as the store records them (JSON)."""
-        from corrdiff_tools.store import stored_identity
+        from corrdiff_tools.store import CONTENT_SETTINGS, stored_identity
 
         return {
-            key: stored_identity(value) if key in ("source", "model_package") else value
+            key: stored_identity(value) if key in CONTENT_SETTINGS else value
             for key, value in self.comparable_settings().items()
         }
+
+    def layout(self, lat: np.ndarray, lon: np.ndarray) -> StoreLayout:
+        """The store this run writes, on the output grid ``lat``/``lon``."""
+        from corrdiff_tools.store import StoreLayout
+
+        return StoreLayout(
+            times=self.times,
+            samples=self.samples,
+            lat=lat,
+            lon=lon,
+            lead_times=self.lead_times,
+            lowres_variables=self.lowres_variables,
+            statistics=self.statistics,
+        )
 
     def comparable_settings(self) -> dict[str, object]:
         """What a store's settings are matched against: :meth:`resume_settings` and more.
@@ -244,28 +260,21 @@ def _check_output(request: RunRequest) -> None:
     """``--output`` may be created, replaced (--overwrite) or completed (--resume)."""
     from corrdiff_tools import store
 
-    name = request.output.name
-    pid = os.getpid()
-    siblings = (f".{name}.creating-{pid}", f".{name}.replaced-{pid}", f"{name}.lock")
-    check_writable_location(request.output, "--output", siblings)
+    check_writable_location(request.output, "--output", store.sibling_names(request.output.name))
     store.check_target(
         request.output, request.overwrite, request.resume, request.comparable_settings()
     )
     if request.resume and request.output.exists():
         import numpy as np
 
+        if (request.output / ".zgroup").is_file():
+            raise UsageError(
+                f"--resume {request.output} is a Zarr v2 copy of a store (made by a copying "
+                "tool): it cannot be completed in place; start a new store, or --overwrite"
+            )
         # Shapes only: the grid's values come with the model, which is not loaded yet.
         grid = np.zeros(store.HR_SHAPE, dtype="float32")
-        layout = store.StoreLayout(
-            times=request.times,
-            samples=request.samples,
-            lat=grid,
-            lon=grid,
-            lead_times=request.lead_times,
-            lowres_variables=request.lowres_variables,
-            statistics=request.statistics,
-        )
-        _, wrong = store.layout_problems(request.output, layout)
+        _, wrong = store.layout_problems(request.output, request.layout(grid, grid))
         if wrong:
             raise UsageError(
                 f"--resume {request.output} is a damaged store: {wrong[0]}; restore it from a "
@@ -361,14 +370,17 @@ def check_writable_location(
                 f"more than the {limit} this filesystem holds (with what the tool adds to it): "
                 "choose a shorter name"
             )
-    probe = parent / (missing[0] if missing else max([absolute.name, *siblings], key=len))
+    name = missing[0] if missing else max([absolute.name, *siblings], key=len)
+    # The same length and characters, but hidden and not the name itself: a kill between
+    # the two calls leaves no folder where the store, figure or GIF goes.
+    probe = parent / (f".{name[1:]}" if not name.startswith(".") else f"_{name[1:]}")
     try:
         probe.mkdir()
     except FileExistsError:
         return
     except OSError as err:
         raise UsageError(
-            f"{flag} {shown}: this filesystem cannot hold the name {probe.name!r} "
+            f"{flag} {shown}: this filesystem cannot hold the name {name!r} "
             f"({err.strerror}); choose another name"
         ) from None
     probe.rmdir()
@@ -455,16 +467,17 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
         dataset = store.open_store(args.store)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    times = select_times(args.time, dataset)
+    leads = select_leads(args.lead_time, dataset)
     # Drawn or scored, every field is checked: an input or regression mean out of its
-    # physical range is left out, with a warning, not drawn on a blanked colour scale.
-    left_out = store.implausible_arrays(dataset)
+    # physical range at the selected times is left out, with a warning, not drawn on a
+    # blanked colour scale.
+    left_out = store.implausible_arrays(dataset, times, leads)
     for name, why in left_out.items():
         logger.warning(
             "%s in %s %s: left out of the maps and the evaluation", name, args.store, why
         )
     dataset = dataset.drop_vars(list(left_out))
-    times = select_times(args.time, dataset)
-    leads = select_leads(args.lead_time, dataset)
     samples = (
         []  # no sample maps: only what --plot-lowres/--stats/--spectra/--pdf/--truth ask for
         if args.sample.strip().lower() == "none"

@@ -320,17 +320,7 @@ def plan_jobs(request: RunRequest, done: np.ndarray | None, ranks: Context) -> l
 
 
 def _layout(request: RunRequest, sampler: CorrDiffSampler) -> StoreLayout:
-    from corrdiff_tools import store
-
-    return store.StoreLayout(
-        times=request.times,
-        samples=request.samples,
-        lat=sampler.lat,
-        lon=sampler.lon,
-        lead_times=request.lead_times,
-        lowres_variables=request.lowres_variables,
-        statistics=request.statistics,
-    )
+    return request.layout(sampler.lat, sampler.lon)
 
 
 def _attributes(request: RunRequest, device: str, precision: str) -> dict[str, object]:

@@ -276,7 +276,8 @@ def file_identity(path: Path, requested: Sequence[datetime]) -> dict[str, Any]:
     requested times, float32, in (time, variable, lat, lon) order): ``--resume`` compares
     it, so new content behind the same path is refused, while the same content anywhere
     (another path, spelling, layout or variable order) is the same source. ``same_as``
-    holds the digest of the file's own variable order, which versions before 0.4 recorded.
+    holds the digest of the file's own variable order, which earlier versions of this tool
+    recorded.
     """
     import hashlib
 
@@ -431,34 +432,63 @@ def _patience(what: str, spec: SourceSpec) -> Iterator[None]:
         timer.cancel()
 
 
-def settle_downloads(timeout: float = 10.0) -> None:
+#: Seconds to wait for cancelled downloads to unwind.
+SETTLE_TIMEOUT = 10.0
+
+
+def _fsspec_loop() -> Any:
+    """The IO event loop of fsspec, if it has been started and runs, else None."""
+    try:
+        import fsspec.asyn
+    except ImportError:  # pragma: no cover - earth2studio depends on fsspec
+        return None
+    loop = fsspec.asyn.loop[0]
+    return loop if loop is not None and loop.is_running() else None
+
+
+def download_tasks() -> set[Any]:
+    """The tasks on fsspec's IO loop now (see :func:`settle_downloads`)."""
+    import asyncio
+
+    loop = _fsspec_loop()
+    if loop is None:
+        return set()
+
+    async def tasks() -> set[Any]:
+        return set(asyncio.all_tasks())
+
+    try:
+        return asyncio.run_coroutine_threadsafe(tasks(), loop).result(SETTLE_TIMEOUT)
+    except Exception:  # noqa: BLE001 - best effort: none known, none kept
+        return set()
+
+
+def settle_downloads(keep: set[Any] | None = None) -> None:
     """Cancel what a failed earth2studio fetch left running on fsspec's IO loop.
 
     earth2studio runs its GFS downloads on fsspec's event loop and gathers them with a
     progress-bar gather that raises at the first failure, leaving the others running:
     they go on hitting the server during our retry waits, and at exit the interpreter can
-    crash tearing them down (SIGSEGV after the error line, seen through obstore). Every
-    task on that loop is ours to stop here: nothing else uses it while inputs are fetched.
+    crash tearing them down (SIGSEGV after the error line, seen through obstore). The
+    tasks that were there before the fetch (``keep``, from :func:`download_tasks`) are not
+    ours and are left alone; ``keep=None`` cancels every task (a test's clean-up).
     """
     import asyncio
 
-    try:
-        import fsspec.asyn
-    except ImportError:  # pragma: no cover - earth2studio depends on fsspec
+    loop = _fsspec_loop()
+    if loop is None:
         return
-    loop = fsspec.asyn.loop[0]
-    if loop is None or not loop.is_running():
-        return
+    kept = keep or set()
 
-    async def cancel_the_others() -> None:
+    async def cancel_ours() -> None:
         current = asyncio.current_task()
-        others = [task for task in asyncio.all_tasks() if task is not current]
-        for task in others:
+        ours = [t for t in asyncio.all_tasks() if t is not current and t not in kept]
+        for task in ours:
             task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.gather(*ours, return_exceptions=True)
 
     try:
-        asyncio.run_coroutine_threadsafe(cancel_the_others(), loop).result(timeout)
+        asyncio.run_coroutine_threadsafe(cancel_ours(), loop).result(SETTLE_TIMEOUT)
     except Exception as err:  # noqa: BLE001 - best effort: the fetch error is what matters
         logger.debug("could not stop the leftover downloads: %s", err)
 
@@ -496,6 +526,7 @@ def fetch_fields(
     if spec.kind != "file":
         logger.debug("fetching %s from %s", what, spec.label)
     for attempt in range(len(delays) + 1):
+        before = download_tasks() if spec.kind != "file" else set()
         try:
             with _patience(what, spec):
                 x, coords = fetch_data(
@@ -518,7 +549,7 @@ def fetch_fields(
                 raise RunError(
                     f"could not read {what} from {spec.label} ({network.summarise(err)})"
                 ) from err
-            settle_downloads()
+            settle_downloads(keep=before)
             missing = network.missing_reason(err)
             if missing is not None:  # permanent: no retry, and no cache to blame
                 raise RunError(

@@ -295,8 +295,38 @@ class StoreLayout:
         return (len(self.times), len(self.lead_times))
 
 
+#: Hidden folders a run makes beside a store: building it, an ``--overwrite``'s new store
+#: before its first complete batch, and the old store between the two renames of a swap.
+STAGING_KINDS = ("creating", "replacing", "replaced")
+
+
 def _staging(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def sibling_names(name: str) -> tuple[str, ...]:
+    """Every name a run creates beside a store called ``name`` (validation checks they fit)."""
+    return (*(_staging(Path(name), kind).name for kind in STAGING_KINDS), f"{name}.lock")
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put the store at ``new`` in ``path``'s place; the old one goes only once it is there.
+
+    A failure between the two renames puts the old store back; one removing the old store
+    afterwards is only logged (the swap is done). A kill in between is finished by
+    :func:`clean_leftovers`.
+    """
+    aside = _staging(path, "replaced")
+    os.rename(path, aside)
+    try:
+        os.rename(new, path)
+    except OSError:
+        os.rename(aside, path)
+        raise
+    try:
+        shutil.rmtree(aside)
+    except OSError as err:
+        logger.warning("could not remove the replaced store %s (%s): delete it", aside, err)
 
 
 def clean_leftovers(path: str | Path) -> None:
@@ -315,6 +345,8 @@ def clean_leftovers(path: str | Path) -> None:
     for kind in ("creating", "replacing"):
         for leftover in sorted(path.parent.glob(f".{path.name}.{kind}-*")):
             shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in sorted(path.parent.glob(f"..{path.name}.*")):  # of earlier versions
+        shutil.rmtree(leftover, ignore_errors=True)
     for leftover in sorted(path.parent.glob(f".{path.name}.replaced-*")):
         if path.exists():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -505,10 +537,7 @@ def _write_atomically(
             )
             _store_native_times(staging, dataset)
             if replace and path.exists():
-                aside = _staging(path, "replaced")
-                os.rename(path, aside)
-                os.rename(staging, path)
-                shutil.rmtree(aside)
+                _swap_in(staging, path)
             else:
                 os.rename(staging, path)
         except OSError as err:
@@ -538,13 +567,15 @@ def _array_shapes(path: Path) -> dict[str, tuple[int, ...] | None]:
 
 
 def layout_problems(path: str | Path, layout: StoreLayout) -> tuple[list[str], list[str]]:
-    """Arrays of ``layout`` that the store at ``path`` lacks, and those it holds wrongly.
+    """Arrays of ``layout`` that the store at ``path`` lost, and those it holds wrongly.
 
     Returns
     -------
     missing : list of str
-        Arrays whose metadata is gone (a removed directory): :func:`restore_missing`
-        recreates them.
+        Arrays the store had (its consolidated metadata lists them) whose own metadata is
+        gone (a removed directory): :func:`restore_missing` recreates them. An array an
+        earlier version never wrote (a store from before the regression mean was kept) is
+        not lost, and is not created: its absence is not a gap to recompute.
     wrong : list of str
         ``'t2m has shape (1, 2, 448, 448), expected (1, 4, 448, 448)'``: a store that is
         not what its settings say; nothing is guessed.
@@ -552,7 +583,8 @@ def layout_problems(path: str | Path, layout: StoreLayout) -> tuple[list[str], l
     dataset, _ = _empty_dataset(layout, {}, {})
     expected = {str(name): tuple(dataset[name].shape) for name in dataset.variables}
     held = _array_shapes(Path(path))
-    missing = [name for name in expected if name not in held]
+    listed = _consolidated_names(Path(path))
+    missing = [name for name in expected if name not in held and (listed is None or name in listed)]
     wrong = [
         f"{name} has {'unreadable metadata' if held[name] is None else f'shape {held[name]}'}, "
         f"expected {expected[name]}"
@@ -560,6 +592,16 @@ def layout_problems(path: str | Path, layout: StoreLayout) -> tuple[list[str], l
         if name in held and held[name] != expected[name]
     ]
     return missing, wrong
+
+
+def _consolidated_names(path: Path) -> set[str] | None:
+    """The arrays a store's consolidated metadata lists (None: it has none)."""
+    try:
+        root = json.loads((path / "zarr.json").read_text())
+        listed = (root.get("consolidated_metadata") or {}).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return set(listed) if isinstance(listed, dict) else None
 
 
 def restore_missing(
@@ -596,29 +638,22 @@ def restore_missing(
     )
     for name in coords:
         subset[name] = dataset[name].variable
+    root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    kept = dict(root.attrs)  # xarray's append replaces the root attributes with its own
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        subset.attrs = {}
-        subset.to_zarr(
-            str(path),
-            mode="a",
-            compute=False,
-            encoding={name: encoding[name] for name in subset.variables if name in encoding},
-            consolidated=False,
-        )
-        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        for name in native:
-            values = dataset[name].values
-            array = group.create_array(
-                name,
-                shape=values.shape,
-                dtype=values.dtype,
-                dimension_names=[name],
-                fill_value=None,
-                attributes=dict(dataset[name].attrs),
-                overwrite=True,
+        if subset.variables:
+            subset.to_zarr(
+                str(path),
+                mode="a",
+                compute=False,
+                encoding={name: encoding[name] for name in subset.variables if name in encoding},
+                consolidated=False,
             )
-            array[:] = values
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        group.attrs.put(kept)
+        for name in native:
+            _write_native_time(group, name, dataset)
         zarr.consolidate_metadata(str(path))
     return missing, _rewrite_coordinates(path, dataset)
 
@@ -629,33 +664,72 @@ def _rewrite_coordinates(path: Path, dataset: xr.Dataset) -> list[str]:
     Coordinates are derived from the run's settings and the model's grid (both verified
     by ``--resume``): a lost or damaged chunk of ``lat`` or ``time`` is written again
     rather than trusted (NaN latitudes, NaT times), and consolidated metadata that
-    disagrees with the arrays' own (see :func:`consolidation_problem`) is rebuilt.
+    disagrees with the arrays' own (see :func:`consolidation_problem`) is rebuilt. Values
+    are compared as decoded: a time stored as CF integers (a store copied through xarray)
+    is the same time; one that is wrong is written anew in the layout's own type.
     """
+    import xarray as xr
     import zarr
 
     stale = consolidation_problem(path)
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    try:
+        stored = xr.open_zarr(str(path), consolidated=False, decode_times=True)
+    except Exception:  # noqa: BLE001 - undecodable times: compared one by one below
+        stored = None
     rewritten = []
     for name in dataset.coords:
+        name = str(name)
         expected = np.asarray(dataset[name].values)
         if name in ("lat", "lon"):
             expected = expected.astype("float32")
-        array: Any = group[str(name)]  # zarr types Group.__getitem__ as a Group too
-        try:
-            held = np.asarray(array[...])
-            same = held.shape == expected.shape and bool(
-                np.array_equal(held.astype(expected.dtype), expected)
-            )
-        except Exception:  # noqa: BLE001 - a chunk that does not decode: rewrite it
-            same = False
-        if not same:
+        same = False
+        if stored is not None and name in stored.variables:
+            try:
+                held = np.asarray(stored[name].values)
+                same = held.shape == expected.shape and bool(
+                    np.array_equal(held.astype(expected.dtype), expected)
+                )
+            except Exception:  # noqa: BLE001 - a chunk that does not decode: rewrite it
+                same = False
+        if same:
+            continue
+        array: Any = group[name]  # zarr types Group.__getitem__ as a Group too
+        if name in NATIVE_TIME_COORDS:
+            _write_native_time(group, name, dataset)
+        elif array.dtype == expected.dtype and array.shape == expected.shape:
             array[...] = expected
-            rewritten.append(str(name))
+        else:
+            raise UsageError(
+                f"--resume {path} is a damaged store: its {name} is {array.dtype} "
+                f"{array.shape}, expected {expected.dtype} {expected.shape}; restore it from "
+                "a copy, or start a new store"
+            )
+        rewritten.append(name)
     if stale or rewritten:
         if stale:
             logger.warning("%s: %s; rebuilding it", path, stale)
         zarr.consolidate_metadata(str(path))
     return rewritten
+
+
+def _write_native_time(group: Any, name: str, dataset: xr.Dataset) -> None:
+    """(Re)create ``time``/``lead_time`` as a Zarr datetime64/timedelta64 array.
+
+    See :func:`_store_native_times` for why these are not CF-encoded integers.
+    """
+    values = dataset[name].values
+    if name in group:
+        del group[name]
+    array = group.create_array(
+        name,
+        shape=values.shape,
+        dtype=values.dtype,
+        dimension_names=[name],
+        fill_value=None,
+        attributes=dict(dataset[name].attrs),
+    )
+    array[:] = values
 
 
 def _store_native_times(path: Path, dataset: xr.Dataset) -> None:
@@ -671,20 +745,8 @@ def _store_native_times(path: Path, dataset: xr.Dataset) -> None:
 
     group = zarr.open_group(str(path), mode="r+")
     for name in NATIVE_TIME_COORDS:
-        if name not in dataset.coords:
-            continue
-        values = dataset[name].values
-        attrs = dict(dataset[name].attrs)
-        del group[name]
-        array = group.create_array(
-            name,
-            shape=values.shape,
-            dtype=values.dtype,
-            dimension_names=[name],
-            fill_value=None,
-            attributes=attrs,
-        )
-        array[:] = values
+        if name in dataset.coords:
+            _write_native_time(group, name, dataset)
     zarr.consolidate_metadata(str(path))
 
 
@@ -776,7 +838,21 @@ class Replacement:
     ) -> None:
         self.path = Path(path)
         self.staging = _staging(self.path, "replacing")
-        create_store(self.staging, layout, attrs, settings)
+        dataset, encoding = _empty_dataset(layout, attrs, settings)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # see _write_atomically
+                dataset.to_zarr(
+                    str(self.staging), mode="w-", compute=False, encoding=encoding,
+                    consolidated=True,
+                )  # fmt: skip
+                _store_native_times(self.staging, dataset)
+        except OSError as err:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise RunError(
+                f"could not create {self.staging} ({err.strerror or err}) beside {self.path}: "
+                "free some space or fix the permissions, then rerun (the old store is kept)"
+            ) from err
         self._writer = StoreWriter(self.staging)
         self.swapped = False
 
@@ -794,15 +870,12 @@ class Replacement:
         """Store a batch; the first one puts the new store in the old one's place."""
         self._writer.write_samples(index, samples, fields)
         if not self.swapped:
-            aside = _staging(self.path, "replaced")
             try:
-                os.rename(self.path, aside)
-                os.rename(self.staging, self.path)
-                shutil.rmtree(aside)
+                _swap_in(self.staging, self.path)
             except OSError as err:
                 raise RunError(
-                    f"could not replace {self.path} ({err.strerror or err}); the old store is "
-                    "kept (a later run puts it back if it was moved aside)"
+                    f"could not put the new store in {self.path}'s place "
+                    f"({err.strerror or err}); the old store is kept"
                 ) from err
             self.swapped = True
             self._writer = StoreWriter(self.path)
@@ -1116,8 +1189,14 @@ def _is_consolidated(path: Path) -> bool:
     return isinstance(root, dict) and root.get("consolidated_metadata") is not None
 
 
-def implausible_arrays(dataset: xr.Dataset) -> dict[str, str]:
+def implausible_arrays(
+    dataset: xr.Dataset,
+    times: Sequence[int] | None = None,
+    leads: Sequence[int | None] | None = None,
+) -> dict[str, str]:
     """Stored inputs and regression means outside their physical range, with why.
+
+    Only the selected ``times`` (and ``leads``) are read, not the whole store.
 
     What the plot tool draws or scores against besides the samples (which are checked
     piece by piece as they are read): ``lr_<input>`` against the inputs' ranges (a store
@@ -1128,6 +1207,11 @@ def implausible_arrays(dataset: xr.Dataset) -> dict[str, str]:
 
     from corrdiff_tools import checks
 
+    if times is not None:
+        dataset = dataset.isel(time=list(times))
+    chosen = [lead for lead in leads or () if lead is not None]
+    if chosen and "lead_time" in dataset.dims:
+        dataset = dataset.isel(lead_time=chosen)
     wanted: dict[str, tuple[str, Mapping[str, tuple[float, float, str]], Any]] = {}
     for name in dataset.data_vars:
         name = str(name)
@@ -1149,14 +1233,20 @@ def implausible_arrays(dataset: xr.Dataset) -> dict[str, str]:
     return found
 
 
+#: Names of horizontal dimensions, in the layouts we read (ours, the blog's, inputs, truth).
+SPATIAL_DIMS = ("y", "x", "ilat", "ilon", "lat", "lon", "latitude", "longitude")
+
+
 def mask_fill_values(dataset: xr.Dataset, path: str | Path) -> xr.Dataset:
-    """``dataset`` (opened from the Zarr store at ``path``) with fill values read as NaN.
+    """``dataset`` (opened from the Zarr store at ``path``) with unwritten fields as NaN.
 
     A chunk that was never written reads as the array's fill value, and xarray does not
     mask Zarr v3 fill values by default. Our stores fill with NaN, but earth2studio's
     ``ZarrBackend`` (the blog's writer) fills with 0.0: an unwritten sample would be drawn
-    and scored as data (t2m -273 deg C). In every layout we read, a float value equal to
-    its array's fill value is missing data.
+    and scored as data (t2m -273 deg C), an unwritten input time read as calm winds. A
+    horizontal field (every value of one 2-D slice) that is entirely the fill value was
+    never written, in every layout we read, and is missing; a single value that happens
+    to equal it (0 dBZ, a calm point) is data.
     """
     import zarr
 
@@ -1173,9 +1263,14 @@ def mask_fill_values(dataset: xr.Dataset, path: str | Path) -> xr.Dataset:
             fill = float(fill)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             continue
-        if np.isfinite(fill):
-            dataset[name] = variable.where(variable != fill).assign_attrs(variable.attrs)
-            dataset[name].encoding = dict(variable.encoding)
+        if not np.isfinite(fill):
+            continue
+        spatial = [str(dim) for dim in variable.dims if dim in SPATIAL_DIMS][-2:]
+        if len(spatial) < 2:
+            spatial = [str(dim) for dim in variable.dims[-2:]]
+        blank = (variable == fill).all(dim=spatial) if len(spatial) == 2 else variable == fill
+        dataset[name] = variable.where(~blank).assign_attrs(variable.attrs)
+        dataset[name].encoding = dict(variable.encoding)
     return dataset
 
 

@@ -133,9 +133,7 @@ def _open(path: Path) -> xr.Dataset:
 
     try:
         if path.is_dir():
-            raw = xr.open_zarr(path, consolidated=None)
-            dataset = mask_fill_values(raw, path)
-            _report_fills(raw, dataset, path)
+            dataset = mask_fill_values(xr.open_zarr(path, consolidated=None), path)
         else:
             dataset = xr.open_dataset(path)
     except Exception as err:  # noqa: BLE001 - any failure means "not a readable file"
@@ -149,28 +147,6 @@ def _open(path: Path) -> xr.Dataset:
         if times.ndim == 1 and dataset["time"].dims == ("time",):
             dataset = dataset.assign_coords(time=times)
     return dataset
-
-
-def _report_fills(raw: xr.Dataset, masked: xr.Dataset, path: Path) -> None:
-    """Say how many values of each reference field were read as missing fill values.
-
-    A Zarr chunk never written reads as the fill value, so values equal to it are missing
-    (as in every store we read); where the fill value is also real data (0 dBZ), the
-    scores change without a word otherwise.
-    """
-    for name in OUTPUT_VARIABLES:
-        if name not in raw.data_vars:
-            continue
-        before = int(raw[name].isnull().sum())
-        after = int(masked[name].isnull().sum())
-        if after > before:
-            logger.warning(
-                "--truth: %d value(s) of %s in %s equal its Zarr fill value and are read as "
-                "missing; if that value is data there, rewrite the file with NaN as fill value",
-                after - before,
-                name,
-                path,
-            )
 
 
 def _variables(dataset: xr.Dataset) -> tuple[str, ...]:

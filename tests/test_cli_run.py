@@ -149,7 +149,7 @@ def test_same_seed_gives_identical_bytes(run_tool: Run, tmp_path: Path) -> None:
 #: from sigma 80: with 2 Heun steps from 800 a random net's residual is O(1e3), and float32
 #: rounding of batched convolutions then shows).
 SAMPLERS = {
-    "blog": (),
+    "blog": ("--steps", "2"),
     "stochastic-churn": (
         *("--sampler", "stochastic", "--s-churn", "0.5", "--steps", "3", "--sigma-max", "80"),
     ),
@@ -163,7 +163,7 @@ SAMPLER_CASES = [pytest.param("blog"), pytest.param("stochastic-churn", marks=py
 def test_other_seed_other_ensemble_and_batch_size_does_not_matter(
     run_tool: Run, tmp_path: Path, sampler: str
 ) -> None:
-    args = ("2024-07-24T06", "--samples", "3", "--steps", "2", *SAMPLERS[sampler])
+    args = ("2024-07-24T06", "--samples", "3", *SAMPLERS[sampler])
     assert run_tool(*args, "--batch-size", "1", "--output", "one.zarr")[0] == 0
     assert run_tool(*args, "--batch-size", "3", "--output", "all.zarr")[0] == 0
     assert run_tool(*args, "--seed", "7", "--output", "seven.zarr")[0] == 0
@@ -181,7 +181,7 @@ def test_other_seed_other_ensemble_and_batch_size_does_not_matter(
 def test_sample_noise_does_not_depend_on_the_other_times(
     run_tool: Run, tmp_path: Path, sampler: str
 ) -> None:
-    args = ("--samples", "2", "--steps", "2", *SAMPLERS[sampler])
+    args = ("--samples", "2", *SAMPLERS[sampler])
     assert run_tool("2024-07-24T06", *args, "--output", "alone.zarr")[0] == 0
     code, _ = run_tool("2024-07-24T00/2024-07-24T12", *args, "--output", "many.zarr")
     assert code == 0
@@ -223,7 +223,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
 ) -> None:
     args = (
         "2024-07-24T00/2024-07-24T06",
-        *("--samples", "3", "--steps", "2", "--batch-size", "2", *SAMPLERS[sampler]),
+        *("--samples", "3", "--batch-size", "2", *SAMPLERS[sampler]),
     )
     assert run_tool(*args, "--output", "whole.zarr")[0] == 0
 

@@ -159,3 +159,11 @@ def test_the_report_renders_every_stage() -> None:
     assert '"skipped": "one GPU"' in text
     assert measure._peak("NVIDIA H200, CUDA 13.0", "float16") == 989.4
     assert measure._peak("CPU, 2 threads", "float32") is None
+
+
+def test_a_failed_test_or_configuration_fails_the_run() -> None:
+    assert not measure._failed({"exit_code": 0, "cases": []})
+    assert measure._failed({"exit_code": 1, "cases": []})  # pytest failed
+    assert measure._failed({"rows": [{"precision": "fp16"}, {"precision": "x", "error": "e"}]})
+    assert measure._failed({"error": "RuntimeError: x"})
+    assert not measure._failed({"skipped": "one GPU"})

@@ -363,6 +363,29 @@ def test_a_missing_object_is_named() -> None:
         (OSError("not that many messages in file"), False, False, False),
         # A host never reached: unreachable (retried only once it has delivered).
         (RuntimeError(OBSTORE_OFFLINE), False, False, True),
+        # A mirror that wants credentials: refused, not a hiccup; a busy one is one.
+        (
+            RuntimeError("Server returned non-2xx status code: 403 Forbidden: <Error>"),
+            False,
+            False,
+            False,
+        ),
+        (
+            RuntimeError("Server returned non-2xx status code: 429 Too Many Requests"),
+            False,
+            False,
+            True,
+        ),
+        # A misconfigured mirror is not a time the archive lacks.
+        (FileNotFoundError("The specified bucket does not exist"), False, False, False),
+        (
+            RuntimeError("Server returned non-2xx status code: 404 Not Found: NoSuchKey"),
+            True,
+            False,
+            False,
+        ),
+        # aiohttp's connect timeout: the host was never reached, not a stalled transfer.
+        (TimeoutError("Connection timeout to host https://127.0.0.1:9/"), False, False, True),
     ],
 )
 def test_which_errors_are_retried(
@@ -371,3 +394,16 @@ def test_which_errors_are_retried(
     assert (network.missing_reason(error) is not None) is missing
     assert network.stalled(error) is stalls
     assert (network.transient_reason(error) is not None) is transient
+
+
+def test_only_what_an_error_was_raised_from_makes_it_missing() -> None:
+    """A reset that happened while a missing file was being handled is still a reset."""
+    try:
+        try:
+            raise FileNotFoundError("noaa-gfs-bdp-pds/gfs.20240726/06/atmos/x.idx does not exist")
+        except FileNotFoundError:
+            raise ConnectionResetError(104, "Connection reset by peer")  # noqa: B904
+    except ConnectionResetError as err:
+        assert network.missing_reason(err) is None
+        assert network.transient_reason(err) is not None
+    assert network.http_status(RuntimeError("HTTP/1.1 503 Service Unavailable")) == 503

@@ -113,8 +113,8 @@ def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> li
     out = []
     words = iter(args)
     for word in words:
-        if word == "--model-package":
-            next(words)  # replaced by the offline package below
+        if word in ("--model-package", "--samples", "--steps", "--device"):
+            next(words)  # replaced by the offline package and the limits below
             continue
         if word == "--output":
             out += [word, Path(next(words)).name]  # /scratch/... -> the working directory
@@ -215,7 +215,14 @@ def test_every_readme_command_runs_offline(
                 code = run_main(args, build_source=offline)
         else:
             prepare_plot_inputs(command[1:], tmp_path)
-            args = [*command[1:], *PLOT_LIMITS]
+            limited = {PLOT_LIMITS[i] for i in range(0, len(PLOT_LIMITS), 2)}
+            kept, words = [], iter(command[1:])
+            for word in words:
+                if word in limited:
+                    next(words)  # replaced by the limits
+                    continue
+                kept.append(word)
+            args = [*kept, *PLOT_LIMITS]
             code = plot_main(args)
         err = capsys.readouterr().err
         assert code == 0, f"{' '.join(command)}\n(ran as {args})\n{err}"

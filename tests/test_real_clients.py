@@ -183,32 +183,21 @@ def services(
     settle(collect=False)
 
 
-def settle(collect: bool = True, timeout: float = 30.0) -> None:
+def settle(collect: bool = True) -> None:
     """Stop what a failed run left going in the background of the test process.
 
-    earth2studio runs its GFS downloads on fsspec's IO loop (``_sync_async``), gathered
-    with ``tqdm.gather``, which raises at the first failure and leaves the others
-    running: in a test process they would go on retrying, stalling and logging into
-    later tests. Their tasks are cancelled and collected here, before the test asserts
-    anything: Python 3.11.7 formats tracebacks with ``ast.parse``, and a traceback
-    formatted on another thread (or by a task's ``__del__``) while pytest parses the test
-    source for a failure report crashes the session ("AST constructor recursion depth
-    mismatch", CPython issue 106905, pytest issue 10763).
+    earth2studio runs its GFS downloads on fsspec's IO loop; a failed run cancels its own
+    (``sources.settle_downloads``), and this clears the loop wholly after each test, before
+    it asserts anything: Python 3.11.7 formats tracebacks with ``ast.parse``, and a
+    traceback formatted on another thread (or by a task's ``__del__``) while pytest parses
+    the test source for a failure report crashes the session ("AST constructor recursion
+    depth mismatch", CPython issue 106905, pytest issue 10763).
     """
-    import asyncio
     import gc
 
-    import fsspec.asyn
+    from corrdiff_tools.sources import settle_downloads
 
-    async def cancel_the_others() -> None:
-        current = asyncio.current_task()
-        others = [task for task in asyncio.all_tasks() if task is not current]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-
-    loop = fsspec.asyn.get_loop()
-    asyncio.run_coroutine_threadsafe(cancel_the_others(), loop).result(timeout)
+    settle_downloads()
     if collect:
         gc.collect()  # a finished task's unretrieved error is logged now, not mid-report
 

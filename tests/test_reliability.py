@@ -926,6 +926,10 @@ def test_resume_recreates_an_array_whose_metadata_was_removed(
     assert code == 0, err
     assert f"s.zarr lacked the metadata of {array}: recreated empty" in err
     assert (path / array / "zarr.json").is_file()
+    # The store is still ours, with its settings and provenance (xarray's append used to
+    # replace the root attributes).
+    assert store.is_store(path) and store.read_settings(path)["samples"] == 3
+    assert "history" in store.read_attrs(path)
     assert array in zarr.open_group(str(path), mode="r", use_consolidated=False)
     assert array in zarr.open_group(str(path), mode="r", use_consolidated=True)
     assert_same_ensemble(path, reference)
@@ -1296,3 +1300,75 @@ def test_resume_knows_the_same_content_in_another_form(
     assert code == 0, err
     assert "(same content)" in err
     assert_same_ensemble(path, reference)
+
+
+def test_an_array_an_older_version_never_wrote_is_not_a_gap(run_tool: Run, tmp_path: Path) -> None:
+    """A store from before the regression mean was kept: nothing to recompute."""
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    assert run_tool(*JOB, "--output", "s.zarr")[0] == 0
+    for name in OUTPUT_VARIABLES:
+        shutil.rmtree(path / store.regression_name(name))
+    zarr.consolidate_metadata(str(path))  # as such a store was written: never listed
+    code, err = run_tool(*JOB, "--output", "s.zarr", "--resume")
+    assert code == 0, err
+    assert "nothing to do: s.zarr is complete" in err and "recreated" not in err
+    assert not (path / "t2m_regression").exists()
+
+
+@pytest.mark.slow
+def test_a_store_copied_through_xarray_resumes_with_its_times_intact(
+    reference: xr.Dataset, run_tool: Run, tmp_path: Path
+) -> None:
+    """xarray re-encodes times as CF integers; rewriting them raw corrupted the store."""
+    assert run_tool(*JOB, "--output", "a.zarr")[0] == 0
+    with xr.open_zarr(tmp_path / "a.zarr") as original:
+        original.to_zarr(tmp_path / "b.zarr", mode="w", consolidated=True)
+    StoreWriter(tmp_path / "b.zarr").unmark([(1, 2)])
+    code, err = run_tool(*JOB, "--output", "b.zarr", "--resume")
+    assert code == 0, err
+    assert "damaged coordinates" not in err
+    got = xr.open_zarr(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(got["time"].values, reference["time"].values)
+    np.testing.assert_array_equal(got["t2m"].values, reference["t2m"].values)
+
+
+def test_every_name_a_run_makes_beside_a_store_is_checked(tmp_path: Path) -> None:
+    names = store.sibling_names("s.zarr")
+    assert [n.split("-")[0] for n in names[:3]] == [
+        ".s.zarr.creating",
+        ".s.zarr.replacing",
+        ".s.zarr.replaced",
+    ]
+    assert names[3] == "s.zarr.lock"
+    # A store name whose --overwrite staging name alone is too long is refused up front.
+    from corrdiff_tools.requests import check_writable_location
+
+    longest = max(len(n) for n in names) - len("s.zarr")
+    name = "o" * (255 - longest) + ".zarr"
+    with pytest.raises(UsageError, match="bytes, more than the 255 this filesystem holds"):
+        check_writable_location(tmp_path / name, "--output", store.sibling_names(name))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_swap_that_fails_half_way_puts_the_old_store_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = tmp_path / "s.zarr", tmp_path / ".s.zarr.replacing-1"
+    old.mkdir()
+    (old / "mine").write_text("old")
+    new.mkdir()
+    real = os.rename
+    calls = []
+
+    def second_fails(src: object, dst: object) -> None:
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError(errno.EXDEV, "cross-device link")
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", second_fails)
+    with pytest.raises(OSError):
+        store._swap_in(new, old)
+    assert (old / "mine").read_text() == "old" and new.is_dir()

@@ -190,7 +190,8 @@ def benchmark_stage(args: argparse.Namespace, stage: Stage) -> dict[str, Any]:
                 torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001 - one failed configuration, not the stage
             rows.append({"precision": label, "error": f"{type(err).__name__}: {err}"})
-            (stage.out / "measure.log").open("a").write(traceback.format_exc())
+            with (stage.out / "measure.log").open("a") as log:
+                log.write(traceback.format_exc())
     return {"width": args.width, "rows": rows, "skipped": skipped}
 
 
@@ -363,6 +364,18 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _failed(result: object) -> bool:
+    """Whether a stage failed: it raised, a command it ran failed, or a configuration did."""
+    if not isinstance(result, dict):
+        return False
+    rows = result.get("rows", [])
+    return (
+        "error" in result
+        or result.get("exit_code", 0) != 0
+        or any(isinstance(row, dict) and "error" in row for row in rows)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -393,12 +406,13 @@ def main() -> None:
             results[name] = function(args, stage)
         except Exception as err:  # noqa: BLE001 - report it and go on to the next stage
             results[name] = {"error": f"{type(err).__name__}: {err}"}
-            (args.out / "measure.log").open("a").write(traceback.format_exc())
+            with (args.out / "measure.log").open("a") as log:
+                log.write(traceback.format_exc())
         results["stages"][name] = round(time.monotonic() - begun, 1)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         print(f"{name}: {results['stages'][name]} s", flush=True)
     (args.out / "results.md").write_text(markdown(results))
-    failed = [n for n, r in results.items() if isinstance(r, dict) and "error" in r]
+    failed = [name for name, result in results.items() if _failed(result)]
     print(f"done in {time.monotonic() - started:.0f} s; failed stages: {failed or 'none'}")
     raise SystemExit(1 if failed else 0)
 

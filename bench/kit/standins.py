@@ -36,7 +36,7 @@ import sys
 import types
 from typing import Any
 
-#: Module -> the distribution that provides it (for the error a call raises).
+#: Module -> the distribution that provides it (named in the stand-in's docstring).
 STAND_INS = {
     "warp": "warp-lang",
     "pygrib": "pygrib",
@@ -45,7 +45,7 @@ STAND_INS = {
 
 
 class _StandInType(type):
-    """Classes whose every attribute is another stand-in, and that refuse to be called."""
+    """Classes whose every attribute, and the result of every call, is another stand-in."""
 
     def __getattr__(cls, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):

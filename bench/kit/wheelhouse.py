@@ -11,7 +11,7 @@ package index; at most 64 MiB travels with the working tree. So:
 What travels is what the run tool and the benchmarks really import (traced, and
 rehearsed in a fresh Python 3.12 environment by ``bench/kit/rehearse.sh``), in the
 versions of ``constraints.txt``, minus what the machine already has (:data:`IMAGE`) and
-minus four modules the libraries import but neither route uses, which
+minus three modules the libraries import but neither route uses, which
 ``bench/kit/standins.py`` stands in for: warp-lang (392 MB installed), pygrib, and s3fs
 with botocore (:data:`STOOD_IN`).
 
