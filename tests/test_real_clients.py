@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -461,6 +462,10 @@ class Case:
     slow: bool = False
     #: What the tool gets wrong today (the case is a strict xfail until it is fixed).
     bug: str = ""
+    #: Seconds earth2studio's GFS client gives each download (its own: 120) and the tool
+    #: waits before it says it is still waiting (its own: 30), shortened so that a stall
+    #: is reported in seconds; None keeps both.
+    patience: tuple[float, float] | None = None
 
 
 def through_proxy(*injected: faults.Fault) -> Cause:
@@ -552,7 +557,8 @@ CASES = {
         1,
         says="timed out",
         never="could not reach",
-        slow=True,  # earth2studio's per-task timeout: 120 s
+        slow=True,
+        patience=(8.0, 2.0),  # unshortened, the case takes earth2studio's 120 s
     ),
     "missing-index": Case(
         in_bucket(lambda f: (f.data, None)),
@@ -639,8 +645,11 @@ def test_a_fault_reaches_the_user_in_one_line(
     package_dir: Path,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spec = CASES[case]
+    if spec.patience is not None:
+        shorten_the_waits(monkeypatch, *spec.patience)
     spec.cause(services, gfs_files, spec.time)
     model = () if spec.remote_model else ("--model-package", str(package_dir))
     result = run(f"{spec.time:%Y-%m-%dT%H:%M}", *QUICK, *model, "--output", "f.zarr")
@@ -655,6 +664,34 @@ def test_a_fault_reaches_the_user_in_one_line(
     assert line.startswith("run_corrdiff.py: error: "), result.err[-3000:]
     assert re.search(spec.says, line) and not re.search(spec.never, line), line
     assert not (tmp_path / "f.zarr").exists()
+    if spec.patience is not None:  # the stall was announced while it lasted, then reported
+        _, patience = spec.patience
+        waiting = (
+            rf"still waiting for \S+ .*at {spec.time:%Y-%m-%dT%H:%M} from gfs after {patience:g} s"
+        )
+        assert re.search(waiting, result.err), result.err[-3000:]
+        assert result.seconds < 60, result.seconds
+
+
+def shorten_the_waits(monkeypatch: pytest.MonkeyPatch, download: float, patience: float) -> None:
+    """Give earth2studio's GFS downloads ``download`` seconds, and the tool ``patience``.
+
+    earth2studio passes ``task_timeout=120.0`` to its gather for the data (60 for the index
+    files); only that number changes, the client's code path stays its own.
+    """
+    import earth2studio.data.gfs as gfs
+
+    from corrdiff_tools import sources
+
+    gather = gfs.gather_with_concurrency
+
+    async def shortened(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("task_timeout") == 120.0:
+            kwargs["task_timeout"] = download
+        return await gather(*args, **kwargs)
+
+    monkeypatch.setattr(gfs, "gather_with_concurrency", shortened)
+    monkeypatch.setattr(sources, "PATIENCE", patience)
 
 
 def test_an_interrupted_package_download_does_not_count_as_cached(
@@ -695,16 +732,30 @@ def test_an_interrupted_package_download_is_fetched_again(
 def test_a_failed_download_exits_with_1_not_a_crash(
     services: Services, gfs_files: grib.SyntheticGFS, package_dir: Path, tmp_path: Path
 ) -> None:
+    import os
     import subprocess
     import sys
 
-    script = Path(__file__).parents[1] / "run_corrdiff.py"
+    # run_corrdiff.py's own two lines, with the retry waits cut (4 + 16 s each run): the
+    # interpreter's exit after the error line is what this checks.
+    script = (
+        "from corrdiff_tools import sources; sources.RETRY_DELAYS = (0.0, 0.0); "
+        "from corrdiff_tools.cli import run_main; raise SystemExit(run_main())"
+    )
     through_proxy(faults.Fault("reset", match=DATA, after=4096))(services, gfs_files, ANALYSIS)
     codes = []
     for attempt in range(2):
         args = ("--model-package", str(package_dir), "--output", f"{attempt}.zarr")
-        command = [sys.executable, str(script), "2024-07-24T12:00", *QUICK, *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        assert "run_corrdiff.py: error: " in done.stderr
+        command = [sys.executable, "-c", script, "2024-07-24T12:00", *QUICK, *args]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        assert "run_corrdiff.py: error: could not fetch the inputs" in done.stderr, done.stderr
+        assert "after 3 tries" in done.stderr.splitlines()[-1], done.stderr
         codes.append(done.returncode)
     assert codes == [1, 1]
