@@ -84,10 +84,11 @@ def test_readme_command_parses(command: list[str]) -> None:
 
 #: What the README commands are allowed to change when run here (tiny model, 2 CPU cores):
 #: at most 4 samples and 2 steps (4 from sigma 800, which 2 cannot bring to a physical
-#: field, as the tool's per-batch check rightly says), ranges cut to their first 3 times, the offline package
-#: and inputs (an input file a command names is made if no earlier command made it),
-#: outputs outside the working directory brought into it, CPU, and --resume where an
-#: earlier command already wrote the same store (--overwrite where its settings differ).
+#: field, as the tool's per-batch check rightly says), ranges cut to their first 3 times,
+#: the offline package and inputs (an input file a command names is made if no earlier
+#: command made it), outputs outside the working directory brought into it, CPU, and
+#: --resume where an earlier command already wrote the same store (--overwrite where its
+#: settings differ).
 MAX_TIMES = 3
 MAX_SAMPLES = 4
 RUN_LIMITS = ["--steps", "2", "--device", "cpu"]
