@@ -213,10 +213,15 @@ def test_lazy_imports_load_and_sample_bitwise_as_after_the_whole_inits(
         )
         for mode in ("whole", "lazy")
     }
-    for mode, process in running.items():
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-2000:]
-        results[mode] = out.split()
+    try:
+        for mode, process in running.items():
+            out, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err[-2000:]
+            results[mode] = out.split()
+    finally:  # a failure or a timeout leaves no process behind
+        for process in running.values():
+            process.kill()
+            process.wait()
     whole, lazy = results["whole"], results["lazy"]
     assert lazy[0] == whole[0]  # regression mean and two samples, bitwise
     assert lazy[1] == "-"  # none of the unneeded heavy modules was imported
