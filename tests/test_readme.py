@@ -91,7 +91,8 @@ def test_readme_command_parses(command: list[str]) -> None:
 #: settings differ).
 MAX_TIMES = 3
 MAX_SAMPLES = 4
-RUN_LIMITS = ["--steps", "2", "--device", "cpu"]
+RUN_LIMITS = ["--device", "cpu"]
+STEPS = "2"
 #: Steps for commands that start at the paper's sigma_max 800 (2 steps end at mrr +-22000 dBZ).
 WIDE_SIGMA_STEPS = "4"
 SOURCE_NAMES = ("gfs", "gfs-forecast", "era5")
@@ -128,11 +129,9 @@ def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> li
     if inputs is not None and given.source not in SOURCE_NAMES and not source.exists():
         shutil.copy(inputs, source)  # e.g. the SLURM example's season.nc
     samples = ["--samples", str(min(given.samples, MAX_SAMPLES))]
-    limits = list(RUN_LIMITS)
     settings = sampling.resolve(given.preset, given.sampler, {"sigma_max": given.sigma_max})
-    if settings.sigma_max > 100:
-        limits[1] = WIDE_SIGMA_STEPS
-    out += ["--model-package", str(package), *samples, *limits]
+    steps = ["--steps", WIDE_SIGMA_STEPS if settings.sigma_max > 100 else STEPS]
+    out += ["--model-package", str(package), *samples, *steps, *RUN_LIMITS]
     parsed = build_run_parser().parse_args(out)
     if parsed.benchmark:
         return [*out, "--benchmark-size", "tiny"]
