@@ -716,25 +716,35 @@ def _named_classes(args: Any) -> list[tuple[str, str]]:
     return found
 
 
-def check_checkpoint_classes(root: Path, spec: str) -> None:
+def check_checkpoint_classes(
+    root: Path,
+    spec: str,
+    checkpoints: Sequence[str] = CHECKPOINTS,
+    option: str = "--model-package",
+    folder: str = f"{PACKAGE_DIR}/",
+) -> None:
     """Refuse checkpoints that name classes a CorrDiff package does not use, before import.
+
+    ``checkpoints`` are the (regression, diffusion) paths under ``root``: the Taiwan
+    package's by default; a generic package (``models.generic``) has them at its top,
+    named on the command line by ``option`` with no ``folder`` prefix.
 
     Raises
     ------
     UsageError
         Naming the checkpoint and the class it asks for.
     """
-    for kind, checkpoint in zip(("regression", "diffusion"), CHECKPOINTS, strict=True):
+    for kind, checkpoint in zip(("regression", "diffusion"), checkpoints, strict=True):
         path = root / checkpoint
         try:
             classes = _named_classes(_checkpoint_args(path))
         except (OSError, ValueError, StopIteration, zipfile.BadZipFile) as err:
             raise UsageError(
-                f"--model-package {spec}: {PACKAGE_DIR}/{checkpoint} is not a physicsnemo "
+                f"{option} {spec}: {folder}{checkpoint} is not a physicsnemo "
                 f"checkpoint with an args.json ({type(err).__name__})"
             ) from None
         if not classes:
-            raise UsageError(f"--model-package {spec}: {checkpoint} names no model class")
+            raise UsageError(f"{option} {spec}: {checkpoint} names no model class")
         top = classes[0][1]
         allowed = ALLOWED_CLASSES[kind] | ALLOWED_NESTED
         for module, name in classes:
@@ -744,7 +754,7 @@ def check_checkpoint_classes(root: Path, spec: str) -> None:
                 or not module.startswith(ALLOWED_MODULES)
             ):
                 raise UsageError(
-                    f"--model-package {spec}: {checkpoint} asks to import {module}.{name}, "
+                    f"{option} {spec}: {checkpoint} asks to import {module}.{name}, "
                     f"which a CorrDiff package does not use ({kind}: "
                     f"{' or '.join(sorted(ALLOWED_CLASSES[kind]))}); refusing to load it "
                     "(a model package is code: use only packages you trust)"

@@ -283,8 +283,14 @@ def run_sampler(
     condition: torch.Tensor,
     settings: SamplerSettings,
     noise: SampleNoise,
+    mean_hr: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw residuals with physicsnemo's own sampler function for ``settings``."""
+    """Draw residuals with physicsnemo's own sampler function for ``settings``.
+
+    ``mean_hr`` (the regression mean, batch 1) goes to the sampler as physicsnemo's
+    conditioning on it; CorrDiff Taiwan's checkpoint was trained without it (None).
+    """
+    extra = {} if mean_hr is None else {"mean_hr": mean_hr}
     from corrdiff_tools.speed import zero_churn_noise
 
     randn_like = noise.randn_like if settings.churns else zero_churn_noise
@@ -294,11 +300,13 @@ def run_sampler(
         )
 
         return deterministic_sampler(
-            net, latents, condition, randn_like=randn_like, **settings.keywords()
+            net, latents, condition, randn_like=randn_like, **settings.keywords(), **extra
         )
     from physicsnemo.diffusion.samplers.legacy_stochastic_sampler import stochastic_sampler
 
-    return stochastic_sampler(net, latents, condition, randn_like=randn_like, **settings.keywords())
+    return stochastic_sampler(
+        net, latents, condition, randn_like=randn_like, **settings.keywords(), **extra
+    )
 
 
 def store_attrs(settings: SamplerSettings) -> dict[str, Any]:

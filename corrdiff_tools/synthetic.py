@@ -214,3 +214,137 @@ def synthetic_inputs(
             field += 0.3 * rng.standard_normal(field.shape)
             data[t, v] = centre + scale * field
     return input_dataarray(data, times, variables, lat, lon)
+
+
+#: Generic CorrDiff packages (earth2studio's ``CorrDiff`` format, ``models.generic``): the
+#: backbone for tests, five levels too many for a 32-pixel grid, so three.
+GENERIC_WIDTH: dict[str, Any] = {
+    "model_channels": 8, "channel_mult": [1, 1, 1], "num_blocks": 1, "attn_resolutions": [],
+}  # fmt: skip
+#: Positional channels SongUNetPosEmbd adds to its input (its ``N_grid_channels`` default).
+POSITIONAL_CHANNELS = 4
+
+
+def regular_grid(
+    south: float, west: float, shape: tuple[int, int], spacing: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-D (lat, lon) axes of a regular grid, increasing, as earth2studio wants them."""
+    lat = south + spacing * np.arange(shape[0])
+    lon = west + spacing * np.arange(shape[1])
+    return lat.astype("float64"), lon.astype("float64")
+
+
+def build_generic_networks(
+    shape: tuple[int, int],
+    inputs: int,
+    outputs: int,
+    hr_mean_conditioning: bool = True,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """Random-weight nets wired as earth2studio's generic CorrDiff calls them.
+
+    Regression: ``CorrDiffRegressionUNet`` around ``SongUNetPosEmbd`` reading
+    ``inputs`` (variables + invariants) and its positional channels; diffusion:
+    ``EDMPrecondSuperResolution`` around ``SongUNetPosEmbd``, which also reads the
+    regression mean (``outputs`` more channels) when ``hr_mean_conditioning``.
+    """
+    import torch
+    from physicsnemo.diffusion.preconditioners.legacy import EDMPrecondSuperResolution
+    from physicsnemo.models.diffusion_unets import CorrDiffRegressionUNet
+
+    common = {**GENERIC_WIDTH, "model_type": "SongUNetPosEmbd", "img_resolution": list(shape)}
+    torch.manual_seed(seed)
+    regression = CorrDiffRegressionUNet(
+        img_in_channels=inputs + POSITIONAL_CHANNELS, img_out_channels=outputs, **common
+    )
+    conditioning = inputs + POSITIONAL_CHANNELS + (outputs if hr_mean_conditioning else 0)
+    diffusion = EDMPrecondSuperResolution(
+        img_in_channels=conditioning, img_out_channels=outputs, **common
+    )
+    return enliven((regression.eval(), diffusion.eval()), seed=seed, scale=0.3)
+
+
+def _grid_file(path: Path, lat: np.ndarray, lon: np.ndarray) -> None:
+    """A lat/lon grid file as earth2studio reads it: ``ds["lat"]``, ``ds["lon"]``."""
+    import xarray as xr
+
+    if lat.ndim == 1:
+        dataset = xr.Dataset(coords={"lat": ("lat", lat), "lon": ("lon", lon)})
+    else:
+        dataset = xr.Dataset({"lat": (("y", "x"), lat), "lon": (("y", "x"), lon)})
+    dataset.to_netcdf(path, engine="h5netcdf")
+
+
+def build_generic_package(
+    directory: str | Path,
+    input_variables: Sequence[str],
+    output_variables: Sequence[str],
+    output_grid: tuple[np.ndarray, np.ndarray],
+    input_grid: tuple[np.ndarray, np.ndarray],
+    invariants: dict[str, np.ndarray] | None = None,
+    metadata: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight package in earth2studio's generic ``CorrDiff`` layout.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Created if needed; receives the package's files at its top.
+    input_variables, output_variables : sequence of str
+        earth2studio variable names (normalisation from :data:`TYPICAL`, else (0, 1)).
+    output_grid, input_grid : tuple of numpy.ndarray
+        (lat, lon), 1-D axes or 2-D arrays, written as given.
+    invariants : dict, optional
+        name -> field on the output grid's shape, written to ``invariants.nc``.
+    metadata : dict, optional
+        Extra ``metadata.json`` keys (sampler settings, ``hr_mean_conditioning``, ...).
+    seed : int
+        Weight initialisation seed.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+    """
+    import json
+
+    import xarray as xr
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "input_variables": list(input_variables),
+        "output_variables": list(output_variables),
+        **(metadata or {}),
+    }
+    lat, lon = output_grid
+    shape = lat.shape if lat.ndim == 2 else (lat.size, lon.size)
+    inputs = len(input_variables) + len(invariants or {})
+    networks = build_generic_networks(
+        shape, inputs, len(output_variables), metadata.get("hr_mean_conditioning", True), seed
+    )
+    networks[0].save(str(directory / "regression.mdlus"))
+    networks[1].save(str(directory / "diffusion.mdlus"))
+
+    def stats(names: Sequence[str]) -> dict[str, dict[str, float]]:
+        return {
+            name: dict(zip(("mean", "std"), TYPICAL.get(name, (0.0, 1.0)), strict=True))
+            for name in names
+        }
+
+    everything = {"input": stats(input_variables), "output": stats(output_variables)}
+    if invariants:
+        everything["invariants"] = {
+            name: {"mean": float(np.mean(field)), "std": float(np.std(field)) or 1.0}
+            for name, field in invariants.items()
+        }
+        dims = ("lat", "lon") if lat.ndim == 1 else ("y", "x")
+        xr.Dataset({name: (dims, field) for name, field in invariants.items()}).to_netcdf(
+            directory / "invariants.nc", engine="h5netcdf"
+        )
+    (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (directory / "stats.json").write_text(json.dumps(everything, indent=2))
+    _grid_file(directory / "output_latlon_grid.nc", *output_grid)
+    _grid_file(directory / "input_latlon_grid.nc", *input_grid)
+    return directory

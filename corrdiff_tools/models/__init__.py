@@ -1,0 +1,22 @@
+"""The CorrDiff family, one module per model family.
+
+``downscale.py`` and the store were written for CorrDiff Taiwan, which is still the tool
+pair's only command-line route. This subpackage is where the other families live:
+
+``generic``
+    earth2studio's generic ``CorrDiff`` package format (``metadata.json``, ``stats.json``,
+    ``output_latlon_grid.nc``, ``input_latlon_grid.nc``, optional ``invariants.nc``,
+    ``regression.mdlus``, ``diffusion.mdlus``): any CorrDiff trained with physicsnemo's
+    example on any region. :mod:`corrdiff_tools.models.generic` loads it through
+    earth2studio's own ``CorrDiff.load_model``, mends what earth2studio gets wrong for
+    real regions (rectangular and regular output grids, the deterministic sampler with
+    the regression mean as conditioning), and runs the forward pass with our
+    per-(time, lead, sample) noise.
+
+Each family module answers the same questions, so a new family is one new module:
+which variables the model reads and on which grid (``input_coords``), what it writes and
+on which grid (``output_variables``, ``lat``/``lon``), which sampler settings its package
+asks for (``package_settings``), how a package is found and loaded (``load``), and its
+forward pass (a sampler object with ``condition``, ``regression_mean``, ``residuals``,
+``denormalise``), the interface ``downscale.CorrDiffSampler`` has for Taiwan.
+"""
