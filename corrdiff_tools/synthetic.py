@@ -327,13 +327,19 @@ def build_generic_package(
     networks[0].save(str(directory / "regression.mdlus"))
     networks[1].save(str(directory / "diffusion.mdlus"))
 
-    def stats(names: Sequence[str]) -> dict[str, dict[str, float]]:
+    def stats(names: Sequence[str], shift: float, stretch: float) -> dict[str, dict[str, float]]:
+        typical = {name: TYPICAL.get(name, (0.0, 1.0)) for name in names}
         return {
-            name: dict(zip(("mean", "std"), TYPICAL.get(name, (0.0, 1.0)), strict=True))
-            for name in names
+            name: {"mean": centre + shift * scale, "std": stretch * scale}
+            for name, (centre, scale) in typical.items()
         }
 
-    everything = {"input": stats(input_variables), "output": stats(output_variables)}
+    # An output's statistics differ from the same variable's as an input (as in any
+    # trained package), so a denormalisation that used the wrong ones would show.
+    everything = {
+        "input": stats(input_variables, 0.0, 1.0),
+        "output": stats(output_variables, 0.5, 1.5),
+    }
     if invariants:
         everything["invariants"] = {
             name: {"mean": float(np.mean(field)), "std": float(np.std(field)) or 1.0}

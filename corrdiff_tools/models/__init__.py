@@ -18,5 +18,6 @@ which variables the model reads and on which grid (``input_coords``), what it wr
 on which grid (``output_variables``, ``lat``/``lon``), which sampler settings its package
 asks for (``package_settings``), how a package is found and loaded (``load``), and its
 forward pass (a sampler object with ``condition``, ``regression_mean``, ``residuals``,
-``denormalise``), the interface ``downscale.CorrDiffSampler`` has for Taiwan.
+``denormalise``, as ``downscale.CorrDiffSampler`` has for Taiwan; the generic
+``residuals`` also takes the regression mean, which Taiwan's checkpoint does not read).
 """

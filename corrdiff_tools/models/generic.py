@@ -8,7 +8,7 @@ output variables, ``number_of_steps``, ``solver``, ``sampler_type``,
 every input, output and invariant), ``output_latlon_grid.nc``, ``input_latlon_grid.nc``
 (or ``latlon_res``), optional ``invariants.nc``, ``regression.mdlus`` and
 ``diffusion.mdlus``. We load it through earth2studio's own ``load_model``; only the
-class it builds is ours (:class:`RegionalCorrDiff`), because earth2studio's gets four
+class it builds is ours (:class:`RegionalCorrDiff`), because earth2studio's gets five
 things wrong for real regions, all tried with tiny packages (tests/test_models.py pins
 earth2studio's behaviour beside ours):
 
@@ -22,7 +22,11 @@ earth2studio's behaviour beside ours):
    *both* lat and lon (``(lat.shape[0], lon.shape[0])``), and so does ``__call__``
    (``len()`` of each coordinate). We size it from the grid's shape and name the output
    grid's dimensions ``y``/``x``, as our stores do.
-4. ``sampler_type: deterministic`` with ``hr_mean_conditioning`` raises
+4. An output grid whose latitudes run north to south is refused, with advice to reverse
+   the file, which would put the grid out of line with ``invariants.nc`` and with what
+   the nets were trained on. Its interpolation does not need it: we accept either
+   direction.
+5. ``sampler_type: deterministic`` with ``hr_mean_conditioning`` raises
    ``NotImplementedError`` in earth2studio's ``_setup_sampler``; physicsnemo's
    ``deterministic_sampler`` takes ``mean_hr`` exactly as the stochastic one does, so we
    pass it.
@@ -34,8 +38,9 @@ sampler functions. What :class:`GenericSampler` does differently from ``CorrDiff
 is the noise, as for Taiwan (``downscale.py``): sample ``i`` of time ``t`` draws from a
 generator seeded by ``(seed, t, lead, i)`` alone, where earth2studio draws one random
 seed per call, so an ensemble does not depend on batch size, device count or the other
-times of a run. With the seeds ``seed + i`` it reproduces earth2studio's own call
-bitwise (tested).
+times of a run. On a CPU, with the seeds ``seed + i`` and one sample per call, it
+reproduces earth2studio's own call bitwise (tested; on a GPU earth2studio draws its noise
+with a CUDA generator, we draw ours on the CPU so it is the same on every device).
 """
 
 from __future__ import annotations
@@ -57,8 +62,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import torch
+    import xarray as xr
     from earth2studio.utils.type import CoordSystem
 
+#: Degrees an input coordinate may be from the package's input grid point it stands for.
+GRID_TOLERANCE = 1e-3
 #: The package's files, as earth2studio's ``CorrDiff.load_model`` reads them.
 REQUIRED_FILES = ("metadata.json", "stats.json", "output_latlon_grid.nc")
 CHECKPOINTS = ("regression.mdlus", "diffusion.mdlus")
@@ -93,8 +101,16 @@ class RegionalCorrDiff(CorrDiff):
         cls, lat_grid: torch.Tensor, lon_grid: torch.Tensor, grid_name: str = "grid"
     ) -> None:
         # earth2studio refuses a 2-D rectilinear grid ("should be stored as 1D"); we check
-        # its axes as earth2studio checks 1-D ones (increasing, same rules).
-        super()._validate_grid_format(*_rectilinear_axes(lat_grid, lon_grid), grid_name)
+        # its axes as earth2studio checks 1-D ones.
+        lat, lon = _rectilinear_axes(lat_grid, lon_grid)
+        if grid_name == "output" and lat.ndim == 1 and lon.ndim == 1:
+            # earth2studio also wants output axes increasing, and advises reversing a
+            # north-to-south grid in the file. Its interpolation searches only the input
+            # grid, and reversing the output grid would put it out of line with
+            # invariants.nc and with the layout the nets were trained on: any direction
+            # is accepted (the check below still sees the dimensions).
+            lat, lon = lat.sort().values, lon.sort().values
+        super()._validate_grid_format(lat, lon, grid_name)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,7 +179,11 @@ class RegionalCorrDiff(CorrDiff):
 
 
 def missing_files(folder: Path) -> list[str]:
-    """The files of the generic layout that ``folder`` lacks (none of them optional)."""
+    """The files of the generic layout that ``folder`` lacks.
+
+    ``invariants.nc`` is optional, and ``latlon_res`` in ``metadata.json`` stands in for
+    ``input_latlon_grid.nc``.
+    """
     names = (*REQUIRED_FILES, *CHECKPOINTS)
     missing = [name for name in names if not (folder / name).is_file()]
     metadata_has_res = False
@@ -179,11 +199,76 @@ def missing_files(folder: Path) -> list[str]:
     return missing
 
 
+#: Backbones whose input is the conditioning plus ``N_grid_channels`` positional channels.
+POSITIONAL_BACKBONES = {"SongUNetPosEmbd"}
+PLAIN_BACKBONES = {"SongUNet", "DhariwalUNet"}
+
+
+def check_wiring(model: CorrDiff, shown: str) -> None:
+    """Refuse a package whose files disagree with its nets, naming both sides.
+
+    earth2studio loads such a package and fails at the first call deep inside a
+    convolution ("expected input to have 12 channels, but got 9"), or not at all when the
+    counts happen to agree. Checked: the invariants' grid against the output grid, and
+    each net's input and output channels against the variables, invariants, positional
+    channels and (for the diffusion net, with ``hr_mean_conditioning``) the regression mean.
+    """
+    from corrdiff_tools.errors import UsageError
+
+    height, width = model.img_shape
+    if model.invariants is not None and tuple(model.invariants.shape[-2:]) != (height, width):
+        raise UsageError(
+            f"{shown}: invariants.nc holds fields of {tuple(model.invariants.shape[-2:])}, the "
+            f"output grid is {(height, width)}"
+        )
+    inputs = len(model.input_variables)
+    invariants = len(model.invariant_variables)
+    outputs = len(model.output_variables)
+    for kind, net, mean in (
+        ("regression", model.regression_model, 0),
+        ("diffusion", model.residual_model, outputs if model.hr_mean_conditioning else 0),
+    ):
+        backbone = type(getattr(net, "model", None)).__name__
+        if backbone in POSITIONAL_BACKBONES:
+            positional = int(net.model.N_grid_channels)
+        elif backbone in PLAIN_BACKBONES:
+            positional = 0
+        else:  # another backbone (lead-time embeddings, ...): not checked here
+            continue
+        expected = inputs + invariants + positional + mean
+        reads = int(getattr(net, "img_in_channels", expected))
+        writes = int(getattr(net, "img_out_channels", outputs))
+        if reads != expected:
+            parts = [f"{inputs} input variable(s)", f"{invariants} invariant(s)"]
+            parts.append(f"{positional} positional channel(s)")
+            if kind == "diffusion":
+                parts.append(
+                    f"{mean} regression mean channel(s) (hr_mean_conditioning: "
+                    f"{str(model.hr_mean_conditioning).lower()})"
+                )
+            raise UsageError(
+                f"{shown}: {kind}.mdlus reads {reads} channels, the package's files give "
+                f"{expected} ({' + '.join(parts)})"
+            )
+        if writes != outputs:
+            raise UsageError(
+                f"{shown}: {kind}.mdlus writes {writes} channels, metadata.json names "
+                f"{outputs} output variable(s)"
+            )
+
+
 def load(spec: str | Path, device: str | None = None) -> RegionalCorrDiff:
     """Load a generic CorrDiff package through earth2studio's ``load_model``.
 
-    ``spec`` is a local folder (checked for the layout and for checkpoint classes before
-    anything is imported from it) or a remote address earth2studio's ``Package`` reads.
+    ``spec`` is a local folder or a remote address earth2studio's ``Package`` reads (its
+    files are fetched into earth2studio's cache first). Either way the layout and the
+    checkpoints' classes are checked before anything is imported from the package, and
+    its files against its nets after loading (:func:`check_wiring`).
+
+    Raises
+    ------
+    UsageError
+        One line naming the package and what is wrong with it.
     """
     from earth2studio.models.auto import Package
 
@@ -191,18 +276,42 @@ def load(spec: str | Path, device: str | None = None) -> RegionalCorrDiff:
     from corrdiff_tools.model import check_checkpoint_classes, is_remote
 
     text = str(spec)
-    if not is_remote(text):
+    shown = f"package {text}"
+    hint = " (see the README's 'Other CorrDiff models')"
+    package = Package(text)
+    if is_remote(text):
+        resolved = []
+        for name in (*REQUIRED_FILES, *CHECKPOINTS):
+            try:
+                resolved.append(Path(package.resolve(name)))
+            except FileNotFoundError:
+                raise UsageError(
+                    f"{shown}: not a generic CorrDiff package, missing {name}{hint}"
+                ) from None
+        checkpoints = [str(path) for path in resolved[-len(CHECKPOINTS) :]]
+    else:
         folder = Path(text)
         if not folder.is_dir():
-            raise UsageError(f"--model {text}: no such folder (a generic CorrDiff package)")
+            raise UsageError(f"{shown}: no such folder (a generic CorrDiff package){hint}")
         missing = missing_files(folder)
         if missing:
             raise UsageError(
-                f"--model {text}: not a generic CorrDiff package, missing {', '.join(missing)}"
-                " (see the README's 'Package your own CorrDiff')"
+                f"{shown}: not a generic CorrDiff package, missing {', '.join(missing)}{hint}"
             )
-        check_checkpoint_classes(folder, text, CHECKPOINTS, option="--model", folder="")
-    model = RegionalCorrDiff.load_model(Package(text), device=device)
+        checkpoints = [str(folder / name) for name in CHECKPOINTS]
+    # Absolute paths: Path("/") / "/abs/x" is "/abs/x".
+    check_checkpoint_classes(Path("/"), text, checkpoints, option="package", folder="")
+    try:
+        model = RegionalCorrDiff.load_model(package, device=device)
+    except KeyError as err:  # earth2studio indexes stats.json without a check for outputs
+        detail = err.args[0] if err.args else err
+        raise UsageError(
+            f"{shown}: stats.json lacks an entry: {detail} (it needs the mean and std of "
+            "every input, output and invariant)"
+        ) from None
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"{shown}: {err}") from None
+    check_wiring(model, shown)
     return model  # type: ignore[return-value]
 
 
@@ -242,18 +351,89 @@ class GenericSampler:
         self.model = model
         self.settings = settings if settings is not None else package_settings(model)
         self.device = model.in_center.device
-        self.img_shape: tuple[int, int] = tuple(model.img_shape)  # type: ignore[assignment]
         self.channels = len(model.output_variables)
 
-    def condition(self, inputs: np.ndarray, valid_time: datetime | None = None) -> torch.Tensor:
+    def align(self, array: xr.DataArray) -> np.ndarray:
+        """The package's inputs from a (variable, lat, lon) DataArray, taken by name.
+
+        Variables are picked by their labels in ``model.input_variables`` order, and each
+        point of the package's 1-D input grid from the array's own coordinates (either
+        direction, longitudes modulo 360), within :data:`GRID_TOLERANCE` degrees.
+
+        Raises
+        ------
+        ValueError
+            Naming the missing variables or grid points, or the non-finite values.
+        """
+        from corrdiff_tools import checks
+
+        wanted = list(self.model.input_variables)
+        if set(array.dims) != {"variable", "lat", "lon"}:
+            raise ValueError(
+                f"inputs have dims {tuple(array.dims)}; need (variable, lat, lon): select one "
+                "time first"
+            )
+        names = checks.decode_labels(array["variable"].values)
+        missing = [name for name in wanted if name not in names]
+        if missing:
+            raise ValueError(
+                f"inputs lack {', '.join(missing)}: this package reads {', '.join(wanted)}"
+            )
+        grid = self.model.input_coords()
+        rows = cols = None
+        for axis in ("lat", "lon"):
+            have = np.asarray(array[axis].values, dtype="float64")
+            problem = checks.axis_problem(axis, have)
+            need = np.asarray(grid[axis], dtype="float64")
+            if problem is None and need.ndim != 1:
+                problem = "the package's input grid is curvilinear: pass a numpy array on it"
+            if problem is not None:
+                raise ValueError(f"inputs: {problem}")
+            apart = np.abs(need[:, None] - have[None, :])
+            if axis == "lon":
+                apart = np.abs((apart + 180.0) % 360.0 - 180.0)
+            nearest = apart.argmin(axis=1)
+            off = apart[np.arange(need.size), nearest]
+            if (off > GRID_TOLERANCE).any():
+                first = int(np.flatnonzero(off > GRID_TOLERANCE)[0])
+                raise ValueError(
+                    f"inputs do not hold the package's input grid: {axis} {need[first]:g} "
+                    f"is missing (nearest {have[nearest[first]]:g}); the package reads "
+                    f"{axis} {need[0]:g}..{need[-1]:g} in {need.size} points"
+                )
+            rows, cols = (nearest, cols) if axis == "lat" else (rows, nearest)
+        ordered = array.transpose("variable", "lat", "lon").values
+        picked = np.stack([ordered[names.index(name)][rows][:, cols] for name in wanted])
+        problem = checks.field_problem(dict(zip(wanted, picked, strict=True)), ranges={})
+        if problem is not None:
+            raise ValueError(f"inputs: {problem}")
+        return picked.astype("float32")
+
+    def condition(
+        self, inputs: np.ndarray | xr.DataArray, valid_time: datetime | None = None
+    ) -> torch.Tensor:
         """Interpolate, add invariants, normalise (earth2studio's ``preprocess_input``).
 
-        ``inputs`` is (variables, lat, lon) on the package's input grid, in
-        ``model.input_variables`` order; the result is (1, channels, H, W), float32.
+        ``inputs`` is a (variable, lat, lon) DataArray (taken by name, :meth:`align`) or
+        an array already in ``model.input_variables`` order on the package's input grid;
+        the result is (1, channels, H, W), float32.
         """
         import torch
+        import xarray as xr
 
-        x = torch.as_tensor(np.asarray(inputs, dtype="float32"), device=self.device)
+        if isinstance(inputs, xr.DataArray):
+            inputs = self.align(inputs)
+        inputs = np.asarray(inputs, dtype="float32")
+        grid = self.model.input_coords()
+        lat = np.asarray(grid["lat"])
+        points = (lat.size, np.size(grid["lon"])) if lat.ndim == 1 else lat.shape
+        shape = (len(self.model.input_variables), *points)
+        if inputs.shape != shape:
+            raise ValueError(
+                f"inputs have shape {inputs.shape}; the package reads {shape}: "
+                f"({', '.join(self.model.input_variables)}) on its input grid"
+            )
+        x = torch.as_tensor(inputs, device=self.device)
         with torch.inference_mode():
             condition = self.model.preprocess_input(x, valid_time).to(torch.float32)
         # channels_last, as earth2studio's _forward and load_model (for the nets) set it.
@@ -263,11 +443,12 @@ class GenericSampler:
         """The regression net's mean, normalised, (1, outputs, H, W) (physicsnemo's step)."""
         from physicsnemo.diffusion.generate.legacy_generate import regression_step
 
-        return regression_step(
-            net=self.model.regression_model,
-            img_lr=condition,
-            latents_shape=(1, self.channels, *self.img_shape),
-        )
+        with self.model._inference_context():
+            return regression_step(
+                net=self.model.regression_model,
+                img_lr=condition,
+                latents_shape=(1, self.channels, *condition.shape[-2:]),
+            )
 
     def residuals(
         self, condition: torch.Tensor, mean: torch.Tensor, seeds: Sequence[int]
@@ -280,9 +461,10 @@ class GenericSampler:
         import torch
 
         noise = SampleNoise(seeds)
-        latents = noise.latents((self.channels, *self.img_shape), self.device)
+        # The conditioning's grid, which a subclass may pad (earth2studio does the same).
+        latents = noise.latents((self.channels, *condition.shape[-2:]), self.device)
         mean_hr = mean if self.model.hr_mean_conditioning else None
-        with torch.inference_mode():
+        with torch.inference_mode(), self.model._inference_context():
             return run_sampler(
                 self.model.residual_model,
                 latents,
@@ -293,7 +475,10 @@ class GenericSampler:
             )
 
     def normalised_samples(
-        self, inputs: np.ndarray, seeds: Sequence[int], valid_time: datetime | None = None
+        self,
+        inputs: np.ndarray | xr.DataArray,
+        seeds: Sequence[int],
+        valid_time: datetime | None = None,
     ) -> torch.Tensor:
         """One batch of samples before denormalisation: mean, residual or their sum.
 
@@ -309,7 +494,10 @@ class GenericSampler:
         return residual if mode == "diffusion" else mean + residual
 
     def samples(
-        self, inputs: np.ndarray, seeds: Sequence[int], valid_time: datetime | None = None
+        self,
+        inputs: np.ndarray | xr.DataArray,
+        seeds: Sequence[int],
+        valid_time: datetime | None = None,
     ) -> np.ndarray:
         """One batch of samples in physical units, (B, outputs, H, W), float32 on the host."""
         return self.denormalise(self.normalised_samples(inputs, seeds, valid_time))
@@ -317,8 +505,8 @@ class GenericSampler:
     def denormalise(self, x: torch.Tensor) -> np.ndarray:
         """Normalised output -> physical units (earth2studio's ``postprocess_output``).
 
-        In the sampler's precision (float64), rounded to float32 once at the end, as
-        earth2studio does.
+        In the precision the sampler returns (float64 from the deterministic one),
+        rounded to float32 once at the end, as earth2studio does.
         """
         import torch
 
