@@ -726,8 +726,9 @@ def check_checkpoint_classes(
     """Refuse checkpoints that name classes a CorrDiff package does not use, before import.
 
     ``checkpoints`` are the (regression, diffusion) paths under ``root``: the Taiwan
-    package's by default; a generic package (``models.generic``) has them at its top,
-    named on the command line by ``option`` with no ``folder`` prefix.
+    package's by default. Each message starts with ``option`` and the spec, and names a
+    checkpoint with the ``folder`` prefix; a generic package (``models.generic``) passes
+    its own checkpoints, ``package`` and no prefix.
 
     Raises
     ------

@@ -290,9 +290,9 @@ def run_sampler(
     ``mean_hr`` (the regression mean, batch 1) goes to the sampler as physicsnemo's
     conditioning on it; CorrDiff Taiwan's checkpoint was trained without it (None).
     """
-    extra = {} if mean_hr is None else {"mean_hr": mean_hr}
     from corrdiff_tools.speed import zero_churn_noise
 
+    extra = {} if mean_hr is None else {"mean_hr": mean_hr}
     randn_like = noise.randn_like if settings.churns else zero_churn_noise
     if settings.sampler == "deterministic":
         from physicsnemo.diffusion.samplers.legacy_deterministic_sampler import (

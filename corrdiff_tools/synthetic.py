@@ -216,8 +216,8 @@ def synthetic_inputs(
     return input_dataarray(data, times, variables, lat, lon)
 
 
-#: Generic CorrDiff packages (earth2studio's ``CorrDiff`` format, ``models.generic``): the
-#: backbone for tests, five levels too many for a 32-pixel grid, so three.
+#: The backbone of test packages in the generic format (``models.generic``): three levels,
+#: as five would shrink a 32-pixel grid to 2 pixels.
 GENERIC_WIDTH: dict[str, Any] = {
     "model_channels": 8, "channel_mult": [1, 1, 1], "num_blocks": 1, "attn_resolutions": [],
 }  # fmt: skip
