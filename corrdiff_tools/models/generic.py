@@ -461,8 +461,11 @@ class GenericSampler:
         import torch
 
         noise = SampleNoise(seeds)
-        # The conditioning's grid, which a subclass may pad (earth2studio does the same).
+        # The conditioning's grid, which a subclass may pad, and channels_last, as
+        # physicsnemo's diffusion_step lays out earth2studio's latents: the same layout
+        # keeps the nets' arithmetic the same as theirs on any CPU.
         latents = noise.latents((self.channels, *condition.shape[-2:]), self.device)
+        latents = latents.to(memory_format=torch.channels_last)
         mean_hr = mean if self.model.hr_mean_conditioning else None
         with torch.inference_mode(), self.model._inference_context():
             return run_sampler(
