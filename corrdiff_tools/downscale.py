@@ -69,7 +69,7 @@ import numpy as np
 
 from corrdiff_tools import checks
 from corrdiff_tools.errors import RunError
-from corrdiff_tools.sampling import PRESETS, SampleNoise, SamplerSettings, run_sampler
+from corrdiff_tools.sampling import PRESETS, SamplerSettings, draw_residuals
 from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
 from corrdiff_tools.times import format_time
 
@@ -189,18 +189,9 @@ class CorrDiffSampler:
         The initial noise (and any churn noise) is drawn on the CPU from one generator
         per sample, so it is the same on every device and for every batch size.
         """
-        import torch
-
-        noise = SampleNoise(seeds)
-        latents = noise.latents((len(OUTPUT_VARIABLES), *HR_SHAPE), self.device)
-        with torch.inference_mode():
-            return run_sampler(
-                self.model.residual_model,
-                latents,
-                condition.expand(len(seeds), -1, -1, -1),
-                self.settings,
-                noise,
-            )
+        return draw_residuals(
+            self.model.residual_model, condition, len(OUTPUT_VARIABLES), seeds, self.settings
+        )
 
     def denormalise(self, x: torch.Tensor) -> np.ndarray:
         """Normalised model output -> physical units on the host, float32."""

@@ -309,6 +309,39 @@ def run_sampler(
     )
 
 
+def draw_residuals(
+    net: torch.nn.Module,
+    condition: torch.Tensor,
+    channels: int,
+    seeds: Sequence[int],
+    settings: SamplerSettings,
+    mean_hr: torch.Tensor | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> torch.Tensor:
+    """Diffusion residuals for one batch of samples, normalised, (len(seeds), channels, H, W).
+
+    Each sample gets its own seeded generator (:class:`SampleNoise`), drawn on the CPU so
+    it is the same on every device and for every batch size; the latents lie on the
+    conditioning's grid (``condition`` is batch 1, repeated for each sample), in
+    ``memory_format`` when given. Shared by every model family's forward pass.
+    """
+    import torch
+
+    noise = SampleNoise(seeds)
+    latents = noise.latents((channels, *condition.shape[-2:]), condition.device)
+    if memory_format is not None:
+        latents = latents.to(memory_format=memory_format)
+    with torch.inference_mode():
+        return run_sampler(
+            net,
+            latents,
+            condition.expand(len(seeds), -1, -1, -1),
+            settings,
+            noise,
+            mean_hr=mean_hr,
+        )
+
+
 def store_attrs(settings: SamplerSettings) -> dict[str, Any]:
     """The sampler's settings as store attributes, under physicsnemo's config names."""
     values = settings.to_json()

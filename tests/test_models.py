@@ -594,13 +594,14 @@ def test_inputs_are_taken_by_name_whatever_their_order(
     sampler = generic.GenericSampler(loaded["regular"])
     inputs = _inputs(case, seed=7)
     array = _as_dataarray(case, inputs)
-    # Shuffled variables, latitudes descending (as GFS stores them), longitudes in
-    # -180..180 written as 0..360 would be, an extra variable, dims transposed.
+    # Shuffled variables, latitudes descending (as GFS stores them), longitudes written
+    # 360 degrees off (117 E as -243), an extra variable, dims transposed.
     messy = array.isel(variable=[2, 0, 3, 1], lat=slice(None, None, -1))
     extra = messy.isel(variable=[0]).assign_coords(variable=["msl"])
     import xarray as xr
 
     messy = xr.concat([messy, extra], dim="variable").transpose("lon", "variable", "lat")
+    messy = messy.assign_coords(lon=messy["lon"] - 360.0)
     np.testing.assert_array_equal(sampler.align(messy), inputs)
     np.testing.assert_array_equal(
         sampler.samples(messy, SEEDS[:1]), sampler.samples(inputs, SEEDS[:1])
@@ -616,6 +617,11 @@ def test_inputs_missing_a_variable_name_what_the_package_reads(
     with pytest.raises(ValueError) as caught:
         sampler.align(array)
     assert str(caught.value) == ("inputs lack u10m, tcwv: this package reads t2m, u10m, v10m, tcwv")
+    labels = ["t2m", "u10m", "t2m", "tcwv"]
+    twice = _as_dataarray(case, _inputs(case)).assign_coords(variable=labels)
+    with pytest.raises(ValueError) as caught:
+        sampler.align(twice)
+    assert str(caught.value) == "inputs name t2m more than once: which one is meant is unknown"
 
 
 def test_inputs_off_the_packages_grid_are_refused(

@@ -56,7 +56,7 @@ import numpy as np
 from earth2studio.models.batch import batch_coords
 from earth2studio.models.dx.corrdiff import CorrDiff
 
-from corrdiff_tools.sampling import PRESET_OF, PRESETS, SampleNoise, SamplerSettings, run_sampler
+from corrdiff_tools.sampling import PRESET_OF, PRESETS, SamplerSettings, draw_residuals
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -374,6 +374,11 @@ class GenericSampler:
                 "time first"
             )
         names = checks.decode_labels(array["variable"].values)
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"inputs name {', '.join(twice)} more than once: which one is meant is unknown"
+            )
         missing = [name for name in wanted if name not in names]
         if missing:
             raise ValueError(
@@ -460,21 +465,19 @@ class GenericSampler:
         """
         import torch
 
-        noise = SampleNoise(seeds)
-        # The conditioning's grid, which a subclass may pad, and channels_last, as
-        # physicsnemo's diffusion_step lays out earth2studio's latents: the same layout
-        # keeps the nets' arithmetic the same as theirs on any CPU.
-        latents = noise.latents((self.channels, *condition.shape[-2:]), self.device)
-        latents = latents.to(memory_format=torch.channels_last)
         mean_hr = mean if self.model.hr_mean_conditioning else None
-        with torch.inference_mode(), self.model._inference_context():
-            return run_sampler(
+        # channels_last, as physicsnemo's diffusion_step lays out earth2studio's latents:
+        # the same layout keeps the nets' arithmetic the same as theirs on any CPU. The
+        # latents lie on the conditioning's grid, which a subclass may pad.
+        with self.model._inference_context():
+            return draw_residuals(
                 self.model.residual_model,
-                latents,
-                condition.expand(len(seeds), -1, -1, -1),
+                condition,
+                self.channels,
+                seeds,
                 self.settings,
-                noise,
                 mean_hr=mean_hr,
+                memory_format=torch.channels_last,
             )
 
     def normalised_samples(
