@@ -56,8 +56,9 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line through our error surface.
 
     Two of argparse's defaults hide mistakes, so both are off. Abbreviations: ``--model
-    X`` silently meant ``--model-package X``, and any new option could change what an old
-    abbreviation means. Repeats: ``--samples 4 ... --samples 8`` kept the last value; an
+    X`` silently meant ``--model-package X`` (until ``--model`` became an option of its
+    own), and any new option could change what an old abbreviation means. Repeats:
+    ``--samples 4 ... --samples 8`` kept the last value; an
     option given twice with different values is now an error (see :class:`_StoreOnce`).
     """
 
@@ -193,6 +194,14 @@ def build_run_parser() -> argparse.ArgumentParser:
     _add_sampler_options(parser)
     parser.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N (ROCm GPUs are cuda)"
+    )
+    parser.add_argument(
+        "--model",
+        default="taiwan",
+        metavar="taiwan|FOLDER",
+        help="the CorrDiff model: taiwan (default), or the folder of a generic CorrDiff "
+        "package you trained (metadata.json, stats.json, grids, regression.mdlus, "
+        "diffusion.mdlus; see the README's 'Other CorrDiff models')",
     )
     parser.add_argument(
         "--model-package",
@@ -504,9 +513,21 @@ def run_main(
             sys.stdout.flush()
             return 0
         request = requests.validate_run(args, command)
+        if build_source is not None:
+            source_factory = build_source
+        elif request.is_taiwan:
+            source_factory = sources.build_source
+        else:  # the package's input box, not Taiwan's
+            source_factory = functools.partial(sources.build_source, model=request.model)
+        if load_model is not None:
+            loader = load_model
+        elif request.is_taiwan:
+            loader = model.load_corrdiff
+        else:
+            loader = model.load_generic
         parts = run_workflow.RunParts(
-            build_source=build_source or sources.build_source,
-            load_model=load_model or model.load_corrdiff,
+            build_source=source_factory,
+            load_model=loader,
             import_libraries=import_libraries,
             progress=functools.partial(progress_bar, quiet=args.quiet, unit="sample"),
             endpoints=functools.partial(

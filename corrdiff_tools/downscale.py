@@ -62,7 +62,7 @@ import time as clock
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -70,12 +70,14 @@ import numpy as np
 from corrdiff_tools import checks
 from corrdiff_tools.errors import RunError
 from corrdiff_tools.sampling import PRESETS, SamplerSettings, draw_residuals
-from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, OUTPUT_VARIABLES
+from corrdiff_tools.store import HR_SHAPE, OUTPUT_VARIABLES, TAIWAN
 from corrdiff_tools.times import format_time
 
 if TYPE_CHECKING:
     import torch
     from earth2studio.models.dx import CorrDiffTaiwan
+
+    from corrdiff_tools.models.declaration import Declaration
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +134,40 @@ def grid_channels() -> np.ndarray:
     return full[(slice(None), *WINDOW)].astype("float32")
 
 
+class Sampler(Protocol):
+    """A model's forward pass, as the loop calls it.
+
+    Taiwan's is :class:`CorrDiffSampler`; a generic package's is
+    :class:`corrdiff_tools.models.generic.GenericSampler`.
+    """
+
+    #: The model's variables and grids.
+    declaration: Declaration
+    settings: SamplerSettings
+
+    def condition(self, inputs: np.ndarray, valid_time: datetime | None = None) -> torch.Tensor:
+        """The networks' conditioning from the inputs in ``declaration.inputs`` order."""
+
+    def regression_mean(self, condition: torch.Tensor) -> torch.Tensor:
+        """The regression net's mean, normalised."""
+
+    def draw(
+        self, condition: torch.Tensor, mean: torch.Tensor, seeds: Sequence[int]
+    ) -> torch.Tensor:
+        """One batch of normalised samples, a generator per seed."""
+
+    def denormalise(self, x: torch.Tensor) -> np.ndarray:
+        """Normalised -> physical units, float32 on the host."""
+
+    @property
+    def lat(self) -> np.ndarray:
+        """Output latitudes, 2-D."""
+
+    @property
+    def lon(self) -> np.ndarray:
+        """Output longitudes, 2-D."""
+
+
 class CorrDiffSampler:
     """CorrDiff Taiwan's forward pass with the conditioning the checkpoint was trained on.
 
@@ -151,8 +187,12 @@ class CorrDiffSampler:
         self.device = model.in_center.device
         self._grid = torch.as_tensor(grid_channels(), device=self.device)[None]
 
-    def condition(self, inputs: np.ndarray) -> torch.Tensor:
+    declaration = TAIWAN
+
+    def condition(self, inputs: np.ndarray, valid_time: datetime | None = None) -> torch.Tensor:
         """Interpolate, normalise and add the grid: (12, 36, 40) -> (1, 16, 448, 448).
+
+        ``valid_time`` is not read: the Taiwan checkpoint has no time features.
 
         The inputs are interpolated (earth2studio's bilinear function, as its
         ``_interpolate`` does) onto the package's full grid and cut to the trained
@@ -192,6 +232,12 @@ class CorrDiffSampler:
         return draw_residuals(
             self.model.residual_model, condition, len(OUTPUT_VARIABLES), seeds, self.settings
         )
+
+    def draw(
+        self, condition: torch.Tensor, mean: torch.Tensor, seeds: Sequence[int]
+    ) -> torch.Tensor:
+        """One batch of normalised samples: the mean plus a residual per seed."""
+        return mean + self.residuals(condition, seeds)
 
     def denormalise(self, x: torch.Tensor) -> np.ndarray:
         """Normalised model output -> physical units on the host, float32."""
@@ -347,7 +393,7 @@ class Timings:
 def _compute(
     job: Job,
     fields: Mapping[str, np.ndarray],
-    sampler: CorrDiffSampler,
+    sampler: Sampler,
     writer: Writer,
     seed: int,
     batch_size: int,
@@ -363,9 +409,10 @@ def _compute(
     import torch
 
     start = clock.perf_counter()
-    inputs = np.stack([fields[name] for name in INPUT_VARIABLES])
+    declared = sampler.declaration
+    inputs = np.stack([fields[name] for name in declared.inputs])
     try:
-        condition = sampler.condition(inputs)
+        condition = sampler.condition(inputs, job.time + timedelta(hours=job.lead_hours))
         mean = sampler.regression_mean(condition)
     except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
         where = out_of_memory(err)
@@ -382,7 +429,7 @@ def _compute(
     if job.writes_mean:
         start = clock.perf_counter()
         writer.write_regression(
-            job.index, {name: regression[i] for i, name in enumerate(OUTPUT_VARIABLES)}
+            job.index, {name: regression[i] for i, name in enumerate(declared.outputs)}
         )
         timings.write += clock.perf_counter() - start
 
@@ -392,7 +439,7 @@ def _compute(
         seeds = [sample_seed(seed, job.time, job.lead_hours, s) for s in batch]
         start = clock.perf_counter()
         try:
-            fields_hr = sampler.denormalise(mean + sampler.residuals(condition, seeds))
+            fields_hr = sampler.denormalise(sampler.draw(condition, mean, seeds))
         except (RuntimeError, MemoryError) as err:
             where = out_of_memory(err)
             if where is None:
@@ -422,7 +469,7 @@ def _compute(
         writer.write_samples(
             job.index,
             batch,
-            {name: fields_hr[:, i] for i, name in enumerate(OUTPUT_VARIABLES)},
+            {name: fields_hr[:, i] for i, name in enumerate(declared.outputs)},
         )
         timings.write += clock.perf_counter() - start
         timings.samples += len(batch)
@@ -452,7 +499,7 @@ def out_of_memory(err: BaseException) -> str | None:
 
 
 def _check_computed(
-    job: Job, what: str, fields: np.ndarray, sampler: CorrDiffSampler, suspects: str
+    job: Job, what: str, fields: np.ndarray, sampler: Sampler, suspects: str
 ) -> None:
     """Refuse a computed batch (sample, variable, y, x) that is not finite and physical.
 
@@ -460,7 +507,8 @@ def _check_computed(
     a ``--resume`` does not trust it): NaN or 1e15 K are a failure, not an ensemble member.
     """
     problem = checks.field_problem(
-        {name: fields[:, i] for i, name in enumerate(OUTPUT_VARIABLES)}, checks.OUTPUT_LIMITS
+        {name: fields[:, i] for i, name in enumerate(sampler.declaration.outputs)},
+        checks.OUTPUT_LIMITS,
     )
     if problem is None:
         return
@@ -474,7 +522,7 @@ def _check_computed(
 def downscale(
     jobs: Sequence[Job],
     fetch: Callable[[Job], dict[str, np.ndarray]],
-    sampler: CorrDiffSampler,
+    sampler: Sampler,
     open_writer: Callable[[], Writer],
     seed: int,
     batch_size: int,
@@ -490,9 +538,9 @@ def downscale(
     jobs : sequence of Job
         What to compute.
     fetch : callable
-        Job -> low-resolution fields (the 12 inputs, plus extras such as ``refc``).
-    sampler : CorrDiffSampler
-        The model.
+        Job -> low-resolution fields (the model's inputs, plus extras such as ``refc``).
+    sampler : Sampler
+        The model's forward pass (:class:`CorrDiffSampler` for Taiwan).
     open_writer : callable
         Returns the store writer; called once, after the first inputs have arrived, so a
         run that cannot fetch anything creates no store.

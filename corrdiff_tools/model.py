@@ -202,6 +202,17 @@ def package_identity(spec: str) -> dict[str, Any]:
     return {"path": str(path), "sha256": canonical, "same_as": [legacy]}
 
 
+def folder_identity(folder: Path, files: Sequence[Path]) -> dict[str, Any]:
+    """Path and content digest of a package folder made of ``files`` (a generic package).
+
+    The digest covers each file's name and content, in the order given, as
+    :func:`package_identity` does for Taiwan's package.
+    """
+    digests = file_sha256s(list(files))
+    named = zip([f.name for f in files], digests, strict=True)
+    return {"path": str(folder.expanduser().resolve()), "sha256": _combined(named)}
+
+
 def _combined(named: Any) -> str:
     """One SHA-256 over (name, digest) pairs, in order."""
     digest = hashlib.sha256()
@@ -858,3 +869,16 @@ def load_corrdiff(
         prefer_layout(net, device.is_gpu)
         use_inplace_group_norm(net)
     return model, dtype
+
+
+def load_generic(spec: str, device: DeviceInfo, precision: str = "fp32") -> tuple[Any, str]:
+    """Load a generic CorrDiff package folder (``--model FOLDER``) onto ``device``.
+
+    Through earth2studio's own ``load_model``, with our fixes for real regions
+    (:func:`corrdiff_tools.models.generic.load`); in float32 (``--precision`` is refused
+    otherwise when the request is validated).
+    """
+    from corrdiff_tools.models import generic
+
+    loaded = generic.load(spec, device=str(device.device), shown=f"--model {spec}")
+    return loaded.to(device.device).eval(), PRECISIONS["fp32"]

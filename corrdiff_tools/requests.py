@@ -18,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
     import xarray as xr
 
+    from corrdiff_tools.models.declaration import Declaration
     from corrdiff_tools.sources import SourceSpec
     from corrdiff_tools.store import StoreLayout
 
@@ -45,6 +46,12 @@ ProgressFactory = Callable[[int], AbstractContextManager[Callable[[int], object]
 
 
 # --------------------------------------------------------------------------- run tool
+
+
+def _taiwan() -> Declaration:
+    from corrdiff_tools.store import TAIWAN
+
+    return TAIWAN
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,26 @@ class RunRequest:
     command: tuple[str, ...]
     #: ``--precision``: auto, fp32, fp16 or bf16 (resolved against the device at run time).
     precision: str = "auto"
+    #: ``--model``: CorrDiff Taiwan, or a generic package's declaration (read from its files).
+    model: Declaration = field(default_factory=_taiwan)
+    #: The sampler settings are the package's own (no sampler option given): the loaded
+    #: model must agree with what its ``metadata.json`` was read to ask for.
+    package_sampler: bool = False
+
+    @property
+    def is_taiwan(self) -> bool:
+        """Whether this run is CorrDiff Taiwan's (the default ``--model``)."""
+        return self.model.name == "taiwan"
+
+    @property
+    def geometry(self) -> str:
+        """Where the outputs lie, as the store records it."""
+        from corrdiff_tools.downscale import GEOMETRY
+
+        if self.is_taiwan:
+            return GEOMETRY
+        rows, columns = self.model.output_shape
+        return f"the package's output grid, {rows}x{columns}, as output_latlon_grid.nc lists it"
 
     def resume_settings(self) -> dict[str, object]:
         """The settings a ``--resume`` must match, as the store records them (JSON)."""
@@ -102,6 +129,7 @@ class RunRequest:
             lead_times=self.lead_times,
             lowres_variables=self.lowres_variables,
             statistics=self.statistics,
+            model=self.model,
         )
 
     def comparable_settings(self) -> dict[str, object]:
@@ -110,19 +138,20 @@ class RunRequest:
         Each identity keeps its ``same_as``: a digest earlier versions recorded for the same
         content matches too.
         """
-        from corrdiff_tools.downscale import GEOMETRY
-
-        return {
+        settings: dict[str, object] = {
             "times": [times_mod.format_time(t) for t in self.times],
             "lead_times": self.lead_times,
             "samples": self.samples,
             "seed": self.seed,
             "sampler": self.sampler.to_json(),
-            "geometry": GEOMETRY,
+            "geometry": self.geometry,
             "source": self.source_identity,
             "model_package": self.package_identity,
             "stats": self.statistics,
         }
+        if not self.is_taiwan:  # Taiwan's settings stay as its stores have always held them
+            settings["model"] = self.model.to_json()
+        return settings
 
 
 @dataclass(frozen=True)
@@ -169,6 +198,7 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
     times = times_mod.parse_times(args.times)
     for flag, value in (
         ("--source", None if args.source in sources.SOURCE_NAMES else args.source),
+        ("--model", None if args.model == TAIWAN_MODEL else args.model),
         ("--model-package", None if model.is_remote(args.model_package) else args.model_package),
         ("--output", args.output),
         ("--prefetch", args.prefetch),
@@ -182,15 +212,25 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
             "analyses have no lead time"
         )
     lead_times = times_mod.parse_lead_times(args.lead_time or ["0"]) if source.is_forecast else None
-    file_variables = _check_source_times(source, times)
-    model.check_package_spec(args.model_package)
+    declared = _declared_model(args)
+    file_variables = _check_source_times(source, times, declared)
+    if declared.name == TAIWAN_MODEL:
+        model.check_package_spec(args.model_package)
+        package_spec = args.model_package
+        identity = model.package_identity(args.model_package)
+    else:
+        from corrdiff_tools.models.declaration import package_files
+
+        package_spec = args.model
+        identity = model.folder_identity(Path(args.model), package_files(Path(args.model)))
     if args.threshold and not args.stats:
         raise UsageError(
             f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
             "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
         )
     statistics = parse_thresholds(args.threshold) if args.stats else None
-    sampler = sampler_settings(args)
+    package_sampler = declared.name != TAIWAN_MODEL and not _sampler_options_given(args)
+    sampler = _package_sampler(args.model) if package_sampler else sampler_settings(args)
     output = args.output or store.default_output(times, source.is_forecast)
     if output.is_symlink():
         # --overwrite and --resume act on the store itself, not on the link to it.
@@ -201,15 +241,17 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         source=source,
         # By resolved path and content, not by spelling (see sources.file_identity).
         source_identity=(
-            sources.file_identity(source.path, times) if source.path is not None else source.label
+            sources.file_identity(source.path, times, declared)
+            if source.path is not None
+            else source.label
         ),
-        lowres_variables=sources.lowres_variables(source, file_variables),
+        lowres_variables=sources.lowres_variables(source, file_variables, declared),
         output=output,
         samples=args.samples,
         seed=args.seed,
         sampler=sampler,
-        model_package=args.model_package,
-        package_identity=model.package_identity(args.model_package),
+        model_package=package_spec,
+        package_identity=identity,
         statistics=statistics,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -218,7 +260,10 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         compile=args.compile,
         prefetch=args.prefetch,
         command=tuple(command),
-        precision=args.precision,
+        # A generic package runs in fp32 (refused otherwise above), on a GPU too.
+        precision=args.precision if declared.name == TAIWAN_MODEL else "fp32",
+        model=declared,
+        package_sampler=package_sampler,
     )
     if request.prefetch is not None:
         _check_prefetch(request, args.source)
@@ -227,10 +272,122 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
     return request
 
 
-def _check_source_times(source: SourceSpec, times: Sequence[datetime]) -> list[str] | None:
+#: ``--model``'s default: CorrDiff Taiwan (``--model-package`` says where its weights are).
+TAIWAN_MODEL = "taiwan"
+#: Where a generic package's contract is explained.
+PACKAGING_HINT = "see the README's 'Other CorrDiff models'"
+
+
+def _declared_model(args: argparse.Namespace) -> Declaration:
+    """``--model``: Taiwan's declaration, or a generic package folder's, read from its files.
+
+    Options that only apply to Taiwan (or that this version does not yet carry to other
+    models) are refused here, each in one line.
+    """
+    from corrdiff_tools import model, store
+    from corrdiff_tools.models.declaration import from_package, missing_files
+
+    spec = args.model
+    if spec == TAIWAN_MODEL:
+        return store.TAIWAN
+    shown = f"--model {spec}"
+    if model.is_remote(spec):
+        raise UsageError(
+            f"{shown}: the run tool reads generic packages from a local folder so far: "
+            "download the package's files into one, and pass its path"
+        )
+    folder = Path(spec).expanduser()
+    if not folder.exists():
+        raise UsageError(
+            f"{shown} does not exist: give {TAIWAN_MODEL}, or the folder of a generic CorrDiff "
+            f"package ({PACKAGING_HINT})"
+        )
+    if not folder.is_dir():
+        raise UsageError(
+            f"{shown} is a file: give the folder of a generic CorrDiff package (unzip a "
+            f"zipped one first; {PACKAGING_HINT})"
+        )
+    missing = missing_files(folder)
+    if missing:
+        raise UsageError(
+            f"{shown} is not a generic CorrDiff package: it lacks {', '.join(missing)} "
+            f"({PACKAGING_HINT})"
+        )
+    from corrdiff_tools.model import DEFAULT_PACKAGE
+
+    for flag, given in (
+        ("--model-package", args.model_package != DEFAULT_PACKAGE),
+        ("--stats", args.stats),
+        ("--prefetch", args.prefetch is not None),
+        ("--compile", args.compile),
+    ):
+        if given:
+            raise UsageError(
+                f"{flag} is for CorrDiff Taiwan (--model {TAIWAN_MODEL}) so far, not "
+                f"{shown}: drop it"
+            )
+    if args.precision not in ("auto", "fp32"):
+        raise UsageError(
+            f"--precision {args.precision}: generic packages run in fp32 so far; drop "
+            "--precision, or pass --precision fp32"
+        )
+    return from_package(folder, shown)
+
+
+def _sampler_options_given(args: argparse.Namespace) -> bool:
+    from corrdiff_tools import sampling
+
+    named = (args.preset, args.sampler, *(getattr(args, n) for n in sampling.OPTION_FIELDS))
+    return any(value is not None for value in named)
+
+
+def _package_sampler(spec: str) -> SamplerSettings:
+    """The sampler settings a generic package's ``metadata.json`` asks for."""
+    import json
+
+    from corrdiff_tools.models.declaration import metadata_settings
+
+    try:
+        metadata = json.loads((Path(spec).expanduser() / "metadata.json").read_text())
+        return metadata_settings(metadata)
+    except (OSError, ValueError, TypeError) as err:
+        raise UsageError(f"--model {spec}: {err}") from None
+
+
+#: The earth2studio lexicon (module, class) that says which variables a named source has.
+LEXICONS = {
+    "gfs": ("earth2studio.lexicon.gfs", "GFSLexicon"),
+    "gfs-forecast": ("earth2studio.lexicon.gfs", "GFSLexicon"),
+    "era5": ("earth2studio.lexicon.arco", "ARCO_ERA5Lexicon"),
+}
+
+
+def _check_source_variables(source: SourceSpec, declared: Declaration) -> None:
+    """Refuse a named source that lacks some of a package's inputs, naming them.
+
+    Taiwan's inputs are in every named source (tested); a package's may not be, and
+    earth2studio would only say so when the first fetch fails.
+    """
+    from corrdiff_tools.imports import import_alone
+
+    module, name = LEXICONS[source.kind]
+    vocabulary = getattr(import_alone(module), name).VOCAB
+    missing = [v for v in declared.inputs if v not in vocabulary]
+    if missing:
+        raise UsageError(
+            f"--source {source.kind} has no {', '.join(missing)} (earth2studio's {name}), "
+            f"which the model package reads: use a file holding them (--source FILE)"
+        )
+
+
+def _check_source_times(
+    source: SourceSpec, times: Sequence[datetime], declared: Declaration
+) -> list[str] | None:
     """Each time exists at the source; for a file, the variables it holds."""
     from corrdiff_tools import sources
 
+    if declared.name != TAIWAN_MODEL and source.kind in LEXICONS:
+        _check_source_variables(source, declared)
     if source.kind in ("gfs", "gfs-forecast"):
         for time in times:
             times_mod.check_gfs_time(time)
@@ -238,7 +395,7 @@ def _check_source_times(source: SourceSpec, times: Sequence[datetime]) -> list[s
         for time in times:
             times_mod.check_era5_time(time)
     elif source.path is not None:
-        return sources.check_file_source(source.path, times)
+        return sources.check_file_source(source.path, times, declared)
     return None
 
 
@@ -273,7 +430,7 @@ def _check_output(request: RunRequest) -> None:
                 "tool): it cannot be completed in place; start a new store, or --overwrite"
             )
         # Shapes only: the grid's values come with the model, which is not loaded yet.
-        grid = np.zeros(store.HR_SHAPE, dtype="float32")
+        grid = np.zeros(request.model.output_shape, dtype="float32")
         _, wrong = store.layout_problems(request.output, request.layout(grid, grid))
         if wrong:
             raise UsageError(
@@ -288,6 +445,11 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
         raise UsageError(
             f"--benchmark takes no TIME (got {' '.join(args.times)}): it uses synthetic "
             "inputs; drop the time, or drop --benchmark to downscale it"
+        )
+    if args.model != TAIWAN_MODEL:
+        raise UsageError(
+            f"--benchmark times CorrDiff Taiwan's published architecture, not --model "
+            f"{args.model}: drop --model"
         )
     for flag, given in (
         ("--resume", args.resume),
@@ -449,6 +611,21 @@ class PlotRequest:
     left_out: tuple[str, ...] = ()
 
 
+def _check_plottable(path: Path, dataset: xr.Dataset) -> None:
+    """Refuse a store of another model than Taiwan: its maps are not drawn yet."""
+    from corrdiff_tools.models.declaration import stored_model_name, stored_outputs
+    from corrdiff_tools.store import OUTPUT_VARIABLES
+
+    name = stored_model_name(dataset.attrs)
+    if name != TAIWAN_MODEL:
+        outputs = stored_outputs(dataset.attrs, OUTPUT_VARIABLES)
+        raise UsageError(
+            f"STORE {path} holds a generic CorrDiff package's {', '.join(outputs)}: "
+            "plot_corrdiff.py draws CorrDiff Taiwan's stores so far; open this one with "
+            "xarray (xr.open_zarr) meanwhile"
+        )
+
+
 def validate_plot(args: argparse.Namespace) -> PlotRequest:
     """Check the plot tool's arguments against the store before anything is drawn."""
     from corrdiff_tools import store
@@ -467,6 +644,7 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
         dataset = store.open_store(args.store)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    _check_plottable(args.store, dataset)
     times = select_times(args.time, dataset)
     leads = select_leads(args.lead_time, dataset)
     # Drawn or scored, every field is checked: an input or regression mean out of its

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from corrdiff_tools.benchmark import BenchmarkResult
     from corrdiff_tools.distributed import Context
-    from corrdiff_tools.downscale import CorrDiffSampler, Job, Timings, Writer
+    from corrdiff_tools.downscale import Job, Sampler, Timings, Writer
     from corrdiff_tools.model import DeviceInfo
     from corrdiff_tools.network import Endpoint, Probe
     from corrdiff_tools.requests import BenchmarkRequest, ProgressFactory, RunRequest
@@ -50,8 +50,8 @@ logger = logging.getLogger("corrdiff_tools")
 
 #: Builds the data source for a ``--source`` and the run's times.
 SourceFactory = Callable[["SourceSpec", Sequence[datetime]], "InputSource"]
-#: Loads CorrDiff from a ``--model-package`` onto a device in a ``--precision``: the model
-#: and the dtype name of that precision.
+#: Loads CorrDiff from a ``--model-package`` (or a generic ``--model`` folder) onto a device
+#: in a ``--precision``: the model and the dtype name of that precision.
 ModelLoader = Callable[[str, "DeviceInfo", str], tuple["CorrDiffTaiwan", str]]
 #: The hosts a request will download from (see :mod:`corrdiff_tools.network`).
 EndpointFinder = Callable[["RunRequest"], Sequence["Endpoint"]]
@@ -120,7 +120,7 @@ def run(request: RunRequest, parts: RunParts) -> int:
 def _run_ranked(
     request: RunRequest, parts: RunParts, device: DeviceInfo, ranks: Context, probe: Probe | None
 ) -> int:
-    from corrdiff_tools import downscale, sources, speed, store
+    from corrdiff_tools import sources, speed, store
 
     logger.info(
         "device: %s%s",
@@ -137,7 +137,7 @@ def _run_ranked(
     opened = clock.perf_counter()
     source = parts.build_source(request.source, request.times) if ranks.is_root else None
     clocks.opened_source(clock.perf_counter() - opened)
-    extras = [v for v in request.lowres_variables if v not in sources.INPUT_VARIABLES]
+    extras = [v for v in request.lowres_variables if v not in request.model.inputs]
     if request.prefetch is not None:
         code = prefetch(request, source, extras) if source is not None else 0
         ranks.barrier()
@@ -145,7 +145,7 @@ def _run_ranked(
 
     speed.tune_host_allocator()  # before the first large allocation (see speed.py)
     corrdiff, precision, load_time = _load(request, parts, device, ranks)
-    sampler = downscale.CorrDiffSampler(corrdiff, request.sampler)
+    sampler = make_sampler(request, corrdiff)
     logger.info("%s", request.sampler.describe())
     resuming = request.resume and request.output.exists()
     layout = _layout(request, sampler)
@@ -166,7 +166,9 @@ def _run_ranked(
 
     def fetch(job: Job) -> dict[str, np.ndarray]:
         assert source is not None  # noqa: S101 - only rank 0 fetches (broadcast_fetch)
-        return sources.fetch_inputs(source, request.source, job.time, job.lead_hours, extras)
+        return sources.fetch_inputs(
+            source, request.source, job.time, job.lead_hours, extras, request.model
+        )
 
     if ranks.is_root and request.source.kind != "file":
         logger.info(
@@ -280,7 +282,7 @@ def _load(
     from corrdiff_tools import model, speed
 
     start = clock.perf_counter()
-    if ranks.enabled and ranks.is_root:
+    if ranks.enabled and ranks.is_root and request.is_taiwan:
         model.prepare_package(request.model_package)  # extract once, before the others load
     ranks.barrier()
     corrdiff, precision = parts.load_model(request.model_package, device, request.precision)
@@ -290,6 +292,31 @@ def _load(
         speed.compile_networks(corrdiff)
         logger.info("networks will be compiled on their first call (slow once)")
     return corrdiff, precision, seconds
+
+
+def make_sampler(request: RunRequest, loaded: Any) -> Sampler:
+    """The forward pass of the loaded model: Taiwan's, or a generic package's.
+
+    A generic package's is checked against what its files declared when the request was
+    validated (variables, grids, and the sampler its ``metadata.json`` asks for): the
+    store is laid out from that declaration.
+    """
+    from corrdiff_tools import downscale
+
+    if request.is_taiwan:
+        return downscale.CorrDiffSampler(loaded, request.sampler)
+    from corrdiff_tools.models import declaration, generic
+
+    shown = f"--model {request.model_package}"
+    sampler = generic.GenericSampler(loaded, request.sampler)
+    declaration.check_loaded(request.model, sampler.declaration, shown)
+    if request.package_sampler and generic.package_settings(loaded) != request.sampler:
+        raise RunError(
+            f"{shown}: earth2studio read the sampler settings "
+            f"{generic.package_settings(loaded).describe()} from metadata.json, the run tool "
+            f"{request.sampler.describe()}: name the sampler options you want explicitly"
+        )
+    return sampler
 
 
 def plan_jobs(request: RunRequest, done: np.ndarray | None, ranks: Context) -> list[Job]:
@@ -319,13 +346,12 @@ def plan_jobs(request: RunRequest, done: np.ndarray | None, ranks: Context) -> l
     return jobs
 
 
-def _layout(request: RunRequest, sampler: CorrDiffSampler) -> StoreLayout:
+def _layout(request: RunRequest, sampler: Sampler) -> StoreLayout:
     return request.layout(sampler.lat, sampler.lon)
 
 
 def _attributes(request: RunRequest, device: str, precision: str) -> dict[str, object]:
     from corrdiff_tools import sampling, store
-    from corrdiff_tools.downscale import GEOMETRY
 
     source = request.source
     return store.provenance(
@@ -334,10 +360,19 @@ def _attributes(request: RunRequest, device: str, precision: str) -> dict[str, o
         input_source=str(source.path.resolve()) if source.path is not None else source.label,
         seed=request.seed,
         sampler=sampling.store_attrs(request.sampler),
-        geometry=GEOMETRY,
+        geometry=request.geometry,
         device=device,
         precision=precision,
+        **({} if request.is_taiwan else GENERIC_PROVENANCE),
     )
+
+
+#: What a generic package's store says of its model and conditioning.
+GENERIC_PROVENANCE = {
+    "model": "CorrDiff (a generic package)",
+    "conditioning": "as the package's metadata.json says (invariants, positional channels, "
+    "hr_mean_conditioning), through earth2studio's CorrDiff.preprocess_input",
+}
 
 
 def _writer_opener(
@@ -384,7 +419,7 @@ def _downscale(
     device: DeviceInfo,
     jobs: list[Job],
     fetch: Callable[[Job], dict[str, np.ndarray]],
-    sampler: CorrDiffSampler,
+    sampler: Sampler,
     open_writer: Callable[[], Writer],
     ranks: Context,
 ) -> Timings:

@@ -24,11 +24,13 @@ import numpy as np
 from corrdiff_tools import checks
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
-from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, INPUT_VARIABLES, LR_LAT, LR_LON
+from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, LR_LAT, LR_LON, TAIWAN
 
 if TYPE_CHECKING:
     import xarray as xr
     from earth2studio.data.base import DataSource, ForecastSource
+
+    from corrdiff_tools.models.declaration import Declaration
 
     #: What a run reads its inputs from: an earth2studio analysis or forecast source.
     InputSource: TypeAlias = DataSource | ForecastSource
@@ -190,8 +192,10 @@ def _checked_coordinates(path: Path, array: xr.DataArray) -> xr.DataArray:
     )
 
 
-def check_file_source(path: Path, requested: Sequence[datetime]) -> list[str]:
-    """Check everything a run will read from a file, before anything is written.
+def check_file_source(
+    path: Path, requested: Sequence[datetime], model: Declaration = TAIWAN
+) -> list[str]:
+    """Check everything ``model`` will read from a file, before anything is written.
 
     Every input and every requested time on the input grid, finite and physical; the
     optional ``refc`` physical too. Nothing read later can then fail (or, with
@@ -203,16 +207,19 @@ def check_file_source(path: Path, requested: Sequence[datetime]) -> list[str]:
         The low-resolution variables to store (the inputs, plus ``refc`` if present).
     """
     with open_file_source(path) as array:
-        return _check_file_contents(path, array, requested)
+        return _check_file_contents(path, array, requested, model)
 
 
-def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) -> list[str]:
+def _check_file_contents(
+    path: Path, array: Any, requested: Sequence[datetime], model: Declaration
+) -> list[str]:
     variables = [str(v) for v in array["variable"].values]
-    missing = [v for v in INPUT_VARIABLES if v not in variables]
+    missing = [v for v in model.inputs if v not in variables]
     if missing:
+        needs = "CorrDiff needs" if model is TAIWAN else "the model package reads"
         raise UsageError(
             f"--source {path} lacks the input variable(s) {', '.join(missing)}; "
-            f"CorrDiff needs {', '.join(INPUT_VARIABLES)}"
+            f"{needs} {', '.join(model.inputs)}"
         )
     held = np.sort(np.asarray(array["time"].values, dtype="datetime64[ns]"))
     absent = [t for t in requested if np.datetime64(t, "ns") not in held]
@@ -226,23 +233,26 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
         )
     lat = np.asarray(array["lat"].values, dtype=float)
     lon = np.asarray(array["lon"].values, dtype=float) % 360.0
-    for name, grid, have in (("lat", LR_LAT, lat), ("lon", LR_LON, lon)):
-        gaps = [g for g in grid if np.min(np.abs(have - g)) > GRID_TOLERANCE]
+    for name, grid, have in (("lat", model.input_lat, lat), ("lon", model.input_lon, lon)):
+        wanted = np.asarray(grid, dtype=float) % 360.0 if name == "lon" else grid
+        apart = [np.min(np.abs(have - w)) for w in wanted]
+        gaps = [g for g, off in zip(grid, apart, strict=True) if off > GRID_TOLERANCE]
         if gaps:
+            step = f"{abs(float(grid[1] - grid[0])):g} degree" if grid.size > 1 else "one-point"
             raise UsageError(
-                f"--source {path} does not contain the model's 0.25 degree input grid "
+                f"--source {path} does not contain the model's {step} input grid "
                 f"({name} {grid[0]:g} to {grid[-1]:g}; {name} {gaps[0]:g} is missing): "
-                "regrid the file onto a 0.25 degree grid covering it"
+                f"regrid the file onto a {step} grid covering it"
             )
-    extras = [v for v in EXTRA_LOWRES_VARIABLES if v in variables]
+    extras = [v for v in EXTRA_LOWRES_VARIABLES if v in variables and v not in model.inputs]
     for time in requested:
         when = f"at {times_mod.format_time(time)} in --source {path}"
-        box = _model_box(array).sel(time=np.datetime64(time, "ns"))
+        box = _model_box(array, model).sel(time=np.datetime64(time, "ns"))
         fields = {
             name: np.asarray(box.sel(variable=name).values, dtype="float64")
-            for name in (*INPUT_VARIABLES, *extras)
+            for name in (*model.inputs, *extras)
         }
-        for name in INPUT_VARIABLES:
+        for name in model.inputs:
             why = checks.not_finite(fields[name])
             if why:
                 raise UsageError(
@@ -252,11 +262,11 @@ def _check_file_contents(path: Path, array: Any, requested: Sequence[datetime]) 
         complaint = check_physical(fields, when)
         if complaint:
             raise UsageError(complaint)
-    return [*INPUT_VARIABLES, *extras]
+    return [*model.inputs, *extras]
 
 
-def _model_box(array: xr.DataArray) -> xr.DataArray:
-    """The model's 36 x 40 input box of a (time, variable, lat, lon) array.
+def _model_box(array: xr.DataArray, model: Declaration = TAIWAN) -> xr.DataArray:
+    """The model's input box of a (time, variable, lat, lon) array (36 x 40 for Taiwan).
 
     Selected by the nearest labels (any lat order, lon in 0..360 or -180..180) and
     labelled with the model's own lat/lon. The axes were checked finite and monotonic
@@ -264,12 +274,16 @@ def _model_box(array: xr.DataArray) -> xr.DataArray:
     """
     lon = np.asarray(array["lon"].values, dtype=float) % 360.0
     lat = np.asarray(array["lat"].values, dtype=float)
-    lat_index = [int(np.argmin(np.abs(lat - value))) for value in LR_LAT]
-    lon_index = [int(np.argmin(np.abs(lon - value))) for value in LR_LON]
-    return array.isel(lat=lat_index, lon=lon_index).assign_coords(lat=LR_LAT, lon=LR_LON)
+    lat_index = [int(np.argmin(np.abs(lat - value))) for value in model.input_lat]
+    lon_index = [int(np.argmin(np.abs(lon - value % 360.0))) for value in model.input_lon]
+    return array.isel(lat=lat_index, lon=lon_index).assign_coords(
+        lat=model.input_lat, lon=model.input_lon
+    )
 
 
-def file_identity(path: Path, requested: Sequence[datetime]) -> dict[str, Any]:
+def file_identity(
+    path: Path, requested: Sequence[datetime], model: Declaration = TAIWAN
+) -> dict[str, Any]:
     """Resolved path and content fingerprint of what a run reads from a ``--source`` file.
 
     The fingerprint is a SHA-256 of the model's input box (every variable, by name, the
@@ -288,27 +302,32 @@ def file_identity(path: Path, requested: Sequence[datetime]) -> dict[str, Any]:
         return digest.hexdigest()
 
     with open_file_source(path) as array:
-        box = _model_box(array).sel(time=np.array(requested, dtype="datetime64[ns]"))
+        box = _model_box(array, model).sel(time=np.array(requested, dtype="datetime64[ns]"))
         names = [str(v) for v in box["variable"].values]
         canonical = fingerprint(box.sel(variable=sorted(names)))
         legacy = fingerprint(box)
     return {"path": str(path.resolve()), "sha256": canonical, "same_as": [legacy]}
 
 
-def lowres_variables(spec: SourceSpec, file_variables: Sequence[str] | None = None) -> list[str]:
+def lowres_variables(
+    spec: SourceSpec, file_variables: Sequence[str] | None = None, model: Declaration = TAIWAN
+) -> list[str]:
     """Low-resolution fields a run stores: the inputs, plus ``refc`` where the source has it."""
     if spec.kind == "file":
-        return list(file_variables or INPUT_VARIABLES)
+        return list(file_variables or model.inputs)
     if spec.kind in ("gfs", "gfs-forecast"):
-        return [*INPUT_VARIABLES, *EXTRA_LOWRES_VARIABLES]
-    return list(INPUT_VARIABLES)
+        extras = [v for v in EXTRA_LOWRES_VARIABLES if v not in model.inputs]
+        return [*model.inputs, *extras]
+    return list(model.inputs)
 
 
-def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSource:
+def build_source(
+    spec: SourceSpec, times: Sequence[datetime] = (), model: Declaration = TAIWAN
+) -> InputSource:
     """Construct the earth2studio data source for ``spec``.
 
     For a file, earth2studio's ``DataArrayFile`` is used, but only the requested times on
-    the model's input box are read, into memory, and the file is closed at once. A
+    ``model``'s input box are read, into memory, and the file is closed at once. A
     long-lived handle is fragile: netCDF-C shares one HDF5 file among all handles to a
     path, and closing any of them (garbage collection, xarray's file cache) can break
     reads through the others ("NetCDF: HDF error").
@@ -332,7 +351,7 @@ def build_source(spec: SourceSpec, times: Sequence[datetime] = ()) -> InputSourc
     # By name, then in earth2studio's positional order, with the coordinates checked and
     # normalised as validation saw them (see open_file_source).
     with open_file_source(spec.path) as array:
-        window = _model_box(array)
+        window = _model_box(array, model)
         if times:
             window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
         source.da = window.load()
@@ -499,8 +518,9 @@ def fetch_fields(
     time: datetime,
     lead_hours: int,
     variables: Sequence[str],
+    model: Declaration = TAIWAN,
 ) -> dict[str, np.ndarray]:
-    """Fetch ``variables`` at one time (and lead) on the model's 36 x 40 input grid.
+    """Fetch ``variables`` at one time (and lead) on ``model``'s input grid (Taiwan: 36 x 40).
 
     Returns
     -------
@@ -539,7 +559,11 @@ def fetch_fields(
             x, coords = map_coords(
                 x,
                 coords,
-                {"variable": np.array(list(variables)), "lat": LR_LAT, "lon": LR_LON},
+                {
+                    "variable": np.array(list(variables)),
+                    "lat": model.input_lat,
+                    "lon": model.input_lon,
+                },
             )
             with contextlib.suppress(TypeError):  # a source that takes no weak reference
                 _REACHED.add(source)
@@ -588,7 +612,8 @@ def fetch_fields(
                 f"({network.summarise(err)}); if a cached download is corrupt, "
                 f"{cache_hint(source)}"
             ) from err
-    values = x.cpu().numpy().reshape(len(variables), LR_LAT.size, LR_LON.size).astype("float32")
+    grid = (model.input_lat.size, model.input_lon.size)
+    values = x.cpu().numpy().reshape(len(variables), *grid).astype("float32")
     return {name: values[i] for i, name in enumerate(variables)}
 
 
@@ -598,14 +623,15 @@ def fetch_inputs(
     time: datetime,
     lead_hours: int,
     extras: Sequence[str] = (),
+    model: Declaration = TAIWAN,
 ) -> dict[str, np.ndarray]:
-    """Fetch the 12 model inputs (checked finite and physical) and any extra fields.
+    """Fetch the model's inputs (checked finite and physical) and any extra fields.
 
     Extra fields (``refc``) are best effort: a failure, or values outside their physical
     range (linear reflectivity instead of dBZ would blank every reflectivity colour
     scale), only log a warning and the field is left out; missing values are kept as NaN.
     """
-    fields = fetch_fields(source, spec, time, lead_hours, INPUT_VARIABLES)
+    fields = fetch_fields(source, spec, time, lead_hours, model.inputs, model)
     for name, values in fields.items():
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
@@ -619,7 +645,7 @@ def fetch_inputs(
         raise RunError(complaint)
     for name in extras:
         try:
-            extra = fetch_fields(source, spec, time, lead_hours, [name])[name]
+            extra = fetch_fields(source, spec, time, lead_hours, [name], model)[name]
         except RunError as err:
             logger.warning("%s is not available, plots will lack it: %s", name, err)
             continue

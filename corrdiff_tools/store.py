@@ -43,6 +43,7 @@ import numpy as np
 from corrdiff_tools import quantities
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
+from corrdiff_tools.models.declaration import MODEL_ATTR, Declaration, stored_outputs
 from corrdiff_tools.quantities import THRESHOLD_UNITS
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ LR_LAT = np.linspace(19.25, 28.0, 36)
 LR_LON = np.linspace(116.0, 126.0, 40, endpoint=False)
 #: The output grid is 448 x 448 (the package's 450 x 450 grid less a one-point border).
 HR_SHAPE = (448, 448)
+#: CorrDiff Taiwan, as the rest of the code reads a model (stores without a model
+#: attribute are Taiwan's: they were made before there were other models).
+TAIWAN = Declaration("taiwan", INPUT_VARIABLES, OUTPUT_VARIABLES, LR_LAT, LR_LON, HR_SHAPE)
 
 #: CF attributes of every variable a store may hold.
 VARIABLE_ATTRS: dict[str, dict[str, str]] = {
@@ -104,6 +108,19 @@ for _level in (500, 850):
             "long_name": f"{_what} at {_level} hPa",
             "units": _units,
         }
+
+
+def variable_attrs(name: str) -> dict[str, str]:
+    """CF attributes of a variable: ours where we know it, else only its name.
+
+    A generic package names its variables (earth2studio's names) but not their units:
+    a variable we do not know gets a ``long_name`` and no ``units``, rather than a guess.
+    """
+    known = VARIABLE_ATTRS.get(name)
+    if known is not None:
+        return dict(known)
+    return {"long_name": name, "comment": "units as in the model package's training data"}
+
 
 COORD_ATTRS: dict[str, dict[str, str]] = {
     "lat": {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north"},
@@ -171,6 +188,13 @@ def lead_hours(dataset: xr.Dataset) -> list[int]:
     return [int(h) for h in dataset["lead_time"].values.astype("timedelta64[h]").astype(int)]
 
 
+#: What CorrDiff Taiwan's networks are given (see ``downscale.py``).
+TAIWAN_CONDITIONING = (
+    "diffusion: [noisy(4), input(12), grid(4)], no regression-mean conditioning (as the "
+    "checkpoint was trained)"
+)
+
+
 def provenance(
     *,
     command: Sequence[str],
@@ -181,8 +205,14 @@ def provenance(
     geometry: str,
     device: str,
     precision: str,
+    model: str = "CorrDiff Taiwan",
+    conditioning: str = TAIWAN_CONDITIONING,
 ) -> dict[str, Any]:
-    """The global attributes of a new store: CF, what made it, and with which settings."""
+    """The global attributes of a new store: CF, what made it, and with which settings.
+
+    ``model`` names the model in the title and source, ``conditioning`` says what the
+    networks were given (Taiwan's defaults are what its stores have always said).
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     from corrdiff_tools import __version__
@@ -196,10 +226,10 @@ def provenance(
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "Conventions": "CF-1.10",
-        "title": "CorrDiff Taiwan km-scale downscaled ensemble",
+        "title": f"{model} km-scale downscaled ensemble",
         # No "institution": CF means where the data was produced, which only the user
         # knows (add it with xarray or zarr); the tool that made it is named in "source".
-        "source": "NVIDIA CorrDiff Taiwan (Mardani et al. 2024, arXiv:2309.15214), run with "
+        "source": f"NVIDIA {model} (Mardani et al. 2024, arXiv:2309.15214), run with "
         f"corrdiff-tools {__version__}",
         "references": "https://arxiv.org/abs/2309.15214",
         "history": f"{now} run_corrdiff.py {shlex.join(command)}",
@@ -214,8 +244,7 @@ def provenance(
         "geometry": geometry,
         "device": device,
         "precision": precision,
-        "conditioning": "diffusion: [noisy(4), input(12), grid(4)], no regression-mean "
-        "conditioning (as the checkpoint was trained)",
+        "conditioning": conditioning,
     }
 
 
@@ -264,7 +293,7 @@ class StoreLayout:
     samples : int
         Ensemble size.
     lat, lon : numpy.ndarray
-        2-D output grid, shape :data:`HR_SHAPE`.
+        2-D output grid, of the model's output shape (:data:`HR_SHAPE` for Taiwan).
     lead_times : sequence of int or None
         Forecast lead times in hours, or None for analyses (no lead_time axis).
     lowres_variables : sequence of str
@@ -272,6 +301,8 @@ class StoreLayout:
     statistics : mapping, optional
         Exceedance thresholds (quantity -> value in :data:`THRESHOLD_UNITS`); when given,
         the store also gets ensemble mean, standard deviation and exceedance arrays.
+    model : Declaration
+        The model (default :data:`TAIWAN`): its outputs, input grid and output shape.
     """
 
     times: Sequence[datetime]
@@ -281,6 +312,8 @@ class StoreLayout:
     lead_times: Sequence[int] | None = None
     lowres_variables: Sequence[str] = field(default=INPUT_VARIABLES)
     statistics: Mapping[str, float] | None = None
+    #: The model whose variables and grids the store holds.
+    model: Declaration = TAIWAN
 
     @property
     def leading_dims(self) -> tuple[str, ...]:
@@ -400,6 +433,8 @@ def _empty_dataset(
         key: stored_identity(value) if key in CONTENT_SETTINGS else value
         for key, value in settings.items()
     }
+    if layout.model.name != TAIWAN.name:  # Taiwan's stores stay as they always were
+        attrs = {**attrs, MODEL_ATTR: json.dumps(layout.model.to_json())}
     # CF 2.5.1: coordinate variables must not have a _FillValue (xarray gives every
     # float array one unless told not to); ours are always complete.
     encoding.update({name: {"_FillValue": None} for name in coords})
@@ -415,34 +450,37 @@ def _data_arrays(layout: StoreLayout) -> tuple[dict[str, Any], dict[str, dict[st
     """The data variables (dims, lazy NaN array, attrs) of a new store, and their encoding."""
     import dask.array as da
 
+    model = layout.model
     lead = layout.leading_dims
     lead_shape = layout.leading_shape
     hr_dims = (*lead, "sample", "y", "x")
-    hr_shape = (*lead_shape, layout.samples, *HR_SHAPE)
-    hr_chunks = (*(1 for _ in lead), 1, *HR_SHAPE)
+    hr_shape = (*lead_shape, layout.samples, *model.output_shape)
+    hr_chunks = (*(1 for _ in lead), 1, *model.output_shape)
     lr_dims = (*lead, "lat_lr", "lon_lr")
-    lr_shape = (*lead_shape, LR_LAT.size, LR_LON.size)
-    lr_chunks = (*(1 for _ in lead), LR_LAT.size, LR_LON.size)
+    lr_grid = (model.input_lat.size, model.input_lon.size)
+    lr_shape = (*lead_shape, *lr_grid)
+    lr_chunks = (*(1 for _ in lead), *lr_grid)
 
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict[str, Any]] = {}
-    for name in OUTPUT_VARIABLES:
+    for name in model.outputs:
         data_vars[name] = (
             hr_dims,
             da.full(hr_shape, np.nan, dtype="float32", chunks=hr_chunks),
-            VARIABLE_ATTRS[name],
+            variable_attrs(name),
         )
         encoding[name] = {"_FillValue": np.nan}
     for name in layout.lowres_variables:
+        base = variable_attrs(name)
         data_vars[lowres_name(name)] = (
             lr_dims,
             da.full(lr_shape, np.nan, dtype="float32", chunks=lr_chunks),
-            {**VARIABLE_ATTRS[name], "long_name": f"{VARIABLE_ATTRS[name]['long_name']} (input)"},
+            {**base, "long_name": f"{base['long_name']} (input)"},
         )
         encoding[lowres_name(name)] = {"_FillValue": np.nan}
     grid_dims = (*lead, "y", "x")
-    grid_shape = (*lead_shape, *HR_SHAPE)
-    grid_chunks = (*(1 for _ in lead), *HR_SHAPE)
+    grid_shape = (*lead_shape, *model.output_shape)
+    grid_chunks = (*(1 for _ in lead), *model.output_shape)
 
     for name, attrs in _grid_attrs(layout).items():
         data_vars[name] = (
@@ -467,8 +505,8 @@ def _grid_attrs(layout: StoreLayout) -> dict[str, dict[str, Any]]:
     standard deviation and exceedance probabilities.
     """
     arrays: dict[str, dict[str, Any]] = {}
-    for name in OUTPUT_VARIABLES:
-        base = VARIABLE_ATTRS[name]
+    for name in layout.model.outputs:
+        base = variable_attrs(name)
         arrays[regression_name(name)] = {
             **base,
             "long_name": f"{base['long_name']}, regression mean (deterministic part)",
@@ -476,8 +514,8 @@ def _grid_attrs(layout: StoreLayout) -> dict[str, dict[str, Any]]:
     if layout.statistics is None:
         return arrays
     members = f"over the {layout.samples} ensemble members"
-    for name in OUTPUT_VARIABLES:
-        base = VARIABLE_ATTRS[name]
+    for name in layout.model.outputs:
+        base = variable_attrs(name)
         arrays[ensemble_mean_name(name)] = {
             **base,
             "long_name": f"{base['long_name']}, ensemble mean",
@@ -505,11 +543,11 @@ def _coordinates(layout: StoreLayout) -> dict[str, Any]:
         "sample": ("sample", np.arange(layout.samples, dtype="int32"), COORD_ATTRS["sample"]),
         "lat": (("y", "x"), np.asarray(layout.lat, dtype="float32"), COORD_ATTRS["lat"]),
         "lon": (("y", "x"), np.asarray(layout.lon, dtype="float32"), COORD_ATTRS["lon"]),
-        "lat_lr": ("lat_lr", LR_LAT, COORD_ATTRS["lat_lr"]),
-        "lon_lr": ("lon_lr", LR_LON, COORD_ATTRS["lon_lr"]),
+        "lat_lr": ("lat_lr", layout.model.input_lat, COORD_ATTRS["lat_lr"]),
+        "lon_lr": ("lon_lr", layout.model.input_lon, COORD_ATTRS["lon_lr"]),
         # Index arrays for y/x: earth2studio's ZarrBackend needs one for every dimension.
-        "y": ("y", np.arange(HR_SHAPE[0], dtype="int32"), COORD_ATTRS["y"]),
-        "x": ("x", np.arange(HR_SHAPE[1], dtype="int32"), COORD_ATTRS["x"]),
+        "y": ("y", np.arange(layout.model.output_shape[0], dtype="int32"), COORD_ATTRS["y"]),
+        "x": ("x", np.arange(layout.model.output_shape[1], dtype="int32"), COORD_ATTRS["x"]),
     }
     if layout.lead_times is not None:
         coords["lead_time"] = (
@@ -813,6 +851,7 @@ def damage(path: str | Path) -> str | None:
     if FORMAT_ATTR in attributes:
         try:
             read_settings(path)
+            stored_outputs(attributes, OUTPUT_VARIABLES)
         except ValueError as err:
             return str(err)
     return None
@@ -900,6 +939,8 @@ class StoreWriter:
 
         self.path = Path(path)
         self._group = zarr.open_group(str(path), mode="r+")
+        #: The model's output variables (Taiwan's, for a store without a model attribute).
+        self.outputs = stored_outputs(self._group.attrs, OUTPUT_VARIABLES)
 
     def _array(self, name: str) -> Any:
         return self._group[name]
@@ -926,14 +967,14 @@ class StoreWriter:
         done = self.completed()
         bad: list[tuple[tuple[int, ...], str]] = []
         names = [name for name in self._group.array_keys() if name.startswith("lr_")]
-        names += [regression_name(v) for v in OUTPUT_VARIABLES if regression_name(v) in self._group]
+        names += [regression_name(v) for v in self.outputs if regression_name(v) in self._group]
         for index in np.ndindex(done.shape[:-1]):
             pieces = [(*index, int(s)) for s in np.flatnonzero(done[index])]
             if not pieces:
                 continue
             shared = self._unreadable(names, index)
             for piece in pieces:
-                why = shared or self._unreadable(list(OUTPUT_VARIABLES), piece)
+                why = shared or self._unreadable(list(self.outputs), piece)
                 if why:
                     bad.append((piece, why))
         return bad
@@ -982,7 +1023,7 @@ class StoreWriter:
     def write_samples(
         self, index: tuple[int, ...], samples: Sequence[int], fields: Mapping[str, np.ndarray]
     ) -> None:
-        """Store fields of shape ``(len(samples), 448, 448)`` and mark those samples complete.
+        """Store fields of shape ``(len(samples), rows, columns)``; mark those samples complete.
 
         Parameters
         ----------
@@ -991,11 +1032,11 @@ class StoreWriter:
         samples : sequence of int
             Sample indices, one per leading entry of each field.
         fields : mapping
-            Output variable name -> array in physical units.
+            Output variable name -> array in physical units, for each of :attr:`outputs`.
         """
         try:
             for position, sample in enumerate(samples):
-                for name in OUTPUT_VARIABLES:
+                for name in self.outputs:
                     self._array(name)[(*index, sample)] = np.asarray(
                         fields[name][position], dtype="float32"
                     )
@@ -1310,24 +1351,25 @@ def open_store(path: str | Path) -> xr.Dataset:
                 "run-corrdiff.py"
             ) from None
         raise ValueError(f"{path} is not a readable Zarr store ({type(err).__name__})") from None
-    missing = [name for name in OUTPUT_VARIABLES if name not in dataset]
+    outputs = stored_outputs(dataset.attrs, OUTPUT_VARIABLES)
+    missing = [name for name in outputs if name not in dataset]
     if missing:
         raise ValueError(
             f"{path} is not CorrDiff output: it lacks {', '.join(missing)} "
-            f"(expected {', '.join(OUTPUT_VARIABLES)})"
+            f"(expected {', '.join(outputs)})"
         )
     dataset = mask_fill_values(dataset, path)
     dataset = dataset.rename({k: v for k, v in (("ilat", "y"), ("ilon", "x")) if k in dataset.dims})
     dataset = dataset.set_coords([name for name in ("lat", "lon") if name in dataset.data_vars])
     if "lat" not in dataset.coords or dataset["lat"].dims != ("y", "x"):
         raise ValueError(f"{path} is not CorrDiff output: it has no 2-D lat/lon grid")
-    for name in OUTPUT_VARIABLES:
+    for name in outputs:
         if "time" not in dataset[name].dims or "sample" not in dataset[name].dims:
             raise ValueError(
                 f"{path} is not CorrDiff output: {name} has dims {dataset[name].dims}, "
                 "expected (time, [lead_time,] sample, y, x)"
             )
-        for key, value in VARIABLE_ATTRS[name].items():
+        for key, value in variable_attrs(name).items():
             dataset[name].attrs.setdefault(key, value)
     wrong = coordinate_problem(dataset)
     if wrong:

@@ -355,8 +355,9 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--source", "gfs-forecast", "--lead-time", "-6"], "without a sign"),
     # Seconds are refused, not silently dropped from what a message prints.
     (["2024-07-24T12:00:30"], "'2024-07-24T12:00:30' has seconds: times are whole minutes"),
-    # No abbreviations: --model once meant --model-package, and new options would shift it.
-    (["2024-07-24T12", "--model", "/x"], "unrecognized arguments: --model /x"),
+    # No abbreviations: --model once meant --model-package (it is an option of its own now,
+    # which is why), and new options would shift what an abbreviation means.
+    (["2024-07-24T12", "--model-pack", "/x"], "unrecognized arguments: --model-pack /x"),
     (["2024-07-24T12", "--sample", "2"], "unrecognized arguments: --sample 2"),
     # A repeated option with another value is a mistake, not "the last one wins".
     (

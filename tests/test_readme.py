@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import FileForecast
 
-from corrdiff_tools import sampling, times
+from corrdiff_tools import sampling, synthetic, times
 from corrdiff_tools.cli import build_plot_parser, build_run_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -111,7 +111,14 @@ def _cut_range(text: str) -> str:
     return "/".join(parts)
 
 
-def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> list[str]:
+def _adapt_run(
+    args: list[str], package: Path, inputs: Path | None = None, generic: Path | None = None
+) -> list[str]:
+    """A README run command, made to run here (see the limits above).
+
+    A command with ``--model FOLDER`` gets ``generic``, a tiny generic package that reads
+    some of Taiwan's inputs on part of its grid, so the same input file serves both.
+    """
     from corrdiff_tools import store
 
     given = build_run_parser().parse_args(args)
@@ -120,6 +127,10 @@ def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> li
     for word in words:
         if word in ("--model-package", "--samples", "--steps", "--device"):
             next(words)  # replaced by the offline package and the limits below
+            continue
+        if word == "--model":
+            model = next(words)
+            out += [word, model if model == "taiwan" or generic is None else str(generic)]
             continue
         if word == "--output":
             out += [word, Path(next(words)).name]  # /scratch/... -> the working directory
@@ -131,7 +142,9 @@ def _adapt_run(args: list[str], package: Path, inputs: Path | None = None) -> li
     samples = ["--samples", str(min(given.samples, MAX_SAMPLES))]
     settings = sampling.resolve(given.preset, given.sampler, {"sigma_max": given.sigma_max})
     steps = ["--steps", WIDE_SIGMA_STEPS if settings.sigma_max > 100 else STEPS]
-    out += ["--model-package", str(package), *samples, *steps, *RUN_LIMITS]
+    if given.model == "taiwan":
+        out += ["--model-package", str(package)]
+    out += [*samples, *steps, *RUN_LIMITS]
     parsed = build_run_parser().parse_args(out)
     if parsed.benchmark:
         return [*out, "--benchmark-size", "tiny"]
@@ -196,6 +209,15 @@ def test_every_readme_command_runs_offline(
 
     inputs = tmp_path / "readme-inputs.nc"
     synthetic_inputs(_readme_times(), seed=1).to_netcdf(inputs)
+    # A generic package reading 4 of Taiwan's inputs on a box inside Taiwan's input grid.
+    generic = synthetic.build_generic_package(
+        tmp_path / "generic-package",
+        ("t2m", "u10m", "v10m", "tcwv"),
+        ("t2m", "u10m", "v10m"),
+        synthetic.regular_grid(22.0, 119.0, (16, 24), 0.0625),
+        synthetic.regular_grid(21.0, 118.0, (10, 12), 0.25),
+        metadata={"number_of_steps": 2, "sigma_max": 80.0},
+    )
     real_build_source = sources.build_source
 
     def offline(spec: Any, wanted: Any) -> Any:
@@ -211,7 +233,7 @@ def test_every_readme_command_runs_offline(
         tool = Path(command[0]).name
         capsys.readouterr()
         if tool == "run_corrdiff.py":
-            args = _adapt_run(command[1:], package_dir, inputs)
+            args = _adapt_run(command[1:], package_dir, inputs, generic)
             code = run_main(args, build_source=offline)
             if (
                 code == 2

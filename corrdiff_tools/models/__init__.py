@@ -1,7 +1,10 @@
 """The CorrDiff family, one module per model family.
 
-``downscale.py`` and the store were written for CorrDiff Taiwan, which is still the tool
-pair's only command-line route. This subpackage is where the other families live:
+``declaration``
+    A model as plain data (:class:`~corrdiff_tools.models.declaration.Declaration`): its
+    variables and grids, which the store, the sources and the downscaling loop read
+    instead of CorrDiff Taiwan's constants (``store.TAIWAN`` is Taiwan's). A generic
+    package's is read from its files before it is loaded, and checked against it after.
 
 ``generic``
     earth2studio's generic ``CorrDiff`` package format (``metadata.json``, ``stats.json``,
@@ -17,7 +20,9 @@ Each family module answers the same questions, so a new family is one new module
 which variables the model reads and on which grid (``input_coords``), what it writes and
 on which grid (``output_variables``, ``lat``/``lon``), which sampler settings its package
 asks for (``package_settings``), how a package is found and loaded (``load``), and its
-forward pass (a sampler object with ``condition``, ``regression_mean``, ``residuals``,
-``denormalise``, as ``downscale.CorrDiffSampler`` has for Taiwan; the generic
-``residuals`` also takes the regression mean, which Taiwan's checkpoint does not read).
+forward pass (a ``downscale.Sampler``: ``declaration``, ``condition``,
+``regression_mean``, ``draw``, ``denormalise``, ``lat``/``lon``, as
+``downscale.CorrDiffSampler`` has for Taiwan; the generic ``residuals`` also takes the
+regression mean, which Taiwan's checkpoint does not read). ``run_corrdiff.py --model
+FOLDER`` runs a generic package; the plot tool draws Taiwan's stores only, so far.
 """

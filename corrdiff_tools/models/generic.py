@@ -46,7 +46,6 @@ with a CUDA generator, we draw ours on the CPU so it is the same on every device
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -56,7 +55,14 @@ import numpy as np
 from earth2studio.models.batch import batch_coords
 from earth2studio.models.dx.corrdiff import CorrDiff
 
-from corrdiff_tools.sampling import PRESET_OF, PRESETS, SamplerSettings, draw_residuals
+from corrdiff_tools.models.declaration import (
+    CHECKPOINTS,
+    REQUIRED_FILES,
+    Declaration,
+    metadata_settings,
+    missing_files,
+)
+from corrdiff_tools.sampling import SamplerSettings, draw_residuals
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -67,9 +73,6 @@ if TYPE_CHECKING:
 
 #: Degrees an input coordinate may be from the package's input grid point it stands for.
 GRID_TOLERANCE = 1e-3
-#: The package's files, as earth2studio's ``CorrDiff.load_model`` reads them.
-REQUIRED_FILES = ("metadata.json", "stats.json", "output_latlon_grid.nc")
-CHECKPOINTS = ("regression.mdlus", "diffusion.mdlus")
 
 
 def _rectilinear_axes(lat: torch.Tensor, lon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,27 +181,6 @@ class RegionalCorrDiff(CorrDiff):
         return np.asarray(self.lon_output_grid.cpu().numpy())
 
 
-def missing_files(folder: Path) -> list[str]:
-    """The files of the generic layout that ``folder`` lacks.
-
-    ``invariants.nc`` is optional, and ``latlon_res`` in ``metadata.json`` stands in for
-    ``input_latlon_grid.nc``.
-    """
-    names = (*REQUIRED_FILES, *CHECKPOINTS)
-    missing = [name for name in names if not (folder / name).is_file()]
-    metadata_has_res = False
-    if (folder / "metadata.json").is_file():
-        import json
-
-        try:
-            metadata_has_res = "latlon_res" in json.loads((folder / "metadata.json").read_text())
-        except ValueError:
-            pass
-    if not (folder / "input_latlon_grid.nc").is_file() and not metadata_has_res:
-        missing.append("input_latlon_grid.nc (or latlon_res in metadata.json)")
-    return missing
-
-
 #: Backbones whose input is the conditioning plus ``N_grid_channels`` positional channels.
 POSITIONAL_BACKBONES = {"SongUNetPosEmbd"}
 PLAIN_BACKBONES = {"SongUNet", "DhariwalUNet"}
@@ -257,7 +239,7 @@ def check_wiring(model: CorrDiff, shown: str) -> None:
             )
 
 
-def load(spec: str | Path, device: str | None = None) -> RegionalCorrDiff:
+def load(spec: str | Path, device: str | None = None, shown: str | None = None) -> RegionalCorrDiff:
     """Load a generic CorrDiff package through earth2studio's ``load_model``.
 
     ``spec`` is a local folder or a remote address earth2studio's ``Package`` reads (its
@@ -268,7 +250,8 @@ def load(spec: str | Path, device: str | None = None) -> RegionalCorrDiff:
     Raises
     ------
     UsageError
-        One line naming the package and what is wrong with it.
+        One line naming the package (``shown``, default "package SPEC") and what is
+        wrong with it.
     """
     from earth2studio.models.auto import Package
 
@@ -276,7 +259,7 @@ def load(spec: str | Path, device: str | None = None) -> RegionalCorrDiff:
     from corrdiff_tools.model import check_checkpoint_classes, is_remote
 
     text = str(spec)
-    shown = f"package {text}"
+    shown = shown or f"package {text}"
     hint = " (see the README's 'Other CorrDiff models')"
     package = Package(text)
     if is_remote(text):
@@ -318,20 +301,18 @@ def load(spec: str | Path, device: str | None = None) -> RegionalCorrDiff:
 def package_settings(model: CorrDiff) -> SamplerSettings:
     """The sampler settings a loaded package asks for, as our :class:`SamplerSettings`.
 
-    Steps, solver and sampler come from ``metadata.json`` (earth2studio's defaults where
-    it is silent); sigma_min/sigma_max from it too, else physicsnemo's sampler defaults,
-    which are our presets' (0.002..80 deterministic, 0.002..800 stochastic).
+    What earth2studio's ``load_model`` read from ``metadata.json`` (its defaults where the
+    file is silent), through :func:`~corrdiff_tools.models.declaration.metadata_settings`:
+    the run tool reads the file itself before loading, and checks the two agree.
     """
-    kind = model.sampler_type
-    if kind not in PRESET_OF:
-        raise ValueError(f"metadata.json: sampler_type {kind!r}, need one of {sorted(PRESET_OF)}")
-    base = PRESETS[PRESET_OF[kind]]
-    return replace(
-        base,
-        steps=int(model.number_of_steps),
-        solver=model.solver if kind == "deterministic" else "heun",
-        sigma_min=base.sigma_min if model.sigma_min is None else float(model.sigma_min),
-        sigma_max=base.sigma_max if model.sigma_max is None else float(model.sigma_max),
+    return metadata_settings(
+        {
+            "sampler_type": model.sampler_type,
+            "number_of_steps": model.number_of_steps,
+            "solver": model.solver,
+            "sigma_min": model.sigma_min,
+            "sigma_max": model.sigma_max,
+        }
     )
 
 
@@ -352,6 +333,26 @@ class GenericSampler:
         self.settings = settings if settings is not None else package_settings(model)
         self.device = model.in_center.device
         self.channels = len(model.output_variables)
+        grid = model.input_coords()
+        #: The model's variables and grids, as the run tool and the store read them.
+        self.declaration = Declaration(
+            "package",
+            tuple(model.input_variables),
+            tuple(model.output_variables),
+            np.asarray(grid["lat"], dtype="float64"),
+            np.asarray(grid["lon"], dtype="float64"),
+            (int(model.img_shape[0]), int(model.img_shape[1])),
+        )
+
+    @property
+    def lat(self) -> np.ndarray:
+        """Output latitudes, 2-D (H, W)."""
+        return np.asarray(self.model.lat_output_grid.cpu().numpy())
+
+    @property
+    def lon(self) -> np.ndarray:
+        """Output longitudes, 2-D (H, W)."""
+        return np.asarray(self.model.lon_output_grid.cpu().numpy())
 
     def align(self, array: xr.DataArray) -> np.ndarray:
         """The package's inputs from a (variable, lat, lon) DataArray, taken by name.
@@ -492,7 +493,17 @@ class GenericSampler:
         ``both``), as in earth2studio.
         """
         condition = self.condition(inputs, valid_time)
-        mean = self.regression_mean(condition).to(condition.dtype)
+        return self.draw(condition, self.regression_mean(condition), seeds)
+
+    def draw(
+        self, condition: torch.Tensor, mean: torch.Tensor, seeds: Sequence[int]
+    ) -> torch.Tensor:
+        """One batch of normalised samples from a conditioning and its regression mean.
+
+        Mean, residual or their sum, by the package's ``inference_mode`` (``regression``,
+        ``diffusion``, ``both``), as in earth2studio.
+        """
+        mean = mean.to(condition.dtype)
         mode = self.model.inference_mode
         if mode == "regression":
             return mean.expand(len(seeds), -1, -1, -1)

@@ -1,0 +1,228 @@
+"""What the rest of the tool pair needs to know about a model, as plain data (no torch).
+
+The store, the data sources and the downscaling loop read a :class:`Declaration` instead
+of CorrDiff Taiwan's constants: which variables the model reads and on which 1-D input
+grid, which it writes and on an output grid of which shape. Taiwan's is
+:data:`corrdiff_tools.store.TAIWAN`; a generic package's is read from its files before
+anything is loaded (:func:`from_package`), so a run is validated (its source's variables
+and grid) before torch is imported, and checked again against the loaded model
+(:func:`check_loaded`), which is what the run trusts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corrdiff_tools.errors import RunError, UsageError
+from corrdiff_tools.sampling import PRESET_OF, PRESETS, SamplerSettings
+
+#: A generic package's files, as earth2studio's ``CorrDiff.load_model`` reads them (with
+#: ``input_latlon_grid.nc``, or ``latlon_res`` in ``metadata.json``, and ``invariants.nc``
+#: optional).
+REQUIRED_FILES = ("metadata.json", "stats.json", "output_latlon_grid.nc")
+CHECKPOINTS = ("regression.mdlus", "diffusion.mdlus")
+OPTIONAL_FILES = ("input_latlon_grid.nc", "invariants.nc")
+
+#: Global store attribute naming the model of a store made by any model but Taiwan
+#: (Taiwan's stores, made before there were others, do not carry it: absent means Taiwan).
+MODEL_ATTR = "corrdiff_tools_model"
+
+
+@dataclass(frozen=True, eq=False)
+class Declaration:
+    """A model's variables and grids.
+
+    Parameters
+    ----------
+    name : str
+        ``taiwan``, or ``package`` for a generic CorrDiff package.
+    inputs, outputs : tuple of str
+        Variables read and written, in the model's channel order (earth2studio names).
+    input_lat, input_lon : numpy.ndarray
+        The 1-D regular input grid, as the model lists it.
+    output_shape : tuple of int
+        (rows, columns) of the output grid.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    input_lat: np.ndarray
+    input_lon: np.ndarray
+    output_shape: tuple[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """What a store records (:data:`MODEL_ATTR`); its grids are its coordinates."""
+        return {"name": self.name, "inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+    def differences(self, other: Declaration) -> list[str]:
+        """What differs between two declarations of one model, in words."""
+        found = [
+            f"{what} {getattr(self, what)} vs {getattr(other, what)}"
+            for what in ("inputs", "outputs", "output_shape")
+            if tuple(getattr(self, what)) != tuple(getattr(other, what))
+        ]
+        for axis in ("input_lat", "input_lon"):
+            mine, theirs = getattr(self, axis), getattr(other, axis)
+            if mine.shape != theirs.shape or not np.allclose(mine, theirs, atol=1e-6):
+                found.append(f"{axis} {_span(mine)} vs {_span(theirs)}")
+        return found
+
+
+def _span(axis: np.ndarray) -> str:
+    return f"{axis[0]:g}..{axis[-1]:g} ({axis.size} points)" if axis.size else "(empty)"
+
+
+def stored_outputs(attrs: Mapping[str, Any], default: Sequence[str]) -> tuple[str, ...]:
+    """The output variables a store holds, by its :data:`MODEL_ATTR` (``default`` without)."""
+    raw = attrs.get(MODEL_ATTR)
+    if raw is None:
+        return tuple(default)
+    try:
+        outputs = json.loads(raw)["outputs"] if isinstance(raw, str) else raw["outputs"]
+    except (TypeError, ValueError, KeyError):
+        outputs = None
+    if not isinstance(outputs, list) or not all(isinstance(v, str) for v in outputs):
+        raise ValueError(f"its {MODEL_ATTR} attribute is damaged: {str(raw)[:80]!r}")
+    return tuple(outputs)
+
+
+def stored_model_name(attrs: Mapping[str, Any]) -> str:
+    """``taiwan`` for a store without :data:`MODEL_ATTR`, else the name it records."""
+    raw = attrs.get(MODEL_ATTR)
+    if raw is None:
+        return "taiwan"
+    try:
+        return str(json.loads(raw)["name"])
+    except (TypeError, ValueError, KeyError):
+        return "(damaged)"
+
+
+def missing_files(folder: Path) -> list[str]:
+    """The files of the generic layout that ``folder`` lacks.
+
+    ``invariants.nc`` is optional, and ``latlon_res`` in ``metadata.json`` stands in for
+    ``input_latlon_grid.nc``.
+    """
+    names = (*REQUIRED_FILES, *CHECKPOINTS)
+    missing = [name for name in names if not (folder / name).is_file()]
+    metadata_has_res = False
+    if (folder / "metadata.json").is_file():
+        try:
+            metadata_has_res = "latlon_res" in json.loads((folder / "metadata.json").read_text())
+        except ValueError:
+            pass
+    if not (folder / "input_latlon_grid.nc").is_file() and not metadata_has_res:
+        missing.append("input_latlon_grid.nc (or latlon_res in metadata.json)")
+    return missing
+
+
+def package_files(folder: Path) -> list[Path]:
+    """The files of a generic package that make what it computes: its identity."""
+    names = (*REQUIRED_FILES, *CHECKPOINTS, *OPTIONAL_FILES)
+    return [folder / name for name in names if (folder / name).is_file()]
+
+
+def metadata_settings(metadata: Mapping[str, Any]) -> SamplerSettings:
+    """The sampler settings a package's ``metadata.json`` asks for, as ours.
+
+    Steps, solver and sampler with earth2studio 0.19's defaults where the file is silent
+    (18 steps, euler, stochastic: ``CorrDiff.load_model``); sigma_min/sigma_max from it
+    too, else physicsnemo's sampler defaults, which are our presets' (0.002..80
+    deterministic, 0.002..800 stochastic).
+
+    Raises
+    ------
+    ValueError
+        For a sampler type physicsnemo does not have.
+    """
+    kind = metadata.get("sampler_type", "stochastic")
+    if kind not in PRESET_OF:
+        raise ValueError(f"metadata.json: sampler_type {kind!r}, need one of {sorted(PRESET_OF)}")
+    base = PRESETS[PRESET_OF[kind]]
+    low, high = metadata.get("sigma_min"), metadata.get("sigma_max")
+    return replace(
+        base,
+        steps=int(metadata.get("number_of_steps", 18)),
+        solver=str(metadata.get("solver", "euler")) if kind == "deterministic" else "heun",
+        sigma_min=base.sigma_min if low is None else float(low),
+        sigma_max=base.sigma_max if high is None else float(high),
+    )
+
+
+def from_package(folder: Path, shown: str) -> Declaration:
+    """A generic package's declaration from its files, without loading it.
+
+    ``metadata.json`` names the variables; the input grid is ``input_latlon_grid.nc``'s
+    (or inferred from ``latlon_res`` as earth2studio's ``_infer_input_latlon_grid`` does),
+    the output grid's shape ``output_latlon_grid.nc``'s (a 1-D pair is meshed, as
+    :class:`~corrdiff_tools.models.generic.RegionalCorrDiff` does).
+
+    Raises
+    ------
+    UsageError
+        Naming ``shown`` (the option and value) and what is wrong with the files.
+    """
+    import xarray as xr
+
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        inputs = tuple(str(v) for v in metadata["input_variables"])
+        outputs = tuple(str(v) for v in metadata["output_variables"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"{shown}: metadata.json does not name input_variables and output_variables "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    try:
+        with xr.open_dataset(folder / "output_latlon_grid.nc") as grid:
+            out_lat = np.asarray(grid["lat"].values, dtype="float64")
+            out_lon = np.asarray(grid["lon"].values, dtype="float64")
+        shape = out_lat.shape if out_lat.ndim == 2 else (out_lat.size, out_lon.size)
+        if (folder / "input_latlon_grid.nc").is_file():
+            with xr.open_dataset(folder / "input_latlon_grid.nc") as grid:
+                in_lat = np.asarray(grid["lat"].values, dtype="float64")
+                in_lon = np.asarray(grid["lon"].values, dtype="float64")
+        else:
+            res = float(metadata["latlon_res"])
+            in_lat, in_lon = (
+                np.arange(
+                    (np.floor(axis.min() / res) - 1) * res,
+                    (np.ceil(axis.max() / res) + 1) * res + res,
+                    res,
+                )
+                for axis in (out_lat, out_lon)
+            )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"{shown}: its grid files do not read as lat/lon grids ({type(err).__name__}: {err})"
+        ) from None
+    if in_lat.ndim == 2 and in_lon.ndim == 2 and in_lat.shape == in_lon.shape:
+        # A rectilinear grid written as 2-D arrays: its axes (as RegionalCorrDiff takes them).
+        if np.array_equal(in_lat, in_lat[:, :1].repeat(in_lat.shape[1], 1)) and np.array_equal(
+            in_lon, in_lon[:1].repeat(in_lon.shape[0], 0)
+        ):
+            in_lat, in_lon = in_lat[:, 0], in_lon[0]
+    if in_lat.ndim != 1 or in_lon.ndim != 1:
+        raise UsageError(
+            f"{shown}: input_latlon_grid.nc holds a {in_lat.ndim}-D grid; the run tool feeds "
+            "1-D regular lat/lon input grids"
+        )
+    return Declaration("package", inputs, outputs, in_lat, in_lon, (int(shape[0]), int(shape[1])))
+
+
+def check_loaded(expected: Declaration, loaded: Declaration, shown: str) -> None:
+    """Refuse a loaded model that is not what its files declared before loading."""
+    differences = expected.differences(loaded)
+    if differences:
+        raise RunError(
+            f"{shown}: the loaded model differs from what its files declare "
+            f"({'; '.join(differences)}): the package changed while loading, or a model "
+            "subclass rewrites its grids; nothing was written"
+        )

@@ -1,0 +1,439 @@
+"""``run_corrdiff.py --model FOLDER``: a generic CorrDiff package through the run tool.
+
+A tiny package in earth2studio's generic layout (a non-square regular output grid, an
+invariant, an output variable the tool has no units for, an input grid that is not on
+Taiwan's 0.25-degree lattice) is run from a local file, end to end: the real loader
+(earth2studio's ``load_model``), the real file source (earth2studio's ``DataArrayFile``),
+the store, ``--resume``. The samples are checked against the generic forward pass called
+directly on the inputs (that pass is itself pinned to earth2studio and physicsnemo in
+``test_models.py``), so what is tested here is the wiring: inputs by name on the
+package's grid, one seed per (time, sample), outputs in the package's order and grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from corrdiff_tools import downscale, sources, store, synthetic
+from corrdiff_tools.cli import plot_main, run_main
+from corrdiff_tools.models.declaration import MODEL_ATTR
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUTS = ("t2m", "u10m", "v10m", "tcwv")
+#: tp: a variable the store has no CF attributes for (no units are guessed).
+OUTPUTS = ("t2m", "u10m", "tp")
+#: 1/16-degree output grid over Iberia, 24 x 40: not square, listed as 1-D axes, west of
+#: Greenwich (negative longitudes), far from Taiwan's box (whose constants must not leak in).
+OUT_GRID = synthetic.regular_grid(41.0, -9.0, (24, 40), 0.0625)
+#: The input box, a quarter degree on a lattice of its own.
+IN_GRID = synthetic.regular_grid(40.1, -10.05, (14, 18), 0.25)
+TIMES = [datetime(2024, 7, 24, 0), datetime(2024, 7, 24, 6)]
+SEED = 7
+TYPICAL = {"t2m": (290.0, 3.0), "u10m": (0.0, 5.0), "v10m": (0.0, 5.0), "tcwv": (40.0, 8.0)}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shape = (OUT_GRID[0].size, OUT_GRID[1].size)
+    rows = np.arange(shape[0])[:, None] + np.zeros(shape[1])
+    return synthetic.build_generic_package(
+        tmp_path_factory.mktemp("generic") / "package",
+        INPUTS,
+        OUTPUTS,
+        OUT_GRID,
+        IN_GRID,
+        invariants={"orog": (30.0 * rows).astype("float32")},
+        metadata={"number_of_steps": 3, "sigma_max": 80.0},
+    )
+
+
+def _fields(time_index: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(100 + time_index)
+    shape = (IN_GRID[0].size, IN_GRID[1].size)
+    return {
+        name: (mean + spread * rng.standard_normal(shape)).astype("float32")
+        for name, (mean, spread) in TYPICAL.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def input_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The inputs as a user's file: another variable order, an extra variable, latitudes
+    north to south, longitudes as 0..360 (all of which the tool must see through)."""
+    order = ["tcwv", "msl", "v10m", "t2m", "u10m"]
+    data = []
+    for index in range(len(TIMES)):
+        fields = {**_fields(index), "msl": np.full((14, 18), 101000.0, dtype="float32")}
+        data.append(np.stack([fields[name][::-1] for name in order]))
+    array = sources.input_dataarray(
+        np.stack(data), TIMES, order, IN_GRID[0][::-1].copy(), IN_GRID[1] % 360.0
+    )
+    path = tmp_path_factory.mktemp("inputs") / "inputs.nc"
+    array.to_netcdf(path)
+    return path
+
+
+def _run(
+    capsys: pytest.CaptureFixture[str], package: Path, inputs: Path, output: Path, *extra: str
+) -> tuple[int, str]:
+    capsys.readouterr()
+    times = [t.strftime("%Y-%m-%dT%H") for t in TIMES]
+    argv = [*times, "--model", str(package), "--source", str(inputs), "--samples", "2"]
+    argv += ["--seed", str(SEED), "--device", "cpu", "--output", str(output), "-q", *extra]
+    code = run_main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def made(package: Path, input_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("run") / "generic.zarr"
+    times = [t.strftime("%Y-%m-%dT%H") for t in TIMES]
+    argv = [*times, "--model", str(package), "--source", str(input_file), "--samples", "2"]
+    assert run_main([*argv, "--seed", str(SEED), "--device", "cpu", "--output", str(output)]) == 0
+    return output
+
+
+def _reference(package: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Samples (time, sample, variable, y, x) and regression means, from the forward pass
+    called directly on the inputs by name, with the seeds a run gives each sample."""
+    from corrdiff_tools.models import generic
+
+    sampler = generic.GenericSampler(generic.load(package, device="cpu"))
+    samples, means = [], []
+    for index, time in enumerate(TIMES):
+        fields = _fields(index)
+        array = xr.DataArray(
+            np.stack([fields[name] for name in INPUTS]),
+            dims=("variable", "lat", "lon"),
+            coords={"variable": list(INPUTS), "lat": IN_GRID[0], "lon": IN_GRID[1]},
+        )
+        seeds = [downscale.sample_seed(SEED, time, 0, s) for s in range(2)]
+        samples.append(sampler.samples(array, seeds, time))
+        condition = sampler.condition(array, time)
+        means.append(sampler.denormalise(sampler.regression_mean(condition))[0])
+    return np.stack(samples), np.stack(means)
+
+
+def test_a_generic_package_runs_to_a_store_on_its_own_grid(made: Path, package: Path) -> None:
+    dataset = xr.open_zarr(made)
+    # The package's outputs on its 24 x 40 grid; nothing of Taiwan's.
+    assert {name for name in dataset.data_vars if "_" not in name} == {*OUTPUTS, "completed"}
+    for name in OUTPUTS:
+        assert dataset[name].dims == ("time", "sample", "y", "x")
+        assert dataset[name].shape == (2, 2, 24, 40)
+    lat, lon = np.meshgrid(*OUT_GRID, indexing="ij")
+    np.testing.assert_allclose(dataset["lat"].values, lat, atol=1e-5)
+    np.testing.assert_allclose(dataset["lon"].values, lon, atol=1e-5)
+    assert dataset["t2m"].attrs["units"] == "K"
+    assert "units" not in dataset["tp"].attrs and dataset["tp"].attrs["long_name"] == "tp"
+    assert json.loads(dataset.attrs[MODEL_ATTR]) == {
+        "name": "package", "inputs": list(INPUTS), "outputs": list(OUTPUTS),
+    }  # fmt: skip
+    settings = json.loads(dataset.attrs[store.SETTINGS_ATTR])
+    assert settings["model"]["outputs"] == list(OUTPUTS)
+    assert settings["sampler"]["steps"] == 3 and settings["sampler"]["sigma_max"] == 80.0
+    assert dataset.attrs["title"].startswith("CorrDiff (a generic package)")
+    assert dataset["completed"].values.all()
+    # The inputs as the model read them: by name, on the package's grid, south to north.
+    np.testing.assert_allclose(dataset["lat_lr"].values, IN_GRID[0])
+    np.testing.assert_allclose(dataset["lon_lr"].values, IN_GRID[1])
+    for index in range(len(TIMES)):
+        for name, values in _fields(index).items():
+            np.testing.assert_array_equal(dataset[f"lr_{name}"].values[index], values)
+    assert "lr_msl" not in dataset
+
+
+def test_the_stored_samples_are_the_forward_pass_on_the_inputs_by_name(
+    made: Path, package: Path
+) -> None:
+    samples, means = _reference(package)
+    dataset = xr.open_zarr(made)
+    for v, name in enumerate(OUTPUTS):
+        np.testing.assert_allclose(dataset[name].values, samples[:, :, v], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            dataset[f"{name}_regression"].values, means[:, v], rtol=0, atol=1e-4
+        )
+    # The two samples of a time differ (one seed each), and so do the two times: by far
+    # more than the rounding the other tests here allow for.
+    t2m = dataset["t2m"].values
+    assert np.abs(t2m[0, 0] - t2m[0, 1]).max() > 1.0
+    assert np.abs(t2m[0, 0] - t2m[1, 0]).max() > 1.0
+
+
+def test_resume_recomputes_what_is_missing_and_refuses_another_package(
+    made: Path,
+    package: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(made, copy)
+    before = xr.open_zarr(made)["t2m"].values
+    writer = store.StoreWriter(copy)
+    assert writer.outputs == OUTPUTS
+    writer.unmark([(1, 1)])
+    code, err = _run(capsys, package, input_file, copy, "--resume")
+    assert code == 0, err
+    resumed = xr.open_zarr(copy)
+    assert resumed["completed"].values.all()
+    again = resumed["t2m"].values
+    # Only the unmarked piece is recomputed: the rest is untouched, bit for bit. It was
+    # computed in a batch of two, now alone: batched convolutions round differently, a
+    # noise mix-up would differ by O(1) (see the test above).
+    np.testing.assert_array_equal(np.delete(again.reshape(4, -1), 3, 0), before.reshape(4, -1)[:3])
+    np.testing.assert_allclose(again[1, 1], before[1, 1], rtol=0, atol=1e-2)
+
+    other = tmp_path / "other"
+    shutil.copytree(package, other)
+    stats = json.loads((other / "stats.json").read_text())
+    stats["output"]["t2m"]["mean"] += 1.0
+    (other / "stats.json").write_text(json.dumps(stats))
+    writer.unmark([(1, 1)])
+    code, err = _run(capsys, other, input_file, copy, "--resume")
+    assert code == 2 and "was made with other settings (model_package:" in err, err
+    assert not store.StoreWriter(copy).completed()[1, 1]  # nothing computed or written
+
+
+def _short_file(input_file: Path, tmp_path: Path) -> Path:
+    with xr.open_dataarray(input_file) as array:
+        array.drop_sel(variable=["tcwv"]).to_netcdf(tmp_path / "short.nc")
+    return tmp_path / "short.nc"
+
+
+def _narrow_file(input_file: Path, tmp_path: Path) -> Path:
+    with xr.open_dataarray(input_file) as array:
+        array.isel(lon=slice(0, 10)).to_netcdf(tmp_path / "narrow.nc")
+    return tmp_path / "narrow.nc"
+
+
+def _incomplete_package(package: Path, tmp_path: Path) -> Path:
+    shutil.copytree(package, tmp_path / "incomplete")
+    (tmp_path / "incomplete" / "diffusion.mdlus").unlink()
+    return tmp_path / "incomplete"
+
+
+BAD = [
+    ("short", (), "lacks the input variable(s) tcwv; the model package reads t2m, u10m, v10m, tcwv"),
+    ("narrow", (), "does not contain the model's 0.25 degree input grid (lon -10.05 to -5.8"),
+    ("missing", (), "does not exist: give taiwan, or the folder of a generic CorrDiff package"),
+    ("incomplete", (), "is not a generic CorrDiff package: it lacks diffusion.mdlus"),
+    ("ok", ("--stats",), "--stats is for CorrDiff Taiwan (--model taiwan) so far"),
+    ("ok", ("--precision", "bf16"), "--precision bf16: generic packages run in fp32 so far"),
+    ("ok", ("--model-package", "x"), "--model-package is for CorrDiff Taiwan"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "extra", "message"), BAD)
+def test_bad_generic_runs_are_one_line_and_write_nothing(
+    case: str,
+    extra: tuple[str, ...],
+    message: str,
+    package: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inputs = {"short": _short_file, "narrow": _narrow_file}.get(case)
+    source = inputs(input_file, tmp_path) if inputs else input_file
+    model = {
+        "missing": tmp_path / "nowhere",
+        "incomplete": _incomplete_package(package, tmp_path) if case == "incomplete" else package,
+    }.get(case, package)
+    output = tmp_path / "out" / "store.zarr"
+    code, err = _run(capsys, model, source, output, *extra)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert message in lines[0], lines[0]
+    assert not output.parent.exists()
+
+
+def test_the_plot_tool_refuses_a_generic_store_in_one_line(
+    made: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    capsys.readouterr()
+    code = plot_main([str(made), "--outdir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "holds a generic CorrDiff package's t2m, u10m, tp" in err[0]
+    assert not (tmp_path / "plots").exists()
+
+
+def test_taiwan_stores_and_settings_carry_no_model_entry() -> None:
+    """Taiwan's stores stay as they were: no model attribute, no model setting."""
+    grid = np.zeros(store.HR_SHAPE, dtype="float32")
+    layout = store.StoreLayout(times=TIMES[:1], samples=1, lat=grid, lon=grid)
+    dataset, _ = store._empty_dataset(layout, {}, {})
+    assert MODEL_ATTR not in dataset.attrs
+    assert [n for n in dataset.data_vars if "_" not in n and n != "completed"] == list(
+        store.OUTPUT_VARIABLES
+    )
+    assert store.StoreLayout(times=TIMES, samples=1, lat=grid, lon=grid).model is store.TAIWAN
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_write_what_one_process_writes(
+    made: Path, package: Path, input_file: Path, tmp_path: Path
+) -> None:
+    """Ranks share the samples out, rank 0 reads the file: the same store as one process.
+
+    Compared to float32 rounding, not bitwise: each rank draws its one sample in a batch
+    of one, ``made`` both in one batch, and batched convolutions round differently (a
+    noise mix-up would differ by O(1)).
+    """
+    output = tmp_path / "ranks.zarr"
+    times = [t.strftime("%Y-%m-%dT%H") for t in TIMES]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        str(ROOT / "run_corrdiff.py"), *times, "--model", str(package), "--source",
+        str(input_file), "--samples", "2", "--seed", str(SEED), "--device", "cpu",
+        "--output", str(output),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "rank 0: 2 sample(s)" in result.stderr and "rank 1: 2 sample(s)" in result.stderr
+    ranks, single = xr.open_zarr(output), xr.open_zarr(made)
+    assert ranks["completed"].values.all()
+    for name in (*OUTPUTS, *(f"{v}_regression" for v in OUTPUTS), "lr_tcwv", "lat", "lon"):
+        np.testing.assert_allclose(ranks[name].values, single[name].values, rtol=0, atol=1e-2)
+
+
+class _Recorder:
+    """A Sampler whose conditioning records the valid time it is given (a model with time
+    features, as CorrDiffCMIP6 has, reads it), and a Writer that keeps what it is given."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from corrdiff_tools.models.declaration import Declaration
+        from corrdiff_tools.sampling import PRESETS
+
+        self.declaration = Declaration(
+            "package", ("a", "b"), ("c",), np.arange(2.0), np.arange(3.0), (4, 5)
+        )
+        self.settings = PRESETS["blog"]
+        self.valid_times: list[datetime | None] = []
+        self.inputs: list[np.ndarray] = []
+        self.samples: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+        self._torch = torch
+
+    def condition(self, inputs: np.ndarray, valid_time: datetime | None = None) -> object:
+        self.valid_times.append(valid_time)
+        self.inputs.append(inputs)
+        return self._torch.zeros(1, 2, 4, 5)
+
+    def regression_mean(self, condition: object) -> object:
+        return self._torch.zeros(1, 1, 4, 5)
+
+    def draw(self, condition: object, mean: object, seeds: list[int]) -> object:
+        return self._torch.full((len(seeds), 1, 4, 5), 280.0)
+
+    def denormalise(self, x: object) -> np.ndarray:
+        return np.asarray(x.numpy(), dtype="float32")  # type: ignore[attr-defined]
+
+    def write_inputs(self, index: tuple[int, ...], fields: object) -> None:
+        pass
+
+    def write_regression(self, index: tuple[int, ...], fields: object) -> None:
+        pass
+
+    def write_samples(
+        self, index: tuple[int, ...], samples: object, fields: dict[str, np.ndarray]
+    ) -> None:
+        self.samples[index] = dict(fields)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_the_loop_gives_the_model_its_inputs_by_name_and_the_valid_time() -> None:
+    """Valid time = initialisation + lead: what time features (hour of day, solar
+    zenith) must be computed for; the inputs in the declaration's order, the outputs
+    stored under the declaration's names."""
+    recorder = _Recorder()
+    start = datetime(2024, 7, 24, 18)
+    jobs = [downscale.Job((0, 0), start, 0, (0,)), downscale.Job((0, 1), start, 9, (0, 1))]
+    fields = {"b": np.full((2, 3), 2.0), "a": np.full((2, 3), 1.0), "x": np.zeros((2, 3))}
+    downscale.downscale(
+        jobs, lambda job: fields, recorder, lambda: recorder, seed=0, batch_size=2,
+        overlap_fetch=False,
+    )  # fmt: skip
+    assert recorder.valid_times == [start, datetime(2024, 7, 25, 3)]
+    assert [float(x[0, 0, 0]) for x in recorder.inputs] == [1.0, 1.0]
+    assert [float(x[1, 0, 0]) for x in recorder.inputs] == [2.0, 2.0]
+    assert set(recorder.samples[(0, 1)]) == {"c"}
+    assert recorder.samples[(0, 1)]["c"].shape == (2, 4, 5)
+
+
+def test_the_sampler_metadata_asks_for_is_read_as_earth2studio_reads_it(
+    package: Path, tmp_path: Path
+) -> None:
+    """Before loading, the run tool reads metadata.json itself (with earth2studio's
+    defaults where it is silent); after loading, it checks that earth2studio read the same."""
+    from corrdiff_tools.models import generic
+    from corrdiff_tools.models.declaration import metadata_settings
+
+    for kept in ({}, {"sampler_type": "deterministic"}, {"solver": "heun", "sigma_min": 0.01}):
+        folder = tmp_path / f"package-{len(kept)}-{'-'.join(kept)}"
+        shutil.copytree(package, folder)
+        metadata = json.loads((folder / "metadata.json").read_text())
+        for key in ("number_of_steps", "sigma_max", "sampler_type", "solver", "sigma_min"):
+            metadata.pop(key, None)
+        metadata.update(kept)
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+        loaded = generic.load(folder, device="cpu")
+        assert metadata_settings(metadata) == generic.package_settings(loaded), kept
+    assert metadata_settings({}).steps == 18 and metadata_settings({}).sampler == "stochastic"
+
+
+def test_a_loaded_model_unlike_its_declaration_is_refused() -> None:
+    from corrdiff_tools.errors import RunError
+    from corrdiff_tools.models.declaration import Declaration, check_loaded
+
+    axis = np.arange(3.0)
+    declared = Declaration("package", ("a", "b"), ("c",), axis, axis, (4, 5))
+    for other, named in (
+        (Declaration("package", ("b", "a"), ("c",), axis, axis, (4, 5)), "inputs"),
+        (Declaration("package", ("a", "b"), ("c",), axis + 0.5, axis, (4, 5)), "input_lat"),
+        (Declaration("package", ("a", "b"), ("c",), axis, axis, (5, 4)), "output_shape"),
+    ):
+        with pytest.raises(RunError, match=f"differs from what its files declare \\({named}"):
+            check_loaded(declared, other, "--model x")
+    check_loaded(declared, Declaration("package", ("a", "b"), ("c",), axis, axis, (4, 5)), "x")
+
+
+@pytest.mark.parametrize(("source", "lexicon"), [("gfs", "GFSLexicon"), ("era5", "ARCO_ERA5")])
+def test_a_named_source_without_the_package_inputs_is_refused_naming_them(
+    source: str,
+    lexicon: str,
+    package: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "package"
+    shutil.copytree(package, folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["input_variables"] = ["t2m", "soil_wetness", "u10m", "sea_ice_age"]
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    capsys.readouterr()
+    output = tmp_path / "out" / "store.zarr"
+    code = run_main(["2024-07-24T12", "--model", str(folder), "--source", source,
+                     "--output", str(output)])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert (
+        f"--source {source} has no soil_wetness, sea_ice_age (earth2studio's {lexicon}"
+        in (lines[0])
+    )
+    assert not output.parent.exists()
