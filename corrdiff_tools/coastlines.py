@@ -13,6 +13,7 @@ hangs on networks that drop packets. Here coastlines are plain (lon, lat) line a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 COAST_EXTENT = (115.0, 127.0, 18.5, 29.0)
 #: Land-mask sampling step in degrees (about 2 km, the output grid's spacing).
 MASK_STEP = 0.02
+#: Most land-mask points along a side (a large domain is sampled more coarsely).
+MASK_POINTS = 1200
+#: Degrees of margin around another model's grid that its coastlines are cut to.
+COAST_MARGIN = 1.0
 NATURAL_EARTH_RESOLUTIONS = ("10m", "50m", "110m")
 
 
@@ -46,11 +51,11 @@ def _natural_earth_file(resolution: str) -> Path | None:
     return None
 
 
-def _from_natural_earth(path: Path) -> list[np.ndarray]:
+def _from_natural_earth(path: Path, extent: Sequence[float]) -> list[np.ndarray]:
     import shapely.geometry as sgeom
     from cartopy.io import shapereader
 
-    box = sgeom.box(COAST_EXTENT[0], COAST_EXTENT[2], COAST_EXTENT[1], COAST_EXTENT[3])
+    box = sgeom.box(extent[0], extent[2], extent[1], extent[3])
     segments: list[np.ndarray] = []
     for geometry in shapereader.Reader(str(path)).geometries():
         clipped = geometry.intersection(box)
@@ -61,27 +66,35 @@ def _from_natural_earth(path: Path) -> list[np.ndarray]:
     return segments
 
 
-def _from_land_mask() -> list[np.ndarray]:
+def _from_land_mask(extent: Sequence[float]) -> list[np.ndarray]:
     import contourpy
     from global_land_mask import globe
 
-    lon = np.arange(COAST_EXTENT[0], COAST_EXTENT[1] + MASK_STEP / 2, MASK_STEP)
-    lat = np.arange(COAST_EXTENT[2], COAST_EXTENT[3] + MASK_STEP / 2, MASK_STEP)
+    # About 2 km steps, coarser over a large area (at most MASK_POINTS along a side).
+    step = max(MASK_STEP, max(extent[1] - extent[0], extent[3] - extent[2]) / MASK_POINTS)
+    lon = np.arange(extent[0], extent[1] + step / 2, step)
+    lat = np.arange(max(extent[2], -90.0), min(extent[3], 90.0) + step / 2, step)
     lon2d, lat2d = np.meshgrid(lon, lat)
-    land = globe.is_land(lat2d, lon2d).astype(float)
+    # The mask reads longitudes -180..180; the lines keep the grid's own (0..360 or not).
+    land = globe.is_land(lat2d, np.where(lon2d > 180.0, lon2d - 360.0, lon2d)).astype(float)
     lines = contourpy.contour_generator(lon2d, lat2d, land).lines(0.5)
     return [np.asarray(line) for line in lines if len(line) > 1]
 
 
-def load_coastlines() -> Coastlines:
-    """Coastlines of the paper's domain, from Natural Earth if on disk, else the land mask."""
+def load_coastlines(extent: Sequence[float] = COAST_EXTENT) -> Coastlines:
+    """Coastlines from Natural Earth if on disk, else the land mask, cut to ``extent``.
+
+    ``extent`` is (lon min, lon max, lat min, lat max): the paper's domain with a margin
+    by default, another model's grid with :data:`COAST_MARGIN`.
+    """
     for resolution in NATURAL_EARTH_RESOLUTIONS:
         path = _natural_earth_file(resolution)
         if path is not None:
             logger.info("coastlines: Natural Earth %s (%s)", resolution, path)
-            return Coastlines(tuple(_from_natural_earth(path)), f"Natural Earth {resolution}")
+            segments = _from_natural_earth(path, extent)
+            return Coastlines(tuple(segments), f"Natural Earth {resolution}")
     logger.info(
         "coastlines: global-land-mask contour (no Natural Earth files in cartopy's data dir; "
         "set CARTOPY_DATA_DIR to use them)"
     )
-    return Coastlines(tuple(_from_land_mask()), "global-land-mask")
+    return Coastlines(tuple(_from_land_mask(extent)), "global-land-mask")

@@ -422,9 +422,16 @@ def _draw(
     """Render every task (in worker processes), then the GIFs; where coastlines came from."""
     from corrdiff_tools import plotting, render
     from corrdiff_tools.animation import write_gif
-    from corrdiff_tools.coastlines import load_coastlines
+    from corrdiff_tools.coastlines import COAST_MARGIN, load_coastlines
 
-    coastlines = load_coastlines()
+    extent = plotting.grid_extent(request.dataset["lat"].values, request.dataset["lon"].values)
+    if render.is_taiwan(request.dataset):
+        coastlines, other = load_coastlines(), {}
+    else:  # another model's store: its grid, panels and frame
+        lon0, lon1, lat0, lat1 = extent
+        margin = COAST_MARGIN
+        coastlines = load_coastlines((lon0 - margin, lon1 + margin, lat0 - margin, lat1 + margin))
+        other = render.other_model(request.dataset)
     context = render.RenderContext(
         store_path=request.store.absolute(),
         scales=render.colour_scales(request.dataset, request.colormap, healthy),
@@ -433,8 +440,9 @@ def _draw(
         fmt=request.fmt,
         dpi=request.dpi,
         frames=bool(gifs),
-        extent=plotting.grid_extent(request.dataset["lat"].values, request.dataset["lon"].values),
+        extent=extent,
         left_out=request.left_out,
+        **other,
     )
     jobs = min(request.jobs or _available_cores(), len(tasks))
     with progress(len(tasks)) as update:

@@ -20,7 +20,7 @@ from corrdiff_tools import quantities
 from corrdiff_tools.quantities import UNITS, EnsembleStats
 
 if TYPE_CHECKING:
-    from cartopy.crs import LambertConformal
+    from cartopy.crs import Projection
     from cartopy.mpl.geoaxes import GeoAxes
     from matplotlib.collections import QuadMesh
     from matplotlib.figure import Figure
@@ -63,6 +63,65 @@ GRID_LONS = (117, 119, 121, 123, 125)
 GRID_LATS = (20, 22, 24, 26, 28)
 #: Below this span (degrees) a map gets a gridline every degree instead of every two.
 FINE_GRID_SPAN = 4.0
+#: Colormaps of variables other models write: a wind component (diverging, centred on
+#: 0), anything else (sequential, readable in grey and by colour-blind readers).
+COMPONENT_COLORMAP = "RdBu_r"
+OTHER_COLORMAP = "cividis"
+#: Gridline spacings (degrees) a map of another model's grid picks from, and about how
+#: many lines it wants across its longer side; arrows per row on such a map.
+GRID_STEPS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+GRID_LINES = 5
+ARROWS_ACROSS = 12
+
+
+@dataclass(frozen=True)
+class MapFrame:
+    """How the maps of a store are framed: the projection, gridlines and arrow spacing.
+
+    ``taiwan`` is CorrDiff Taiwan's: a Lambert conformal projection centred on the
+    paper's domain, its gridlines and arrow steps, exactly as they always were.
+    ``plate_carree`` is for other models' grids, regular lat/lon or not: latitude and
+    longitude as they are (a Lambert projection with cartopy's default parallels would
+    distort a domain far from them, or in the other hemisphere), centred on the grid.
+    """
+
+    kind: Literal["taiwan", "plate_carree"] = "taiwan"
+    central_longitude: float = 0.0
+
+
+TAIWAN_FRAME = MapFrame()
+
+
+def frame_for(lon: np.ndarray, taiwan: bool) -> MapFrame:
+    """Taiwan's frame for Taiwan's stores, else a PlateCarree one centred on ``lon``."""
+    if taiwan:
+        return TAIWAN_FRAME
+    finite = np.asarray(lon, dtype="float64")[np.isfinite(lon)]
+    centre = 0.5 * (float(finite.min()) + float(finite.max())) if finite.size else 0.0
+    return MapFrame("plate_carree", centre)
+
+
+def describe(key: str, attrs: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(panel title, colour bar label) of a panel key.
+
+    Taiwan's quantities keep their wording; another model's variable is named by its
+    ``long_name`` and ``units`` attributes (no units where the store gives none).
+    """
+    if key in LABELS:
+        return TITLES[key], LABELS[key]
+    if key in quantities.TITLES:
+        return quantities.TITLES[key], quantities.label(key)
+    attrs = attrs or {}
+    name = str(attrs.get("long_name", key))
+    units = attrs.get("units")
+    return name, f"{name} [{units}]" if units else name
+
+
+def colormap_for(key: str) -> str:
+    """The colormap of a panel key (see :data:`COLORMAPS`, :data:`OTHER_COLORMAP`)."""
+    if key in COLORMAPS:
+        return COLORMAPS[key]
+    return COMPONENT_COLORMAP if key in ("u10m", "v10m") else OTHER_COLORMAP
 
 
 @dataclass(frozen=True)
@@ -83,16 +142,18 @@ class Fields:
     """
 
     values: Mapping[str, np.ndarray]
-    u: np.ndarray
-    v: np.ndarray
+    u: np.ndarray | None
+    v: np.ndarray | None
     lat: np.ndarray
     lon: np.ndarray
 
 
-def projection() -> LambertConformal:
-    """Lambert conformal projection centred on the paper's domain."""
+def projection(frame: MapFrame = TAIWAN_FRAME) -> Projection:
+    """The maps' projection: Lambert conformal centred on the paper's domain for Taiwan."""
     import cartopy.crs as ccrs
 
+    if frame.kind == "plate_carree":
+        return ccrs.PlateCarree(central_longitude=frame.central_longitude)
     return ccrs.LambertConformal(
         central_longitude=0.5 * (PAPER_LON[0] + PAPER_LON[1]),
         central_latitude=0.5 * (PAPER_LAT[0] + PAPER_LAT[1]),
@@ -131,16 +192,32 @@ def grid_extent(lat: np.ndarray, lon: np.ndarray) -> tuple[float, float, float, 
     )
 
 
-def _map_axes(fig: Figure, rows: int, cols: int, index: int, extent: Sequence[float]) -> GeoAxes:
+def _map_axes(
+    fig: Figure,
+    rows: int,
+    cols: int,
+    index: int,
+    extent: Sequence[float],
+    frame: MapFrame = TAIWAN_FRAME,
+) -> GeoAxes:
     import cartopy.crs as ccrs
 
-    ax = fig.add_subplot(rows, cols, index, projection=projection())
+    ax = fig.add_subplot(rows, cols, index, projection=projection(frame))
     ax.set_extent(list(extent), crs=ccrs.PlateCarree())
     return ax
 
 
-def _gridline_locations(extent: Sequence[float]) -> tuple[list[float], list[float]]:
+def _gridline_locations(
+    extent: Sequence[float], frame: MapFrame = TAIWAN_FRAME
+) -> tuple[list[float], list[float]]:
     lon0, lon1, lat0, lat1 = extent
+    if frame.kind != "taiwan":
+        span = max(lon1 - lon0, lat1 - lat0)
+        step = next((s for s in GRID_STEPS if span / s <= GRID_LINES), GRID_STEPS[-1])
+        return (
+            list(np.arange(np.floor(lon0 / step), np.ceil(lon1 / step) + 1) * step),
+            list(np.arange(np.floor(lat0 / step), np.ceil(lat1 / step) + 1) * step),
+        )
     if max(lon1 - lon0, lat1 - lat0) >= FINE_GRID_SPAN:
         return list(GRID_LONS), list(GRID_LATS)
     return (
@@ -149,7 +226,9 @@ def _gridline_locations(extent: Sequence[float]) -> tuple[list[float], list[floa
     )
 
 
-def projected_coastline(coastlines: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def projected_coastline(
+    coastlines: Sequence[np.ndarray], frame: MapFrame = TAIWAN_FRAME
+) -> tuple[np.ndarray, np.ndarray]:
     """All (lon, lat) segments in :func:`projection`'s coordinates, NaN between segments."""
     import cartopy.crs as ccrs
 
@@ -157,17 +236,21 @@ def projected_coastline(coastlines: Sequence[np.ndarray]) -> tuple[np.ndarray, n
         return np.empty(0), np.empty(0)
     gap = np.full((1, 2), np.nan)
     joined = np.concatenate([part for segment in coastlines for part in (segment[:, :2], gap)])
-    points = projection().transform_points(ccrs.PlateCarree(), joined[:, 0], joined[:, 1])
+    points = projection(frame).transform_points(ccrs.PlateCarree(), joined[:, 0], joined[:, 1])
     return points[:, 0], points[:, 1]
 
 
-def _decorate(ax: GeoAxes, coastlines: Sequence[np.ndarray], extent: Sequence[float]) -> None:
-
+def _decorate(
+    ax: GeoAxes,
+    coastlines: Sequence[np.ndarray],
+    extent: Sequence[float],
+    frame: MapFrame = TAIWAN_FRAME,
+) -> None:
     # One line, projected with numpy, not one cartopy-projected line per segment: the
     # coastline's ~200 segments per panel were half of each figure's drawing time.
-    x, y = projected_coastline(coastlines)
+    x, y = projected_coastline(coastlines, frame)
     ax.plot(x, y, transform=ax.transData, scalex=False, scaley=False, **COASTLINE_STYLE)
-    xlocs, ylocs = _gridline_locations(extent)
+    xlocs, ylocs = _gridline_locations(extent, frame)
     gridlines = ax.gridlines(
         draw_labels=True,
         xlocs=xlocs,
@@ -206,7 +289,7 @@ def _mesh(
     return mesh
 
 
-def _arrows(ax: GeoAxes, fields: Fields, top_speed: float) -> None:
+def _arrows(ax: GeoAxes, fields: Fields, top_speed: float, frame: MapFrame = TAIWAN_FRAME) -> None:
     """Wind arrows on a regular subset of the grid, all inside the data.
 
     Lengths are fixed by the colour scale, not autoscaled per figure (matplotlib's
@@ -217,7 +300,10 @@ def _arrows(ax: GeoAxes, fields: Fields, top_speed: float) -> None:
     """
     import cartopy.crs as ccrs
 
+    assert fields.u is not None and fields.v is not None  # noqa: S101 - wind panels only
     step = ARROW_STEP if fields.lat.ndim == 2 else LOWRES_ARROW_STEP
+    if frame.kind != "taiwan":  # about ARROWS_ACROSS a row, whatever the grid's size
+        step = max(1, max(np.shape(fields.u)) // ARROWS_ACROSS)
     lon, lat = fields.lon, fields.lat
     if lat.ndim == 1:
         lon, lat = np.meshgrid(lon, lat)
@@ -279,8 +365,11 @@ def map_figure(
     title: str,
     fig: Figure | None = None,
     extent: Sequence[float] = PAPER_EXTENT,
+    *,
+    frame: MapFrame = TAIWAN_FRAME,
+    attrs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Figure:
-    """One row of map panels (the blog's three: reflectivity, temperature, wind with arrows).
+    """Rows of up to three map panels (the blog's three: reflectivity, temperature, wind).
 
     Parameters
     ----------
@@ -298,21 +387,29 @@ def map_figure(
         Draw into this figure (e.g. a pyplot one, for ``--show``).
     extent : sequence of float
         (lon min, lon max, lat min, lat max) shown, e.g. :func:`grid_extent` of the store.
+    frame : MapFrame
+        Projection, gridlines and arrows (default Taiwan's).
+    attrs : mapping, optional
+        Panel key -> the store variable's attributes, naming another model's variables
+        (see :func:`describe`).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    fig = new_figure(SAMPLE_FIGSIZE, fig)
+    rows = -(-len(panels) // 3) if len(panels) > 3 else 1
+    cols = len(panels) if rows == 1 else 3
+    figsize = SAMPLE_FIGSIZE if rows == 1 else (SAMPLE_FIGSIZE[0], SAMPLE_FIGSIZE[1] * rows)
+    fig = new_figure(figsize, fig)
     for index, key in enumerate(panels, start=1):
-        ax = _map_axes(fig, 1, len(panels), index, extent)
-        _mesh(
-            fig, ax, fields.lon, fields.lat, fields.values[key], scales[SCALE_KEY[key]], LABELS[key]
-        )
-        if key == "wind":
-            _arrows(ax, fields, scales[SCALE_KEY[key]].vmax)
-        ax.set_title(TITLES[key])
-        _decorate(ax, coastlines, extent)
+        ax = _map_axes(fig, rows, cols, index, extent, frame)
+        scale = scales[SCALE_KEY.get(key, key)]
+        heading, label = describe(key, (attrs or {}).get(key))
+        _mesh(fig, ax, fields.lon, fields.lat, fields.values[key], scale, label)
+        if key == "wind" and fields.u is not None:
+            _arrows(ax, fields, scale.vmax, frame)
+        ax.set_title(heading)
+        _decorate(ax, coastlines, extent, frame)
     fig.suptitle(title)
     return fig
 

@@ -13,7 +13,7 @@ Imports only numpy, so the plot tool and the data contract can both use it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,30 @@ THRESHOLD_UNITS = {"mrr": "dBZ", "t2m": "degC", "wind": "m s-1"}
 def label(quantity: str) -> str:
     """``'2 m temperature [°C]'``: the name and display unit of a quantity."""
     return f"{TITLES[quantity]} [{UNITS[quantity]}]"
+
+
+#: The store variables a display quantity is made of.
+MEMBERS = {"wind": ("u10m", "v10m")}
+
+
+def members(quantity: str) -> tuple[str, ...]:
+    """The store variables a display quantity is computed from (``wind``: u10m, v10m)."""
+    return MEMBERS.get(quantity, (quantity,))
+
+
+def panels_of(outputs: Sequence[str]) -> tuple[str, ...]:
+    """The display quantities of a model's outputs, in the model's order.
+
+    A u10m/v10m pair becomes one ``wind`` panel (drawn with arrows) where the first of
+    the two stands; Taiwan's (mrr, t2m, u10m, v10m) gives its (mrr, t2m, wind).
+    """
+    both = {"u10m", "v10m"} <= set(outputs)
+    panels: list[str] = []
+    for name in outputs:
+        panel = "wind" if both and name in MEMBERS["wind"] else name
+        if panel not in panels:
+            panels.append(panel)
+    return tuple(panels)
 
 
 def to_display_units(

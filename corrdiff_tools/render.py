@@ -23,7 +23,8 @@ import numpy as np
 
 from corrdiff_tools import checks, plotting, quantities, store
 from corrdiff_tools import times as times_mod
-from corrdiff_tools.plotting import ColourScale, Fields
+from corrdiff_tools.models.declaration import stored_model_name, stored_outputs
+from corrdiff_tools.plotting import TAIWAN_FRAME, ColourScale, Fields, MapFrame
 from corrdiff_tools.quantities import KELVIN
 from corrdiff_tools.times import time_label
 
@@ -65,6 +66,38 @@ class RenderContext:
     extent: tuple[float, float, float, float] = plotting.PAPER_EXTENT
     #: Arrays of the store not to draw (unphysical: see store.implausible_arrays).
     left_out: tuple[str, ...] = ()
+    #: Another model's store (not Taiwan's): its panels, their variables' attributes,
+    #: and the frame of its maps (see :func:`other_model`).
+    taiwan: bool = True
+    panels: tuple[str, ...] = plotting.SAMPLE_PANELS
+    attrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    frame: MapFrame = TAIWAN_FRAME
+
+
+def is_taiwan(dataset: xr.Dataset) -> bool:
+    """Whether a store holds CorrDiff Taiwan's outputs (its own, or the blog's)."""
+    return stored_model_name(dataset.attrs) == "taiwan"
+
+
+def lowres_panels_of(dataset: xr.Dataset, panels: Sequence[str]) -> tuple[str, ...]:
+    """The panels of another model's store whose low-resolution inputs it holds."""
+    return tuple(
+        panel
+        for panel in panels
+        if all(store.lowres_name(name) in dataset for name in quantities.members(panel))
+    )
+
+
+def other_model(dataset: xr.Dataset) -> dict[str, Any]:
+    """The :class:`RenderContext` fields of a store made by another model than Taiwan."""
+    panels = quantities.panels_of(stored_outputs(dataset.attrs, store.OUTPUT_VARIABLES))
+    return {
+        "taiwan": False,
+        "panels": panels,
+        "lowres_panels": lowres_panels_of(dataset, panels),
+        "attrs": {p: dict(dataset[p].attrs) for p in panels if p in dataset},
+        "frame": plotting.frame_for(dataset["lon"].values, taiwan=False),
+    }
 
 
 def valid_time(
@@ -156,7 +189,7 @@ def piece_problems(
     for piece in zip(*np.nonzero(marked), strict=True):
         index = tuple(int(i) for i in piece)
         selection = dict(zip(("time", *lead, "sample"), index, strict=True))
-        for name in store.OUTPUT_VARIABLES:
+        for name in stored_outputs(dataset.attrs, store.OUTPUT_VARIABLES):
             try:
                 values = np.asarray(dataset[name].isel(selection).values)
             except Exception as err:  # noqa: BLE001 - codecs raise many types on bad bytes
@@ -199,6 +232,8 @@ def colour_scales(
     """
     import dask
 
+    if not is_taiwan(dataset):
+        return _other_scales(dataset, colormap, healthy)
     include_lowres = store.has_lowres(dataset)
     if healthy is not None:
         return _scales_from_pieces(dataset, include_lowres, colormap, healthy)
@@ -265,6 +300,51 @@ def _scales_from_pieces(
     return _to_scales(lows, highs, colormap)
 
 
+def _other_scales(
+    dataset: xr.Dataset, colormap: str | None, healthy: np.ndarray | None
+) -> dict[str, ColourScale]:
+    """Colour scales of another model's store, one per panel.
+
+    Each panel's extremes over the complete pieces (and the low-resolution inputs, as for
+    Taiwan); a wind component's centred on 0, wind speed's from 0.
+    """
+    fields = other_model(dataset)
+    panels, lowres = fields["panels"], fields["lowres_panels"]
+    if healthy is None:
+        healthy = np.asarray(dataset[store.COMPLETED].values).astype(bool)
+    lead = ("lead_time",) if "lead_time" in dataset.dims else ()
+    lows: dict[str, list[float]] = {panel: [] for panel in panels}
+    highs: dict[str, list[float]] = {panel: [] for panel in panels}
+
+    def extremes(values: Mapping[str, np.ndarray], wanted: Sequence[str]) -> None:
+        shown = quantities.displayed(values)
+        for panel in wanted:
+            found = np.asarray(shown[panel], dtype="float64")
+            if np.isfinite(found).any():
+                lows[panel].append(float(np.nanmin(found)))
+                highs[panel].append(float(np.nanmax(found)))
+
+    names = sorted({name for panel in panels for name in quantities.members(panel)})
+    for piece in zip(*np.nonzero(healthy), strict=True):
+        selection = dict(zip(("time", *lead, "sample"), (int(i) for i in piece), strict=True))
+        extremes(
+            {n: np.asarray(dataset[n].isel(selection).values, "float64") for n in names}, panels
+        )
+    lowres_names = sorted({n for panel in lowres for n in quantities.members(panel)})
+    arrays = {n: np.asarray(dataset[store.lowres_name(n)].values, "float64") for n in lowres_names}
+    if arrays:
+        extremes(arrays, lowres)
+    scales = {}
+    for panel in panels:
+        low, high = _finite_limits(lows[panel], highs[panel])
+        if panel in quantities.MEMBERS["wind"]:
+            low, high = -max(abs(low), abs(high)), max(abs(low), abs(high))
+        elif panel == "wind":
+            low = 0.0
+        scales[panel] = ColourScale(low, high, colormap or plotting.colormap_for(panel))
+    return scales
+
+
 @functools.lru_cache(maxsize=4)
 def _open(path: Path) -> xr.Dataset:
     return store.open_store(path)
@@ -298,6 +378,8 @@ def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figu
     dataset = _open(context.store_path).drop_vars(list(context.left_out), errors="ignore")
     when, lead = valid_time(dataset, task.time_index, task.lead_index)
     title = times_mod.title_time(when, None if task.lead_index is None else lead)
+    if not context.taiwan:
+        return _draw_other(dataset, task, context, fig, title)
     if task.kind == "sample":
         assert task.sample is not None  # noqa: S101 - by construction in plan()
         values = quantities.to_display_units(
@@ -355,6 +437,40 @@ def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figu
         fig,
         context.extent,
     )
+
+
+def _draw_other(
+    dataset: xr.Dataset, task: Task, context: RenderContext, fig: Figure | None, title: str
+) -> Figure:
+    """A sample or low-resolution figure of another model's store: one panel a quantity."""
+    lowres = task.kind == "lowres"
+    panels = tuple(context.lowres_panels) if lowres else context.panels
+    names = [name for panel in panels for name in quantities.members(panel)]
+    stored = {
+        name: np.asarray(
+            _select(dataset, store.lowres_name(name) if lowres else name, task, task.sample),
+            dtype="float64",
+        )
+        for name in names
+    }
+    wind = "wind" in panels
+    grid = ("lat_lr", "lon_lr") if lowres else ("lat", "lon")
+    fields = Fields(
+        {panel: np.asarray(values) for panel, values in quantities.displayed(stored).items()},
+        stored["u10m"] if wind else None,
+        stored["v10m"] if wind else None,
+        dataset[grid[0]].values,
+        dataset[grid[1]].values,
+    )
+    heading = (
+        f"Low-resolution input · {title}"
+        if lowres
+        else f"CorrDiff sample {task.sample} of {dataset.sizes['sample']} · {title}"
+    )
+    return plotting.map_figure(
+        fields, panels, context.scales, context.coastlines, heading, fig, context.extent,
+        frame=context.frame, attrs=context.attrs,
+    )  # fmt: skip
 
 
 def render_task(task: Task, context: RenderContext) -> np.ndarray | None:

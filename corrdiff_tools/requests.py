@@ -611,19 +611,39 @@ class PlotRequest:
     left_out: tuple[str, ...] = ()
 
 
-def _check_plottable(path: Path, dataset: xr.Dataset) -> None:
-    """Refuse a store of another model than Taiwan: its maps are not drawn yet."""
-    from corrdiff_tools.models.declaration import stored_model_name, stored_outputs
+def _check_other_model(args: argparse.Namespace, dataset: xr.Dataset) -> bool:
+    """For a store of another model than Taiwan, refuse what is not drawn for it yet.
+
+    Its maps are drawn (each output variable a panel, in its units); the ensemble
+    statistics and the evaluation are Taiwan's so far. Returns whether it is Taiwan's.
+    """
+    from corrdiff_tools import quantities, render
+    from corrdiff_tools.models.declaration import stored_outputs
     from corrdiff_tools.store import OUTPUT_VARIABLES
 
-    name = stored_model_name(dataset.attrs)
-    if name != TAIWAN_MODEL:
-        outputs = stored_outputs(dataset.attrs, OUTPUT_VARIABLES)
+    if render.is_taiwan(dataset):
+        return True
+    outputs = ", ".join(stored_outputs(dataset.attrs, OUTPUT_VARIABLES))
+    for flag, given in (
+        ("--stats", args.stats),
+        ("--spectra", args.spectra),
+        ("--pdf", args.pdf),
+        ("--truth", args.truth is not None),
+    ):
+        if given:
+            raise UsageError(
+                f"{flag}: {args.store} holds a generic CorrDiff package's {outputs}; "
+                "ensemble statistics and the evaluation are drawn for CorrDiff Taiwan's "
+                f"stores so far: drop {flag} (the maps are drawn)"
+            )
+    panels = quantities.panels_of(stored_outputs(dataset.attrs, OUTPUT_VARIABLES))
+    if args.plot_lowres and not render.lowres_panels_of(dataset, panels):
         raise UsageError(
-            f"STORE {path} holds a generic CorrDiff package's {', '.join(outputs)}: "
-            "plot_corrdiff.py draws CorrDiff Taiwan's stores so far; open this one with "
-            "xarray (xr.open_zarr) meanwhile"
+            f"--plot-lowres: {args.store} holds no input of the same name as its outputs "
+            f"({outputs}), so there is no low-resolution map to set beside them: drop "
+            "--plot-lowres"
         )
+    return False
 
 
 def validate_plot(args: argparse.Namespace) -> PlotRequest:
@@ -644,7 +664,7 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
         dataset = store.open_store(args.store)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_plottable(args.store, dataset)
+    taiwan = _check_other_model(args, dataset)
     times = select_times(args.time, dataset)
     leads = select_leads(args.lead_time, dataset)
     # Drawn or scored, every field is checked: an input or regression mean out of its
@@ -678,7 +698,7 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
                 f"--colormap {args.colormap!r} is not a matplotlib colormap (e.g. viridis, "
                 "turbo, RdYlBu_r)"
             )
-    if args.plot_lowres and not store.has_lowres(dataset):
+    if taiwan and args.plot_lowres and not store.has_lowres(dataset):
         unusable = [name for name in left_out if name.startswith("lr_") and name != "lr_refc"]
         if unusable:
             raise UsageError(

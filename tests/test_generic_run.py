@@ -258,14 +258,64 @@ def test_bad_generic_runs_are_one_line_and_write_nothing(
     assert not output.parent.exists()
 
 
-def test_the_plot_tool_refuses_a_generic_store_in_one_line(
+def test_the_plot_tool_draws_a_generic_store_panel_by_panel(
     made: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    """Each output a panel in its units (no wind panel: there is no v10m), on a lat/lon
+    map of the package's grid; the inputs of the same name beside them; a GIF."""
+    import cartopy.crs as ccrs
+
+    from corrdiff_tools import plotting, render
+
     capsys.readouterr()
-    code = plot_main([str(made), "--outdir", str(tmp_path / "plots")])
+    out = tmp_path / "plots"
+    argv = [str(made), "--plot-lowres", "--gif", "--format", "png", "--dpi", "30"]
+    code = plot_main([*argv, "--jobs", "1", "--outdir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == sorted(
+        [f"corrdiff-2024-07-24T{h}-{k}" for h in ("00", "06")
+         for k in ("sample-00.png", "sample-01.png", "lowres.png")]
+        + ["corrdiff-2024-07-24T00.gif", "corrdiff-2024-07-24T06.gif"]
+    )  # fmt: skip
+
+    dataset = store.open_store(made)
+    other = render.other_model(dataset)
+    assert other["panels"] == ("t2m", "u10m", "tp")
+    assert other["lowres_panels"] == ("t2m", "u10m")  # no lr_tp: the package reads no tp
+    assert other["frame"] == plotting.MapFrame("plate_carree", pytest.approx(-7.78125))
+    scales = render.colour_scales(dataset)
+    t2m_c = dataset["t2m"].values.astype("float64") - 273.15
+    lr_c = dataset["lr_t2m"].values.astype("float64") - 273.15
+    assert scales["t2m"].vmin == pytest.approx(min(t2m_c.min(), lr_c.min()))
+    assert scales["t2m"].vmax == pytest.approx(max(t2m_c.max(), lr_c.max()))
+    assert scales["u10m"].vmin == -scales["u10m"].vmax  # a component: centred on 0
+    assert (scales["tp"].cmap, scales["u10m"].cmap) == ("cividis", "RdBu_r")
+    context = render.RenderContext(made, scales, [], {}, "png", 30, **other)
+    figure = render.build_figure(render.Task("sample", 1, None, 1, Path("x.png")), context)
+    assert figure.get_suptitle() == "CorrDiff sample 1 of 2 · valid 2024-07-24 06:00 UTC"
+    maps = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in maps] == ["2 m temperature", "10 m eastward wind", "tp"]
+    assert all(isinstance(ax.projection, ccrs.PlateCarree) for ax in maps)
+    bars = [ax.get_ylabel() for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert bars == ["Temperature at 2 m [°C]", "10 m eastward wind [m/s]", "tp"]
+    shown = np.asarray(maps[2].collections[0].get_array()).reshape(24, 40)
+    np.testing.assert_allclose(shown, dataset["tp"].values[1, 1], rtol=1e-6)
+    low = render.build_figure(render.Task("lowres", 0, None, None, Path("x.png")), context)
+    shown = np.asarray(low.axes[0].collections[0].get_array()).reshape(14, 18)
+    np.testing.assert_allclose(shown, dataset["lr_t2m"].values[0] - 273.15, rtol=1e-6)
+
+
+@pytest.mark.parametrize("flag", [["--stats"], ["--spectra"], ["--pdf"], ["--truth", "t.nc"]])
+def test_what_the_plot_tool_does_not_draw_for_a_generic_store_is_one_line(
+    flag: list[str], made: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    capsys.readouterr()
+    code = plot_main([str(made), *flag, "--outdir", str(tmp_path / "plots")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
-    assert "holds a generic CorrDiff package's t2m, u10m, tp" in err[0]
+    assert code == 2 and len(err) == 1, err
+    assert f"{flag[0]}: {made} holds a generic CorrDiff package's t2m, u10m, tp" in err[0]
+    assert f"drop {flag[0]} (the maps are drawn)" in err[0]
     assert not (tmp_path / "plots").exists()
 
 
@@ -437,3 +487,11 @@ def test_a_named_source_without_the_package_inputs_is_refused_naming_them(
         in (lines[0])
     )
     assert not output.parent.exists()
+
+
+def test_panels_follow_the_model_outputs_with_one_wind_panel_for_a_pair() -> None:
+    from corrdiff_tools.quantities import panels_of
+
+    assert panels_of(store.OUTPUT_VARIABLES) == ("mrr", "t2m", "wind")  # Taiwan's, as ever
+    assert panels_of(("t2m", "v10m", "tp", "u10m")) == ("t2m", "wind", "tp")
+    assert panels_of(("u10m", "tp")) == ("u10m", "tp")  # one component: drawn as it is

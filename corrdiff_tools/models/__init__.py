@@ -24,5 +24,5 @@ forward pass (a ``downscale.Sampler``: ``declaration``, ``condition``,
 ``regression_mean``, ``draw``, ``denormalise``, ``lat``/``lon``, as
 ``downscale.CorrDiffSampler`` has for Taiwan; the generic ``residuals`` also takes the
 regression mean, which Taiwan's checkpoint does not read). ``run_corrdiff.py --model
-FOLDER`` runs a generic package; the plot tool draws Taiwan's stores only, so far.
+FOLDER`` runs a generic package, and the plot tool draws its stores' maps.
 """
