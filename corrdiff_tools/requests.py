@@ -89,9 +89,9 @@ class RunRequest:
     precision: str = "auto"
     #: ``--model``: CorrDiff Taiwan, or a generic package's declaration (read from its files).
     model: Declaration = field(default_factory=_taiwan)
-    #: The sampler settings are the package's own (no sampler option given): the loaded
-    #: model must agree with what its ``metadata.json`` was read to ask for.
-    package_sampler: bool = False
+    #: A package's own sampler settings, as its ``metadata.json`` was read here (the
+    #: options change them): earth2studio must have read the same when it loads it.
+    package_sampler: SamplerSettings | None = None
 
     @property
     def is_taiwan(self) -> bool:
@@ -169,8 +169,13 @@ class BenchmarkRequest:
     precision: str = "auto"
 
 
-def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
+def sampler_settings(
+    args: argparse.Namespace, base: SamplerSettings | None = None
+) -> SamplerSettings:
     """The :class:`~corrdiff_tools.sampling.SamplerSettings` the options ask for.
+
+    ``base``: a model package's own settings, which the options change (see
+    :func:`corrdiff_tools.sampling.resolve`); Taiwan's start from a preset.
 
     Raises
     ------
@@ -181,7 +186,7 @@ def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
 
     overrides = {name: getattr(args, name) for name in sampling.OPTION_FIELDS}
     try:
-        return sampling.resolve(args.preset, args.sampler, overrides)
+        return sampling.resolve(args.preset, args.sampler, overrides, base)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -221,16 +226,19 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
     else:
         from corrdiff_tools.models.declaration import package_files
 
-        package_spec = args.model
-        identity = model.folder_identity(Path(args.model), package_files(Path(args.model)))
+        # Absolute: the loader, torchrun's ranks and --resume read it from anywhere.
+        folder = Path(args.model).expanduser().resolve()
+        package_spec = str(folder)
+        identity = model.folder_identity(folder, package_files(folder))
     if args.threshold and not args.stats:
         raise UsageError(
             f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
             "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
         )
     statistics = parse_thresholds(args.threshold) if args.stats else None
-    package_sampler = declared.name != TAIWAN_MODEL and not _sampler_options_given(args)
-    sampler = _package_sampler(args.model) if package_sampler else sampler_settings(args)
+    # A package's own sampler, with what the options change (a --preset replaces it).
+    own = _package_sampler(package_spec) if declared.name != TAIWAN_MODEL else None
+    sampler = sampler_settings(args, own)
     output = args.output or store.default_output(times, source.is_forecast)
     if output.is_symlink():
         # --overwrite and --resume act on the store itself, not on the link to it.
@@ -263,7 +271,7 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         # A generic package runs in fp32 (refused otherwise above), on a GPU too.
         precision=args.precision if declared.name == TAIWAN_MODEL else "fp32",
         model=declared,
-        package_sampler=package_sampler,
+        package_sampler=own,
     )
     if request.prefetch is not None:
         _check_prefetch(request, args.source)
@@ -334,13 +342,6 @@ def _declared_model(args: argparse.Namespace) -> Declaration:
     return from_package(folder, shown)
 
 
-def _sampler_options_given(args: argparse.Namespace) -> bool:
-    from corrdiff_tools import sampling
-
-    named = (args.preset, args.sampler, *(getattr(args, n) for n in sampling.OPTION_FIELDS))
-    return any(value is not None for value in named)
-
-
 def _package_sampler(spec: str) -> SamplerSettings:
     """The sampler settings a generic package's ``metadata.json`` asks for."""
     import json
@@ -378,6 +379,25 @@ def _check_source_variables(source: SourceSpec, declared: Declaration) -> None:
             f"--source {source.kind} has no {', '.join(missing)} (earth2studio's {name}), "
             f"which the model package reads: use a file holding them (--source FILE)"
         )
+    import numpy as np
+
+    from corrdiff_tools.sources import GRID_TOLERANCE
+
+    # GFS and ERA5 (ARCO) are global 0.25-degree grids: the package's points must be theirs.
+    for axis, points in (("lat", declared.input_lat), ("lon", declared.input_lon)):
+        nearest = (
+            np.clip(np.round(points * 4.0) / 4.0, -90.0, 90.0)
+            if axis == "lat"
+            else (np.round(points * 4.0) / 4.0)
+        )
+        off = np.abs(points - nearest) > GRID_TOLERANCE
+        if off.any():
+            first = int(np.flatnonzero(off)[0])
+            raise UsageError(
+                f"--source {source.kind}: its 0.25 degree grid has no {axis} "
+                f"{points[first]:g} (nearest {nearest[first]:g}), a point of the model "
+                "package's input grid: use a file on that grid (--source FILE)"
+            )
 
 
 def _check_source_times(

@@ -310,11 +310,12 @@ def make_sampler(request: RunRequest, loaded: Any) -> Sampler:
     shown = f"--model {request.model_package}"
     sampler = generic.GenericSampler(loaded, request.sampler)
     declaration.check_loaded(request.model, sampler.declaration, shown)
-    if request.package_sampler and generic.package_settings(loaded) != request.sampler:
+    read = request.package_sampler
+    if read is not None and generic.package_settings(loaded) != read:
         raise RunError(
             f"{shown}: earth2studio read the sampler settings "
             f"{generic.package_settings(loaded).describe()} from metadata.json, the run tool "
-            f"{request.sampler.describe()}: name the sampler options you want explicitly"
+            f"{read.describe()}: name the sampler you want with --preset and its options"
         )
     return sampler
 

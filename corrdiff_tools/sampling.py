@@ -133,7 +133,10 @@ PRESET_OF = {"deterministic": "blog", "stochastic": "paper"}
 
 
 def resolve(
-    preset: str | None, sampler: str | None, overrides: Mapping[str, Any]
+    preset: str | None,
+    sampler: str | None,
+    overrides: Mapping[str, Any],
+    base: SamplerSettings | None = None,
 ) -> SamplerSettings:
     """Settings from a preset (or the preset of ``sampler``) with explicit options on top.
 
@@ -145,6 +148,9 @@ def resolve(
         ``deterministic`` or ``stochastic``; must agree with ``preset`` when both are given.
     overrides : mapping
         Field name -> value for each option the user gave (None values are ignored).
+    base : SamplerSettings, optional
+        What to start from instead of a preset when none is named and ``sampler`` is
+        None or ``base``'s: a model package's own settings (its ``metadata.json``).
 
     Raises
     ------
@@ -159,6 +165,8 @@ def resolve(
     name = preset or PRESET_OF[sampler or "deterministic"]
     given = {key: value for key, value in overrides.items() if value is not None}
     settings = PRESETS[name]
+    if base is not None and preset is None and sampler in (None, base.sampler):
+        settings = base
     if settings.sampler == "stochastic" and given.get("solver", "heun") != "heun":
         raise ValueError(
             f"--solver {given['solver']}: the stochastic sampler is always second order "

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time as time_mod
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -234,8 +234,7 @@ def _check_file_contents(
     lat = np.asarray(array["lat"].values, dtype=float)
     lon = np.asarray(array["lon"].values, dtype=float) % 360.0
     for name, grid, have in (("lat", model.input_lat, lat), ("lon", model.input_lon, lon)):
-        wanted = np.asarray(grid, dtype=float) % 360.0 if name == "lon" else grid
-        apart = [np.min(np.abs(have - w)) for w in wanted]
+        _, apart = nearest_points(grid, have, name == "lon")
         gaps = [g for g, off in zip(grid, apart, strict=True) if off > GRID_TOLERANCE]
         if gaps:
             step = f"{abs(float(grid[1] - grid[0])):g} degree" if grid.size > 1 else "one-point"
@@ -265,6 +264,20 @@ def _check_file_contents(
     return [*model.inputs, *extras]
 
 
+def nearest_points(
+    wanted: np.ndarray, have: np.ndarray, wrap: bool
+) -> tuple[list[int], np.ndarray]:
+    """For each wanted coordinate, the index of the nearest one in ``have``, and how far.
+
+    With ``wrap`` (longitudes), distances go round the circle: 359.9996 is 0.0004 from 0.
+    """
+    apart = np.abs(np.asarray(wanted, dtype=float)[:, None] - np.asarray(have, dtype=float))
+    if wrap:
+        apart = np.abs((apart + 180.0) % 360.0 - 180.0)
+    index = apart.argmin(axis=1)
+    return [int(i) for i in index], apart[np.arange(index.size), index]
+
+
 def _model_box(array: xr.DataArray, model: Declaration = TAIWAN) -> xr.DataArray:
     """The model's input box of a (time, variable, lat, lon) array (36 x 40 for Taiwan).
 
@@ -274,8 +287,8 @@ def _model_box(array: xr.DataArray, model: Declaration = TAIWAN) -> xr.DataArray
     """
     lon = np.asarray(array["lon"].values, dtype=float) % 360.0
     lat = np.asarray(array["lat"].values, dtype=float)
-    lat_index = [int(np.argmin(np.abs(lat - value))) for value in model.input_lat]
-    lon_index = [int(np.argmin(np.abs(lon - value % 360.0))) for value in model.input_lon]
+    lat_index, _ = nearest_points(model.input_lat, lat, wrap=False)
+    lon_index, _ = nearest_points(model.input_lon, lon, wrap=True)
     return array.isel(lat=lat_index, lon=lon_index).assign_coords(
         lat=model.input_lat, lon=model.input_lon
     )
@@ -561,13 +574,14 @@ def fetch_fields(
                 coords,
                 {
                     "variable": np.array(list(variables)),
-                    "lat": model.input_lat,
-                    "lon": model.input_lon,
+                    **_source_labels(coords, model, spec, when),
                 },
             )
             with contextlib.suppress(TypeError):  # a source that takes no weak reference
                 _REACHED.add(source)
             break
+        except RunError:  # the source's grid lacks the model's (_source_labels): said
+            raise
         except Exception as err:  # noqa: BLE001 - earth2studio sources raise many types
             if spec.kind == "file":
                 raise RunError(
@@ -615,6 +629,34 @@ def fetch_fields(
     grid = (model.input_lat.size, model.input_lon.size)
     values = x.cpu().numpy().reshape(len(variables), *grid).astype("float32")
     return {name: values[i] for i, name in enumerate(variables)}
+
+
+def _source_labels(
+    coords: Mapping[str, Any], model: Declaration, spec: SourceSpec, when: str
+) -> dict[str, np.ndarray]:
+    """The source's own lat/lon labels of the model's input grid, for ``map_coords``.
+
+    earth2studio's ``map_coords`` takes the nearest label, however far, and without
+    going round the globe: a package west of Greenwich read from GFS (longitudes 0..360)
+    would get the column at 0 for every point. So each point is matched here, modulo 360
+    and within :data:`GRID_TOLERANCE`, or refused. Taiwan's grid is asked for as it
+    always was (its points are the sources' own labels).
+    """
+    if model is TAIWAN:
+        return {"lat": model.input_lat, "lon": model.input_lon}
+    labels = {}
+    for axis, wanted in (("lat", model.input_lat), ("lon", model.input_lon)):
+        have = np.asarray(coords[axis], dtype=float)
+        index, apart = nearest_points(wanted, have, wrap=axis == "lon")
+        if (apart > GRID_TOLERANCE).any():
+            first = int(np.flatnonzero(apart > GRID_TOLERANCE)[0])
+            raise RunError(
+                f"{spec.label} has no {axis} {wanted[first]:g} at {when} (nearest "
+                f"{have[index[first]]:g}): the model's input grid is not on its grid; use a "
+                "file on the model's input grid (--source FILE)"
+            )
+        labels[axis] = have[index]
+    return labels
 
 
 def fetch_inputs(

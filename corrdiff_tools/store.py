@@ -43,7 +43,12 @@ import numpy as np
 from corrdiff_tools import quantities
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
-from corrdiff_tools.models.declaration import MODEL_ATTR, Declaration, stored_outputs
+from corrdiff_tools.models.declaration import (
+    MODEL_ATTR,
+    Declaration,
+    model_attr_problem,
+    stored_outputs,
+)
 from corrdiff_tools.quantities import THRESHOLD_UNITS
 
 if TYPE_CHECKING:
@@ -851,9 +856,9 @@ def damage(path: str | Path) -> str | None:
     if FORMAT_ATTR in attributes:
         try:
             read_settings(path)
-            stored_outputs(attributes, OUTPUT_VARIABLES)
         except ValueError as err:
             return str(err)
+        return model_attr_problem(attributes)
     return None
 
 

@@ -495,3 +495,178 @@ def test_panels_follow_the_model_outputs_with_one_wind_panel_for_a_pair() -> Non
     assert panels_of(store.OUTPUT_VARIABLES) == ("mrr", "t2m", "wind")  # Taiwan's, as ever
     assert panels_of(("t2m", "v10m", "tp", "u10m")) == ("t2m", "wind", "tp")
     assert panels_of(("u10m", "tp")) == ("u10m", "tp")  # one component: drawn as it is
+
+
+# ----------------------------------------------------------------- found by trying to break it
+
+
+def _edited(package: Path, tmp_path: Path, **metadata: object) -> Path:
+    folder = tmp_path / "edited"
+    shutil.copytree(package, folder)
+    content = json.loads((folder / "metadata.json").read_text())
+    content.update(metadata)
+    (folder / "metadata.json").write_text(json.dumps(content))
+    return folder
+
+
+BAD_METADATA = [
+    ({"output_variables": ["t2m", "u10m", "t2m"]}, "the output variable(s) t2m are listed twice"),
+    ({"output_variables": ["t2m", "lat", "tp"]}, "output variable 'lat' is a name the store keeps"),
+    ({"output_variables": ["t2m_regression"]}, "'t2m_regression' is a name the store keeps"),
+    ({"input_variables": ["t2m", "lr_u10m", "v10m", "tcwv"]}, "'lr_u10m' is a name the store"),
+    ({"input_variables": ["t2m", "u10m", "v10m", "my var/x"]}, "'my var/x' is not a name a st"),
+    ({"output_variables": "t2m"}, "output_variables is 't2m', not a list of names"),
+    ({"inference_mode": "Regression"}, "inference_mode 'Regression' is none of both, regressi"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("metadata", "message"), BAD_METADATA)
+def test_variable_names_a_store_cannot_hold_are_refused_before_anything_runs(
+    metadata: dict[str, object],
+    message: str,
+    package: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A name given twice lost a channel, store names collided with the store's own
+    arrays and a '/' made a group: each is one line now, and nothing is written."""
+    output = tmp_path / "out" / "store.zarr"
+    code, err = _run(capsys, _edited(package, tmp_path, **metadata), input_file, output)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "metadata.json" in lines[0] and message in lines[0], lines[0]
+    assert not output.parent.exists()
+
+
+def _request(argv: list[str]) -> object:
+    from corrdiff_tools.cli import build_run_parser
+    from corrdiff_tools.requests import validate_run
+
+    return validate_run(build_run_parser().parse_args(argv), argv)
+
+
+def test_sampler_options_change_the_package_own_settings(
+    package: Path, input_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package asks for 3 stochastic steps from sigma 80: an option changes that
+    option, not the sampler (it used to fall back to a preset of Taiwan's)."""
+    monkeypatch.chdir(tmp_path)
+    base = ["2024-07-24T00", "--model", str(package), "--source", str(input_file)]
+    own = _request(base).sampler  # type: ignore[attr-defined]
+    assert (own.sampler, own.steps, own.sigma_max) == ("stochastic", 3, 80.0)
+    steps = _request([*base, "--steps", "5"]).sampler  # type: ignore[attr-defined]
+    assert (steps.sampler, steps.steps, steps.sigma_max) == ("stochastic", 5, 80.0)
+    same = _request([*base, "--sampler", "stochastic"]).sampler  # type: ignore[attr-defined]
+    assert same == own
+    other = _request([*base, "--sampler", "deterministic"]).sampler  # type: ignore[attr-defined]
+    assert other.sampler == "deterministic" and other.steps == 8  # the blog preset's
+    paper = _request([*base, "--preset", "paper"]).sampler  # type: ignore[attr-defined]
+    assert (paper.steps, paper.sigma_max) == (18, 800.0)
+
+
+def test_a_relative_package_path_is_read_from_anywhere(
+    package: Path, input_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from corrdiff_tools.models import generic
+
+    monkeypatch.chdir(package.parent)
+    request = _request(["2024-07-24T00", "--model", package.name, "--source", str(input_file),
+                        "--output", str(tmp_path / "o.zarr")])  # fmt: skip
+    assert request.model_package == str(package.resolve())  # type: ignore[attr-defined]
+    assert generic.load(package.name, device="cpu").output_variables == list(OUTPUTS)
+
+
+def test_a_package_with_latlon_res_loads_on_the_grid_validation_read(
+    package: Path, tmp_path: Path
+) -> None:
+    """earth2studio builds a latlon_res grid in float32 and refuses it for 0.1 degrees."""
+    from corrdiff_tools.models import generic
+    from corrdiff_tools.models.declaration import check_loaded, from_package
+
+    folder = _edited(package, tmp_path, latlon_res=0.1)
+    (folder / "input_latlon_grid.nc").unlink()
+    declared = from_package(folder, "x")
+    assert declared.input_lat[0] == pytest.approx(40.9) and declared.input_lat.size == 18
+    loaded = generic.GenericSampler(generic.load(folder, device="cpu"))
+    check_loaded(declared, loaded.declaration, "x")
+
+
+def test_a_store_whose_model_attribute_names_taiwan_is_damaged(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zarr
+
+    copy = tmp_path / "edited.zarr"
+    shutil.copytree(made, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    group.attrs[MODEL_ATTR] = json.dumps({"name": "taiwan", "inputs": [], "outputs": ["t2m"]})
+    zarr.consolidate_metadata(str(copy))
+    capsys.readouterr()
+    assert plot_main([str(copy), "--outdir", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "is a damaged store: its corrdiff_tools_model attribute names no" in (err[0])
+    )
+
+
+class _Global:
+    """A source on GFS's own global grid (lat 90..-90, lon 0..359.75): u10m = longitude,
+    v10m = latitude, so where every value came from can be read off."""
+
+    def __call__(self, time: object, variable: object) -> xr.DataArray:
+        lat, lon = np.arange(90.0, -90.25, -0.25), np.arange(0.0, 360.0, 0.25)
+        names = list(np.atleast_1d(variable))
+        fields = {"u10m": lon[None, :] + 0 * lat[:, None], "v10m": lat[:, None] + 0 * lon}
+        data = np.stack([fields.get(n, np.full((lat.size, lon.size), 290.0)) for n in names])
+        return xr.DataArray(
+            data[None], dims=("time", "variable", "lat", "lon"),
+            coords={"time": np.atleast_1d(time), "variable": names, "lat": lat, "lon": lon},
+        )  # fmt: skip
+
+
+def test_a_named_source_is_read_at_the_package_points_modulo_360_or_refused() -> None:
+    """earth2studio's map_coords takes the nearest label without a tolerance or a wrap:
+    a package west of Greenwich got GFS's column at 0 for every point."""
+    from corrdiff_tools.errors import RunError
+    from corrdiff_tools.models.declaration import Declaration
+
+    spec = sources.SourceSpec("gfs")
+    lat, lon = np.arange(40.0, 42.0, 0.25), np.arange(-10.0, -7.0, 0.25)
+    model = Declaration("package", ("u10m", "v10m"), ("t2m",), lat, lon, (4, 4))
+    fields = sources.fetch_fields(_Global(), spec, TIMES[0], 0, ["u10m", "v10m"], model)
+    np.testing.assert_array_equal(fields["u10m"], np.broadcast_to(lon % 360.0, (8, 12)))
+    np.testing.assert_array_equal(fields["v10m"], np.broadcast_to(lat[:, None], (8, 12)))
+    off = Declaration("package", ("u10m",), ("t2m",), lat + 0.1, lon, (4, 4))
+    with pytest.raises(RunError, match="gfs has no lat 40.1 at .* \\(nearest 40\\): the model"):
+        sources.fetch_fields(_Global(), spec, TIMES[0], 0, ["u10m"], off)
+
+
+def test_a_named_source_off_the_package_grid_is_refused_before_anything_runs(
+    package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    code = run_main(["2024-07-24T12", "--model", str(package), "--source", "gfs",
+                     "--output", str(tmp_path / "o" / "s.zarr")])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "--source gfs: its 0.25 degree grid has no lat 40.1 (nearest 40)" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_longitude_a_hair_west_of_360_is_the_package_zero(tmp_path: Path) -> None:
+    from corrdiff_tools.models.declaration import Declaration
+
+    lat, lon = np.arange(50.0, 51.0, 0.25), np.arange(-1.0, 1.25, 0.25)  # crosses 0
+    model = Declaration("package", ("where",), ("t2m",), lat, lon, (4, 4))
+    have = (np.arange(0.0, 360.0, 0.25) - 4e-4) % 360.0  # 0 written as 359.9996
+    values = np.broadcast_to(have, (lat.size, have.size))[None, None].astype("float64")
+    array = sources.input_dataarray(values, TIMES[:1], ["where"], lat, have)
+    path = tmp_path / "hair.nc"
+    array.to_netcdf(path)
+    assert sources.check_file_source(path, TIMES[:1], model) == ["where"]
+    with sources.open_file_source(path) as opened:
+        box = sources._model_box(opened, model)
+        picked = np.asarray(box.sel(variable="where").values[0, 0])
+    np.testing.assert_allclose(picked, (lon - 4e-4) % 360.0, atol=1e-3)

@@ -116,8 +116,9 @@ def _adapt_run(
 ) -> list[str]:
     """A README run command, made to run here (see the limits above).
 
-    A command with ``--model FOLDER`` gets ``generic``, a tiny generic package that reads
-    some of Taiwan's inputs on part of its grid, so the same input file serves both.
+    A command's ``--model FOLDER`` (a relative path, kept as typed) is made a link to
+    ``generic``, a tiny generic package that reads some of Taiwan's inputs on part of its
+    grid, so the same input file serves both.
     """
     from corrdiff_tools import store
 
@@ -130,7 +131,9 @@ def _adapt_run(
             continue
         if word == "--model":
             model = next(words)
-            out += [word, model if model == "taiwan" or generic is None else str(generic)]
+            if model != "taiwan" and generic is not None and not Path(model).exists():
+                Path(model).symlink_to(generic)  # the README's relative path, as typed
+            out += [word, model]
             continue
         if word == "--output":
             out += [word, Path(next(words)).name]  # /scratch/... -> the working directory
@@ -216,7 +219,7 @@ def test_every_readme_command_runs_offline(
         ("t2m", "u10m", "v10m"),
         synthetic.regular_grid(22.0, 119.0, (16, 24), 0.0625),
         synthetic.regular_grid(21.0, 118.0, (10, 12), 0.25),
-        metadata={"number_of_steps": 2, "sigma_max": 80.0},
+        metadata={"sampler_type": "deterministic", "number_of_steps": 2, "sigma_max": 80.0},
     )
     real_build_source = sources.build_source
 

@@ -93,6 +93,20 @@ def stored_outputs(attrs: Mapping[str, Any], default: Sequence[str]) -> tuple[st
     return tuple(outputs)
 
 
+def model_attr_problem(attrs: Mapping[str, Any]) -> str | None:
+    """What is wrong with a store's :data:`MODEL_ATTR`, or None (absent is Taiwan's)."""
+    if attrs.get(MODEL_ATTR) is None:
+        return None
+    try:
+        stored_outputs(attrs, ())
+    except ValueError as err:
+        return str(err)
+    name = stored_model_name(attrs)
+    if name != "package":  # what the run tool writes for every model but Taiwan
+        return f"its {MODEL_ATTR} attribute names no model this tool writes ({name!r})"
+    return None
+
+
 def stored_model_name(attrs: Mapping[str, Any]) -> str:
     """``taiwan`` for a store without :data:`MODEL_ATTR`, else the name it records."""
     raw = attrs.get(MODEL_ATTR)
@@ -173,13 +187,20 @@ def from_package(folder: Path, shown: str) -> Declaration:
 
     try:
         metadata = json.loads((folder / "metadata.json").read_text())
-        inputs = tuple(str(v) for v in metadata["input_variables"])
-        outputs = tuple(str(v) for v in metadata["output_variables"])
+        inputs = _names(metadata, "input_variables")
+        outputs = _names(metadata, "output_variables")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(
             f"{shown}: metadata.json does not name input_variables and output_variables "
-            f"({type(err).__name__}: {err})"
+            f"as lists of names ({type(err).__name__}: {err})"
         ) from None
+    problem = names_problem(inputs, outputs)
+    mode = metadata.get("inference_mode", "both")
+    if problem is None and mode not in INFERENCE_MODES:
+        # earth2studio runs an unknown mode (a typo) as "both", silently.
+        problem = f"inference_mode {mode!r} is none of {', '.join(INFERENCE_MODES)}"
+    if problem is not None:
+        raise UsageError(f"{shown}: metadata.json: {problem}")
     try:
         with xr.open_dataset(folder / "output_latlon_grid.nc") as grid:
             out_lat = np.asarray(grid["lat"].values, dtype="float64")
@@ -190,15 +211,7 @@ def from_package(folder: Path, shown: str) -> Declaration:
                 in_lat = np.asarray(grid["lat"].values, dtype="float64")
                 in_lon = np.asarray(grid["lon"].values, dtype="float64")
         else:
-            res = float(metadata["latlon_res"])
-            in_lat, in_lon = (
-                np.arange(
-                    (np.floor(axis.min() / res) - 1) * res,
-                    (np.ceil(axis.max() / res) + 1) * res + res,
-                    res,
-                )
-                for axis in (out_lat, out_lon)
-            )
+            in_lat, in_lon = infer_input_grid(out_lat, out_lon, float(metadata["latlon_res"]))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(
             f"{shown}: its grid files do not read as lat/lon grids ({type(err).__name__}: {err})"
@@ -215,6 +228,63 @@ def from_package(folder: Path, shown: str) -> Declaration:
             "1-D regular lat/lon input grids"
         )
     return Declaration("package", inputs, outputs, in_lat, in_lon, (int(shape[0]), int(shape[1])))
+
+
+#: earth2studio's inference modes (``metadata.json``'s ``inference_mode``).
+INFERENCE_MODES = ("both", "regression", "diffusion")
+#: Names a store gives its own arrays: a model variable may not take one.
+RESERVED_NAMES = ("completed", "time", "lead_time", "sample", "lat", "lon", "lat_lr", "lon_lr",
+                  "x", "y")  # fmt: skip
+#: Endings of the names of a store's derived arrays (see ``store.regression_name`` ...).
+RESERVED_ENDINGS = ("_regression", "_ensemble_mean", "_ensemble_std", "_exceedance")
+
+
+def _names(metadata: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = metadata[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{key} is {value!r}, not a list of names")
+    return tuple(value)
+
+
+def names_problem(inputs: Sequence[str], outputs: Sequence[str]) -> str | None:
+    """What makes a model's variable names unusable in a store, or None.
+
+    A name given twice would lose a channel (stores, and our dicts, are by name); a name
+    the store uses for its own arrays (``completed``, ``lat``, ``lr_*``, ``*_regression``)
+    would collide with it; ``/`` or a leading ``.`` is not a Zarr array name.
+    """
+    for kind, names in (("input", inputs), ("output", outputs)):
+        if not names:
+            return f"no {kind} variables"
+        twice = sorted({name for name in names if list(names).count(name) > 1})
+        if twice:
+            return f"the {kind} variable(s) {', '.join(twice)} are listed twice"
+        for name in names:
+            if not name or "/" in name or name.startswith(".") or name != name.strip():
+                return f"{kind} variable {name!r} is not a name a store can hold"
+            if name in RESERVED_NAMES or name.startswith("lr_") or name.endswith(RESERVED_ENDINGS):
+                return f"{kind} variable {name!r} is a name the store keeps for its own arrays"
+    return None
+
+
+def infer_input_grid(
+    out_lat: np.ndarray, out_lon: np.ndarray, res: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The input grid a package with ``latlon_res`` gets.
+
+    earth2studio's formula (``CorrDiff._infer_input_latlon_grid``: one step beyond the
+    output grid each way), in float64: earth2studio's float32 arange is not regular
+    enough for its own spacing check at resolutions such as 0.1 (it refuses the package).
+    """
+    return tuple(  # type: ignore[return-value]
+        np.arange(
+            (np.floor(np.min(axis) / res) - 1) * res,
+            (np.ceil(np.max(axis) / res) + 1) * res + res / 2,
+            res,
+            dtype="float64",
+        )
+        for axis in (out_lat, out_lon)
+    )
 
 
 def check_loaded(expected: Declaration, loaded: Declaration, shown: str) -> None:

@@ -59,6 +59,7 @@ from corrdiff_tools.models.declaration import (
     CHECKPOINTS,
     REQUIRED_FILES,
     Declaration,
+    infer_input_grid,
     metadata_settings,
     missing_files,
 )
@@ -114,6 +115,21 @@ class RegionalCorrDiff(CorrDiff):
             # is accepted (the check below still sees the dimensions).
             lat, lon = lat.sort().values, lon.sort().values
         super()._validate_grid_format(lat, lon, grid_name)
+
+    @staticmethod
+    def _infer_input_latlon_grid(
+        lat_output_grid: torch.Tensor, lon_output_grid: torch.Tensor, latlon_res: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # earth2studio builds the grid with a float32 arange, which its own spacing check
+        # then refuses for a latlon_res such as 0.1 ("must be regularly spaced"): the same
+        # formula in float64 (declaration.infer_input_grid, which validation reads too).
+        import torch
+
+        lat, lon = infer_input_grid(
+            lat_output_grid.cpu().numpy(), lon_output_grid.cpu().numpy(), latlon_res
+        )
+        device = lat_output_grid.device
+        return torch.as_tensor(lat, device=device), torch.as_tensor(lon, device=device)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -261,6 +277,8 @@ def load(spec: str | Path, device: str | None = None, shown: str | None = None) 
     text = str(spec)
     shown = shown or f"package {text}"
     hint = " (see the README's 'Other CorrDiff models')"
+    if not is_remote(text):  # a relative or ~ path, read from anywhere
+        text = str(Path(text).expanduser().resolve())
     package = Package(text)
     if is_remote(text):
         resolved = []
