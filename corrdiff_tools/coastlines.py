@@ -76,7 +76,8 @@ def _from_land_mask(extent: Sequence[float]) -> list[np.ndarray]:
     lat = np.arange(max(extent[2], -90.0), min(extent[3], 90.0) + step / 2, step)
     lon2d, lat2d = np.meshgrid(lon, lat)
     # The mask reads longitudes -180..180; the lines keep the grid's own (0..360 or not).
-    land = globe.is_land(lat2d, np.where(lon2d > 180.0, lon2d - 360.0, lon2d)).astype(float)
+    wrapped = np.where(lon2d > 180.0, lon2d - 360.0, np.where(lon2d < -180.0, lon2d + 360.0, lon2d))
+    land = globe.is_land(lat2d, wrapped).astype(float)
     lines = contourpy.contour_generator(lon2d, lat2d, land).lines(0.5)
     return [np.asarray(line) for line in lines if len(line) > 1]
 

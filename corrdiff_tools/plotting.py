@@ -403,7 +403,8 @@ def map_figure(
     fig = new_figure(figsize, fig)
     for index, key in enumerate(panels, start=1):
         ax = _map_axes(fig, rows, cols, index, extent, frame)
-        scale = scales[SCALE_KEY.get(key, key)]
+        # Taiwan's refc panel shares mrr's scale; another model's panels each have theirs.
+        scale = scales[key] if frame.kind != "taiwan" else scales[SCALE_KEY[key]]
         heading, label = describe(key, (attrs or {}).get(key))
         _mesh(fig, ax, fields.lon, fields.lat, fields.values[key], scale, label)
         if key == "wind" and fields.u is not None:

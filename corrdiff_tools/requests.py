@@ -346,13 +346,18 @@ def _package_sampler(spec: str) -> SamplerSettings:
     """The sampler settings a generic package's ``metadata.json`` asks for."""
     import json
 
+    from corrdiff_tools import sampling
     from corrdiff_tools.models.declaration import metadata_settings
 
     try:
         metadata = json.loads((Path(spec).expanduser() / "metadata.json").read_text())
-        return metadata_settings(metadata)
+        settings = metadata_settings(metadata)
+        # Its own values are checked as the options are (they are named by option).
+        sampling.check(settings)
     except (OSError, ValueError, TypeError) as err:
-        raise UsageError(f"--model {spec}: {err}") from None
+        shown = str(err).removeprefix("metadata.json: ")
+        raise UsageError(f"--model {spec}: its metadata.json: {shown}") from None
+    return settings
 
 
 #: The earth2studio lexicon (module, class) that says which variables a named source has.
@@ -637,7 +642,7 @@ def _check_other_model(args: argparse.Namespace, dataset: xr.Dataset) -> bool:
     Its maps are drawn (each output variable a panel, in its units); the ensemble
     statistics and the evaluation are Taiwan's so far. Returns whether it is Taiwan's.
     """
-    from corrdiff_tools import quantities, render
+    from corrdiff_tools import render
     from corrdiff_tools.models.declaration import stored_outputs
     from corrdiff_tools.store import OUTPUT_VARIABLES
 
@@ -656,14 +661,25 @@ def _check_other_model(args: argparse.Namespace, dataset: xr.Dataset) -> bool:
                 "ensemble statistics and the evaluation are drawn for CorrDiff Taiwan's "
                 f"stores so far: drop {flag} (the maps are drawn)"
             )
-    panels = quantities.panels_of(stored_outputs(dataset.attrs, OUTPUT_VARIABLES))
-    if args.plot_lowres and not render.lowres_panels_of(dataset, panels):
-        raise UsageError(
-            f"--plot-lowres: {args.store} holds no input of the same name as its outputs "
-            f"({outputs}), so there is no low-resolution map to set beside them: drop "
-            "--plot-lowres"
-        )
     return False
+
+
+def _check_other_lowres(path: Path, dataset: xr.Dataset) -> None:
+    """Refuse ``--plot-lowres`` for another model's store with no usable input to draw.
+
+    ``dataset`` is without the arrays left out as unphysical.
+    """
+    from corrdiff_tools import quantities, render
+    from corrdiff_tools.models.declaration import stored_outputs
+    from corrdiff_tools.store import OUTPUT_VARIABLES
+
+    outputs = stored_outputs(dataset.attrs, OUTPUT_VARIABLES)
+    if not render.lowres_panels_of(dataset, quantities.panels_of(outputs)):
+        raise UsageError(
+            f"--plot-lowres: {path} holds no usable input of the same name as its outputs "
+            f"({', '.join(outputs)}), so there is no low-resolution map to set beside them: "
+            "drop --plot-lowres"
+        )
 
 
 def validate_plot(args: argparse.Namespace) -> PlotRequest:
@@ -696,6 +712,8 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
             "%s in %s %s: left out of the maps and the evaluation", name, args.store, why
         )
     dataset = dataset.drop_vars(list(left_out))
+    if not taiwan and args.plot_lowres:
+        _check_other_lowres(args.store, dataset)
     samples = (
         []  # no sample maps: only what --plot-lowres/--stats/--spectra/--pdf/--truth ask for
         if args.sample.strip().lower() == "none"

@@ -35,8 +35,6 @@ from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
 
 if TYPE_CHECKING:
-    from earth2studio.models.dx import CorrDiffTaiwan
-
     from corrdiff_tools.benchmark import BenchmarkResult
     from corrdiff_tools.distributed import Context
     from corrdiff_tools.downscale import Job, Sampler, Timings, Writer
@@ -52,7 +50,7 @@ logger = logging.getLogger("corrdiff_tools")
 SourceFactory = Callable[["SourceSpec", Sequence[datetime]], "InputSource"]
 #: Loads CorrDiff from a ``--model-package`` (or a generic ``--model`` folder) onto a device
 #: in a ``--precision``: the model and the dtype name of that precision.
-ModelLoader = Callable[[str, "DeviceInfo", str], tuple["CorrDiffTaiwan", str]]
+ModelLoader = Callable[[str, "DeviceInfo", str], tuple[Any, str]]
 #: The hosts a request will download from (see :mod:`corrdiff_tools.network`).
 EndpointFinder = Callable[["RunRequest"], Sequence["Endpoint"]]
 
@@ -277,7 +275,7 @@ def _check_reachable(probe: Probe) -> None:
 
 def _load(
     request: RunRequest, parts: RunParts, device: DeviceInfo, ranks: Context
-) -> tuple[CorrDiffTaiwan, str, float]:
+) -> tuple[Any, str, float]:
     """Load the model on every rank (extracted once, by rank 0); the load time."""
     from corrdiff_tools import model, speed
 

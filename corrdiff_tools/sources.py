@@ -216,7 +216,7 @@ def _check_file_contents(
     variables = [str(v) for v in array["variable"].values]
     missing = [v for v in model.inputs if v not in variables]
     if missing:
-        needs = "CorrDiff needs" if model is TAIWAN else "the model package reads"
+        needs = "CorrDiff needs" if model.is_taiwan else "the model package reads"
         raise UsageError(
             f"--source {path} lacks the input variable(s) {', '.join(missing)}; "
             f"{needs} {', '.join(model.inputs)}"
@@ -272,8 +272,9 @@ def nearest_points(
     With ``wrap`` (longitudes), distances go round the circle: 359.9996 is 0.0004 from 0.
     """
     apart = np.abs(np.asarray(wanted, dtype=float)[:, None] - np.asarray(have, dtype=float))
-    if wrap:
-        apart = np.abs((apart + 180.0) % 360.0 - 180.0)
+    if wrap:  # exact below 180 degrees apart: the same numbers where nothing wraps
+        apart = apart % 360.0
+        apart = np.minimum(apart, 360.0 - apart)
     index = apart.argmin(axis=1)
     return [int(i) for i in index], apart[np.arange(index.size), index]
 
@@ -538,7 +539,7 @@ def fetch_fields(
     Returns
     -------
     dict
-        Variable name -> float32 array of shape (36, 40).
+        Variable name -> float32 array on the model's input grid (36 x 40 for Taiwan).
 
     Raises
     ------
@@ -642,7 +643,7 @@ def _source_labels(
     and within :data:`GRID_TOLERANCE`, or refused. Taiwan's grid is asked for as it
     always was (its points are the sources' own labels).
     """
-    if model is TAIWAN:
+    if model.is_taiwan:
         return {"lat": model.input_lat, "lon": model.input_lon}
     labels = {}
     for axis, wanted in (("lat", model.input_lat), ("lon", model.input_lon)):

@@ -670,3 +670,63 @@ def test_a_file_longitude_a_hair_west_of_360_is_the_package_zero(tmp_path: Path)
         box = sources._model_box(opened, model)
         picked = np.asarray(box.sel(variable="where").values[0, 0])
     np.testing.assert_allclose(picked, (lon - 4e-4) % 360.0, atol=1e-3)
+
+
+# ----------------------------------------------------------------- found by reading it again
+
+
+def test_metadata_sampler_values_are_refused_as_the_options_are(
+    package: Path, input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A solver physicsnemo lacks failed at the first sample, after the store was made."""
+    for metadata, message in (
+        ({"sampler_type": "deterministic", "solver": "rk4"}, "solver 'rk4', need one of euler"),
+        ({"number_of_steps": 1}, "its metadata.json: --steps 1"),
+        ({"latlon_res": -0.25}, "latlon_res -0.25 is not a positive step"),
+    ):
+        folder = _edited(package, tmp_path / str(len(message)), **metadata)
+        if "latlon_res" in metadata:
+            (folder / "input_latlon_grid.nc").unlink()
+        output = tmp_path / "out" / "store.zarr"
+        code, err = _run(capsys, folder, input_file, output)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], err
+        assert not output.parent.exists()
+
+
+def test_a_package_output_named_like_a_taiwan_input_gets_its_own_scale(tmp_path: Path) -> None:
+    """refc is Taiwan's input, drawn on mrr's scale; a package's refc output has its own."""
+    from corrdiff_tools import plotting
+    from corrdiff_tools.plotting import ColourScale, Fields
+
+    grid = np.meshgrid(np.linspace(40, 41, 4), np.linspace(-9, -8, 5), indexing="ij")
+    fields = Fields({"refc": np.zeros((4, 5))}, None, None, *grid)
+    scales = {"refc": ColourScale(0.0, 60.0, "turbo")}
+    frame = plotting.frame_for(grid[1], taiwan=False)
+    figure = plotting.map_figure(fields, ("refc",), scales, [], "t", frame=frame)
+    assert figure.axes[0].collections[0].get_clim() == (0.0, 60.0)
+
+
+def test_coastlines_of_a_grid_at_the_antimeridian() -> None:
+    from corrdiff_tools.coastlines import _from_land_mask
+
+    lines = _from_land_mask((-181.0, -175.0, -20.0, -15.0))  # Fiji, 1 degree past -180
+    assert lines and all(np.isfinite(line).all() for line in lines)
+    assert min(float(line[:, 0].min()) for line in lines) >= -181.0
+
+
+def test_plot_lowres_is_refused_when_every_matching_input_is_left_out(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zarr
+
+    copy = tmp_path / "hot.zarr"
+    shutil.copytree(made, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    for name in ("lr_t2m", "lr_u10m"):  # unphysical: left out of the maps
+        group[name][...] = np.full(group[name].shape, 1e6, dtype="float32")
+    capsys.readouterr()
+    code = plot_main([str(copy), "--plot-lowres", "--outdir", str(tmp_path / "plots")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--plot-lowres:" in err[-1] and "no usable input" in err[-1], err
+    assert not (tmp_path / "plots").exists()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from corrdiff_tools.errors import RunError, UsageError
-from corrdiff_tools.sampling import PRESET_OF, PRESETS, SamplerSettings
+from corrdiff_tools.sampling import PRESET_OF, PRESETS, SOLVERS, SamplerSettings
 
 #: A generic package's files, as earth2studio's ``CorrDiff.load_model`` reads them (with
 #: ``input_latlon_grid.nc``, or ``latlon_res`` in ``metadata.json``, and ``invariants.nc``
@@ -56,6 +56,11 @@ class Declaration:
     input_lat: np.ndarray
     input_lon: np.ndarray
     output_shape: tuple[int, int]
+
+    @property
+    def is_taiwan(self) -> bool:
+        """Whether this is CorrDiff Taiwan's declaration (``store.TAIWAN``)."""
+        return self.name == "taiwan"
 
     def to_json(self) -> dict[str, Any]:
         """What a store records (:data:`MODEL_ATTR`); its grids are its coordinates."""
@@ -113,7 +118,7 @@ def stored_model_name(attrs: Mapping[str, Any]) -> str:
     if raw is None:
         return "taiwan"
     try:
-        return str(json.loads(raw)["name"])
+        return str((json.loads(raw) if isinstance(raw, str) else raw)["name"])
     except (TypeError, ValueError, KeyError):
         return "(damaged)"
 
@@ -159,6 +164,9 @@ def metadata_settings(metadata: Mapping[str, Any]) -> SamplerSettings:
     kind = metadata.get("sampler_type", "stochastic")
     if kind not in PRESET_OF:
         raise ValueError(f"metadata.json: sampler_type {kind!r}, need one of {sorted(PRESET_OF)}")
+    solver = metadata.get("solver", "euler")
+    if kind == "deterministic" and solver not in SOLVERS:
+        raise ValueError(f"metadata.json: solver {solver!r}, need one of {', '.join(SOLVERS)}")
     base = PRESETS[PRESET_OF[kind]]
     low, high = metadata.get("sigma_min"), metadata.get("sigma_max")
     return replace(
@@ -211,16 +219,19 @@ def from_package(folder: Path, shown: str) -> Declaration:
                 in_lat = np.asarray(grid["lat"].values, dtype="float64")
                 in_lon = np.asarray(grid["lon"].values, dtype="float64")
         else:
-            in_lat, in_lon = infer_input_grid(out_lat, out_lon, float(metadata["latlon_res"]))
+            res = float(metadata["latlon_res"])
+            if not (np.isfinite(res) and res > 0):
+                raise ValueError(f"latlon_res {metadata['latlon_res']!r} is not a positive step")
+            in_lat, in_lon = infer_input_grid(out_lat, out_lon, res)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(
             f"{shown}: its grid files do not read as lat/lon grids ({type(err).__name__}: {err})"
         ) from None
     if in_lat.ndim == 2 and in_lon.ndim == 2 and in_lat.shape == in_lon.shape:
-        # A rectilinear grid written as 2-D arrays: its axes (as RegionalCorrDiff takes them).
-        if np.array_equal(in_lat, in_lat[:, :1].repeat(in_lat.shape[1], 1)) and np.array_equal(
-            in_lon, in_lon[:1].repeat(in_lon.shape[0], 0)
-        ):
+        # A rectilinear grid written as 2-D arrays: its axes, as RegionalCorrDiff takes them
+        # (earth2studio's CorrDiff._is_rectilinear, with its tolerances).
+        rows = np.allclose(in_lat, in_lat[:, :1], rtol=1e-5, atol=1e-5)
+        if rows and np.allclose(in_lon, in_lon[:1], rtol=1e-5, atol=1e-5):
             in_lat, in_lon = in_lat[:, 0], in_lon[0]
     if in_lat.ndim != 1 or in_lon.ndim != 1:
         raise UsageError(
@@ -234,7 +245,8 @@ def from_package(folder: Path, shown: str) -> Declaration:
 INFERENCE_MODES = ("both", "regression", "diffusion")
 #: Names a store gives its own arrays: a model variable may not take one.
 RESERVED_NAMES = ("completed", "time", "lead_time", "sample", "lat", "lon", "lat_lr", "lon_lr",
-                  "x", "y")  # fmt: skip
+                  "x", "y", "wind")  # fmt: skip
+#: (``wind`` is the plot tool's panel of a u10m/v10m pair.)
 #: Endings of the names of a store's derived arrays (see ``store.regression_name`` ...).
 RESERVED_ENDINGS = ("_regression", "_ensemble_mean", "_ensemble_std", "_exceedance")
 
@@ -276,14 +288,15 @@ def infer_input_grid(
     output grid each way), in float64: earth2studio's float32 arange is not regular
     enough for its own spacing check at resolutions such as 0.1 (it refuses the package).
     """
+    axes = [np.asarray(axis, dtype="float64") for axis in (out_lat, out_lon)]
     return tuple(  # type: ignore[return-value]
         np.arange(
-            (np.floor(np.min(axis) / res) - 1) * res,
-            (np.ceil(np.max(axis) / res) + 1) * res + res / 2,
+            (np.floor(axis.min() / res) - 1) * res,
+            (np.ceil(axis.max() / res) + 1) * res + res / 2,
             res,
             dtype="float64",
         )
-        for axis in (out_lat, out_lon)
+        for axis in axes
     )
 
 

@@ -64,6 +64,7 @@ from corrdiff_tools.models.declaration import (
     missing_files,
 )
 from corrdiff_tools.sampling import SamplerSettings, draw_residuals
+from corrdiff_tools.sources import GRID_TOLERANCE, nearest_points
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,9 +72,6 @@ if TYPE_CHECKING:
     import torch
     import xarray as xr
     from earth2studio.utils.type import CoordSystem
-
-#: Degrees an input coordinate may be from the package's input grid point it stands for.
-GRID_TOLERANCE = 1e-3
 
 
 def _rectilinear_axes(lat: torch.Tensor, lon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +124,9 @@ class RegionalCorrDiff(CorrDiff):
         import torch
 
         lat, lon = infer_input_grid(
-            lat_output_grid.cpu().numpy(), lon_output_grid.cpu().numpy(), latlon_res
+            lat_output_grid.cpu().double().numpy(),
+            lon_output_grid.cpu().double().numpy(),
+            latlon_res,
         )
         device = lat_output_grid.device
         return torch.as_tensor(lat, device=device), torch.as_tensor(lon, device=device)
@@ -413,11 +413,7 @@ class GenericSampler:
                 problem = "the package's input grid is curvilinear: pass a numpy array on it"
             if problem is not None:
                 raise ValueError(f"inputs: {problem}")
-            apart = np.abs(need[:, None] - have[None, :])
-            if axis == "lon":
-                apart = np.abs((apart + 180.0) % 360.0 - 180.0)
-            nearest = apart.argmin(axis=1)
-            off = apart[np.arange(need.size), nearest]
+            nearest, off = nearest_points(need, have, wrap=axis == "lon")
             if (off > GRID_TOLERANCE).any():
                 first = int(np.flatnonzero(off > GRID_TOLERANCE)[0])
                 raise ValueError(
