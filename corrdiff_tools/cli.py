@@ -198,10 +198,11 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default="taiwan",
-        metavar="taiwan|FOLDER",
-        help="the CorrDiff model: taiwan (default), or the folder of a generic CorrDiff "
-        "package you trained (metadata.json, stats.json, grids, regression.mdlus, "
-        "diffusion.mdlus; see the README's 'Other CorrDiff models')",
+        metavar="taiwan|PATH_OR_URL",
+        help="the CorrDiff model: taiwan (default), or a generic CorrDiff package you "
+        "trained (metadata.json, stats.json, grids, regression.mdlus, diffusion.mdlus): "
+        "its folder, a zip of it, or an address (hf://, s3://, https://); see the "
+        "README's 'Other CorrDiff models'",
     )
     parser.add_argument(
         "--model-package",
@@ -329,7 +330,7 @@ def _add_threshold_option(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="VAR=VALUE",
         help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
-        "defaults mrr=35, wind=17.2",
+        "defaults mrr=35, wind=17.2 (another model's: any output, in its store units)",
     )
 
 

@@ -65,6 +65,22 @@ def _figure(figsize: tuple[float, float], fig: Figure | None) -> Figure:
     return new_figure(figsize, fig, layout="constrained")  # room for log-axis labels
 
 
+def layout(
+    count: int, width: float, fixed: tuple[int, int] | None = None
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """(rows, columns) for ``count`` panels, and a figure size with ``width`` per column.
+
+    Two columns up to four panels, three beyond; ``fixed`` is used where it holds them
+    (Taiwan's figures keep their grids).
+    """
+    if fixed is not None and count <= fixed[0] * fixed[1]:
+        grid = fixed
+    else:
+        columns = min(count, 2) if count <= 4 else 3
+        grid = (-(-count // columns), columns)
+    return grid, (width * grid[1], 4.25 * grid[0])
+
+
 def _panels(
     fig: Figure, grid: tuple[int, int], names: Sequence[str], curves: Mapping[str, Curves]
 ) -> Iterator[tuple[int, Axes, str, Curves]]:
@@ -77,23 +93,31 @@ def _panels(
         yield index, ax, name, curves[name]
 
 
-def _squared(name: str) -> str:
-    """The unit of a periodogram of ``name``: its display unit squared (e.g. (m/s)²)."""
-    unit = VARIABLE_LABELS[name].split("[")[-1].rstrip("]")
-    return f"({unit})²" if "/" in unit or " " in unit else f"{unit}²"
+def _squared(label: str) -> str:
+    """A periodogram's axis label for a variable of this label (power in (m/s)²)."""
+    unit = quantities.unit_of(label)
+    if unit is None:
+        return "Power"
+    return f"Power [({unit})²]" if "/" in unit or " " in unit else f"Power [{unit}²]"
 
 
 def spectra_figure(
-    wavelength_km: np.ndarray, curves: Mapping[str, Curves], title: str, fig: Figure | None = None
+    wavelength_km: np.ndarray,
+    curves: Mapping[str, Curves],
+    title: str,
+    fig: Figure | None = None,
+    names: Sequence[str] = DIAGNOSTIC_VARIABLES,
+    labels: Mapping[str, str] = VARIABLE_LABELS,
 ) -> Figure:
-    """Radially averaged power spectra, one log-log panel per variable.
+    """Radially averaged power spectra, one log-log panel per variable of ``names``.
 
     The x axis is wavelength in km, large scales on the left, so the small scales where
     diffusion adds variance (and interpolation and the regression mean lack it) are on
     the right.
     """
-    fig = _figure((11.0, 8.5), fig)
-    for index, ax, name, entry in _panels(fig, (2, 2), DIAGNOSTIC_VARIABLES, curves):
+    grid, size = layout(len(names), 5.5)
+    fig = _figure(size, fig)
+    for index, ax, name, entry in _panels(fig, grid, names, curves):
         for row, values in enumerate(entry.samples):
             ax.loglog(
                 wavelength_km, values, label="samples" if row == 0 else None, **STYLES["samples"]
@@ -102,8 +126,8 @@ def spectra_figure(
             ax.loglog(wavelength_km, values, label=label, **STYLES[label])
         ax.set_xlim(wavelength_km.max(), wavelength_km.min())
         ax.set_xlabel("Wavelength [km]")
-        ax.set_ylabel(f"Power [{_squared(name)}]")
-        ax.set_title(VARIABLE_LABELS[name])
+        ax.set_ylabel(_squared(labels[name]))
+        ax.set_title(labels[name])
         ax.grid(True, which="major", alpha=0.3)
         if index == 1:
             ax.legend(fontsize="small")
@@ -116,10 +140,16 @@ def pdf_figure(
     curves: Mapping[str, Curves],
     title: str,
     fig: Figure | None = None,
+    names: Sequence[str] = PDF_VARIABLES,
+    labels: Mapping[str, str] = VARIABLE_LABELS,
 ) -> Figure:
-    """Probability densities on a log scale, one panel per variable and wind speed."""
-    fig = _figure((15.0, 8.5), fig)
-    for _, ax, name, entry in _panels(fig, (2, 3), PDF_VARIABLES, curves):
+    """Probability densities on a log scale, one panel per variable (and wind speed).
+
+    The last panel holds the legend.
+    """
+    grid, size = layout(len(names) + 1, 5.0)
+    fig = _figure(size, fig)
+    for _, ax, name, entry in _panels(fig, grid, names, curves):
         centres = 0.5 * (bins[name][:-1] + bins[name][1:])
         ax.semilogy(
             centres,
@@ -129,27 +159,32 @@ def pdf_figure(
         )
         for label, values in entry.singles():
             ax.semilogy(centres, values, label=label, **STYLES[label])
-        ax.set_xlabel(VARIABLE_LABELS[name])
+        ax.set_xlabel(labels[name])
         ax.set_ylabel("Probability density")
         ax.grid(True, alpha=0.3)
-    legend = fig.add_subplot(2, 3, 6)
+    legend = fig.add_subplot(*grid, len(names) + 1)
     legend.set_axis_off()
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    legend.legend(handles, labels, loc="center")
+    handles, entries = fig.axes[0].get_legend_handles_labels()
+    legend.legend(handles, entries, loc="center")
     fig.suptitle(title)
     return fig
 
 
 def scores_figure(
-    rows: Sequence[Mapping[str, Any]], title: str, fig: Figure | None = None
+    rows: Sequence[Mapping[str, Any]],
+    title: str,
+    fig: Figure | None = None,
+    names: Sequence[str] = DIAGNOSTIC_VARIABLES,
+    labels: Mapping[str, str] = VARIABLE_LABELS,
 ) -> Figure:
     """CRPS and MAE/RMSE baselines per variable against valid time."""
-    fig = _figure((11.0, 8.5), fig)
-    variables = [v for v in DIAGNOSTIC_VARIABLES if any(r["variable"] == v for r in rows)]
+    variables = [v for v in names if any(r["variable"] == v for r in rows)]
+    grid, size = layout(len(variables), 5.5, fixed=(2, 2))
+    fig = _figure(size, fig)
     for index, name in enumerate(variables, start=1):
-        ax = fig.add_subplot(2, 2, index)
+        ax = fig.add_subplot(*grid, index)
         mine = [r for r in rows if r["variable"] == name]
-        labels = [r["valid_time"] for r in mine]
+        ticks = [r["valid_time"] for r in mine]
         positions = np.arange(len(mine))
         for key, (label, style) in SCORE_STYLES.items():
             values = [r[key] for r in mine]
@@ -162,9 +197,9 @@ def scores_figure(
                 label=label,
                 **style,
             )
-        ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize="small")
-        ax.set_ylabel(VARIABLE_LABELS[name].split("[")[-1].rstrip("]"))
-        ax.set_title(VARIABLE_LABELS[name].split(" [")[0])
+        ax.set_xticks(positions, ticks, rotation=30, ha="right", fontsize="small")
+        ax.set_ylabel(quantities.unit_of(labels[name]) or "")
+        ax.set_title(labels[name].split(" [")[0])
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         if index == 1:
@@ -178,20 +213,20 @@ def rank_histogram_figure(
     spread_skill: Mapping[str, float],
     title: str,
     fig: Figure | None = None,
+    labels: Mapping[str, str] = VARIABLE_LABELS,
 ) -> Figure:
     """Rank histograms (relative frequency), with the flat line of a calibrated ensemble."""
-    fig = _figure((11.0, 8.5), fig)
+    grid, size = layout(len(histograms), 5.5, fixed=(2, 2))
+    fig = _figure(size, fig)
     for index, (name, counts) in enumerate(histograms.items(), start=1):
-        ax = fig.add_subplot(2, 2, index)
+        ax = fig.add_subplot(*grid, index)
         counts = np.asarray(counts, dtype="float64")
         frequency = counts / counts.sum() if counts.sum() > 0 else counts
         ax.bar(np.arange(counts.size), frequency, color="0.5")
         ax.axhline(1 / counts.size, color="black", linestyle="--", label="calibrated")
         ax.set_xlabel("Rank of the truth among the members")
         ax.set_ylabel("Relative frequency")
-        ax.set_title(
-            f"{VARIABLE_LABELS[name].split(' [')[0]}: spread/skill {spread_skill[name]:.2f}"
-        )
+        ax.set_title(f"{labels[name].split(' [')[0]}: spread/skill {spread_skill[name]:.2f}")
         if index == 1:
             ax.legend(fontsize="small")
     fig.suptitle(title)

@@ -19,11 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from corrdiff_tools import diagnostics
+from corrdiff_tools import diagnostics, quantities
 from corrdiff_tools import times as times_mod
-from corrdiff_tools.diagnostic_figures import DIAGNOSTIC_VARIABLES, Curves
+from corrdiff_tools.diagnostic_figures import Curves
+from corrdiff_tools.models.declaration import stored_outputs
 from corrdiff_tools.quantities import displayed
-from corrdiff_tools.store import FORMAT_ATTR, lead_hours, lowres_name, piece_index, regression_name
+from corrdiff_tools.store import (
+    FORMAT_ATTR,
+    OUTPUT_VARIABLES,
+    lead_hours,
+    lowres_name,
+    piece_index,
+    regression_name,
+)
 from corrdiff_tools.truth import Truth, interpolate_lowres
 
 if TYPE_CHECKING:
@@ -33,8 +41,44 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The low-resolution stand-in for each output variable.
-LOWRES_FOR = {"mrr": "refc", "t2m": "t2m", "u10m": "u10m", "v10m": "v10m"}
+#: The low-resolution stand-in for an output variable, where it is not its namesake.
+LOWRES_FOR = {"mrr": "refc"}
+#: What the scores are in, for Taiwan's variables (``scores.json``).
+TAIWAN_SCORE_UNITS = "t2m scores in K (differences), winds in m s-1, mrr in dBZ"
+
+
+@dataclass(frozen=True)
+class Variables:
+    """A store's output variables, what is shown of them, and their axis labels.
+
+    ``shown`` adds wind speed where both components are outputs; ``labels`` name each
+    (Taiwan's wording, or another model's ``long_name`` and ``units``).
+    """
+
+    outputs: tuple[str, ...]
+    shown: tuple[str, ...]
+    labels: dict[str, str]
+
+    @classmethod
+    def of(cls, dataset: xr.Dataset) -> Variables:
+        """The variables of a store (Taiwan's where it names no model)."""
+        outputs = stored_outputs(dataset.attrs, OUTPUT_VARIABLES)
+        shown = quantities.shown_quantities(outputs)
+        labels = {
+            name: quantities.label(name, dataset[name].attrs if name in dataset else None)
+            for name in shown
+        }
+        return cls(outputs, shown, labels)
+
+    def score_units(self) -> str:
+        """What ``scores.json``'s scores are in, in words."""
+        if self.outputs == OUTPUT_VARIABLES:
+            return TAIWAN_SCORE_UNITS
+        parts = []
+        for name in self.outputs:
+            unit = "K (differences)" if name == "t2m" else quantities.unit_of(self.labels[name])
+            parts.append(f"{name} in {unit or 'its store units (none recorded)'}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -87,12 +131,12 @@ def planned_paths(entries: Sequence[Entry], request: Request) -> list[Path]:
     return paths
 
 
-def _fields(dataset: xr.Dataset, entry: Entry) -> dict[str, dict[str, Any]]:
+def _fields(dataset: xr.Dataset, entry: Entry, variables: Variables) -> dict[str, dict[str, Any]]:
     """Per variable: members (n, y, x), regression and interpolated input (y, x) or None."""
     lat = np.asarray(dataset["lat"].values, dtype="float64")
     lon = np.asarray(dataset["lon"].values, dtype="float64")
     out: dict[str, dict[str, Any]] = {}
-    for name in DIAGNOSTIC_VARIABLES:
+    for name in variables.outputs:
         members = np.asarray(
             dataset[name][(*entry.index, list(entry.samples))].values, dtype="float64"
         )
@@ -102,7 +146,7 @@ def _fields(dataset: xr.Dataset, entry: Entry) -> dict[str, dict[str, Any]]:
             if not np.isfinite(regression).any():
                 regression = None
         lowres = None
-        key = lowres_name(LOWRES_FOR[name])
+        key = lowres_name(LOWRES_FOR.get(name, name))
         if key in dataset:
             values = np.asarray(dataset[key][entry.index].values, dtype="float64")
             if np.isfinite(values).any():
@@ -112,13 +156,10 @@ def _fields(dataset: xr.Dataset, entry: Entry) -> dict[str, dict[str, Any]]:
         out[name] = {"members": members, "regression": regression, "lowres": lowres}
     # deg C and wind speed, as the maps show them
     shown = {
-        kind: displayed({name: out[name][kind] for name in DIAGNOSTIC_VARIABLES})
+        kind: displayed({name: out[name][kind] for name in variables.outputs})
         for kind in ("members", "regression", "lowres")
     }
-    return {
-        name: {kind: shown[kind][name] for kind in shown}
-        for name in (*DIAGNOSTIC_VARIABLES, "wind")
-    }
+    return {name: {kind: shown[kind][name] for kind in shown} for name in variables.shown}
 
 
 def _truth_fields(request: Request, entry: Entry) -> dict[str, np.ndarray]:
@@ -128,15 +169,15 @@ def _truth_fields(request: Request, entry: Entry) -> dict[str, np.ndarray]:
     return {name: values for name, values in shown.items() if values is not None}
 
 
-def whole_samples(fields: dict[str, dict[str, Any]]) -> np.ndarray:
+def whole_samples(fields: dict[str, dict[str, Any]], outputs: Sequence[str]) -> np.ndarray:
     """Which members have a finite value at every pixel of every diagnostic variable.
 
     A spectrum needs the whole field: a member with missing pixels (a store from
     elsewhere, a patch of fill values) would give a NaN curve, which a figure silently
     drops while its title still counts the member.
     """
-    whole = np.ones(fields[DIAGNOSTIC_VARIABLES[0]]["members"].shape[0], dtype=bool)
-    for name in DIAGNOSTIC_VARIABLES:
+    whole = np.ones(fields[outputs[0]]["members"].shape[0], dtype=bool)
+    for name in outputs:
         whole &= np.isfinite(fields[name]["members"]).all(axis=(-2, -1))
     return whole
 
@@ -147,6 +188,7 @@ def _spectra(
     spacing: float,
     when: str,
     whole: np.ndarray,
+    outputs: Sequence[str],
 ) -> tuple[np.ndarray, dict[str, Curves]]:
     """Spectra of the ``whole`` members (see :func:`whole_samples`) and of each baseline.
 
@@ -155,7 +197,7 @@ def _spectra(
     """
     curves: dict[str, Curves] = {}
     wavelength = np.empty(0)
-    for name in DIAGNOSTIC_VARIABLES:
+    for name in outputs:
         members = fields[name]["members"][whole]
         wavelength, sample_power = diagnostics.power_spectrum(members, spacing)
 
@@ -212,7 +254,8 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
     from corrdiff_tools import diagnostic_figures as figures
 
     written: list[Path] = []
-    if not any(regression_name(name) in dataset for name in DIAGNOSTIC_VARIABLES):
+    variables = Variables.of(dataset)
+    if not any(regression_name(name) in dataset for name in variables.outputs):
         made_by = (
             "left out as unphysical, or an earlier run_corrdiff.py did not store it"
             if FORMAT_ATTR in dataset.attrs
@@ -225,7 +268,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
     pooled: dict[str, np.ndarray] = {}
     leads = lead_hours(dataset)
     for entry in entries:
-        fields = _fields(dataset, entry)
+        fields = _fields(dataset, entry, variables)
         truth = _truth_fields(request, entry)
         when = np.datetime_as_string(entry.valid_time, "m")
         lead = None if entry.lead_index is None else leads[entry.lead_index]
@@ -234,7 +277,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
             None if lead is None else int(lead),
         )
         if request.spectra:
-            whole = whole_samples(fields)
+            whole = whole_samples(fields, variables.outputs)
             count = f"{len(entry.samples)} samples"
             if not whole.all():
                 left = [s for s, ok in zip(entry.samples, whole, strict=True) if not ok]
@@ -249,9 +292,14 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
                 )
             path = request.outdir / f"{entry.stem}-spectra.{request.fmt}"
             if whole.any():
-                wavelength, curves = _spectra(fields, truth, spacing, when, whole)
+                wavelength, curves = _spectra(
+                    fields, truth, spacing, when, whole, variables.outputs
+                )
                 title = f"Power spectra · {valid} · {count}"
-                _save(figures.spectra_figure(wavelength, curves, title), path, request.dpi)
+                figure = figures.spectra_figure(
+                    wavelength, curves, title, names=variables.outputs, labels=variables.labels
+                )
+                _save(figure, path, request.dpi)
                 written.append(path)
             else:
                 logger.warning("spectra at %s: no sample without missing pixels, none drawn", when)
@@ -259,7 +307,10 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
             bins, curves = _densities(fields, truth)
             path = request.outdir / f"{entry.stem}-pdf.{request.fmt}"
             title = f"Distributions over the grid · {valid} · {len(entry.samples)} samples"
-            _save(figures.pdf_figure(bins, curves, title), path, request.dpi)
+            figure = figures.pdf_figure(
+                bins, curves, title, names=variables.shown, labels=variables.labels
+            )
+            _save(figure, path, request.dpi)
             written.append(path)
         if request.truth is not None and truth and len(entry.samples) >= 2:
             for name in request.truth.variables:
@@ -289,7 +340,7 @@ def evaluate(dataset: xr.Dataset, entries: Sequence[Entry], request: Request) ->
             + (" ..." if len(skipped) > 4 else ""),
         )
     if request.truth is not None:
-        written += _write_scores(request, rows, pooled, skipped)
+        written += _write_scores(request, rows, pooled, skipped, variables)
     return written
 
 
@@ -298,6 +349,7 @@ def _write_scores(
     rows: list[dict[str, Any]],
     pooled: dict[str, np.ndarray],
     skipped: list[dict[str, Any]],
+    variables: Variables,
 ) -> list[Path]:
     """scores.csv/.json and their figures, from every (time, variable) row.
 
@@ -310,7 +362,7 @@ def _write_scores(
         json.dumps(
             {
                 "truth": str(request.truth_path),
-                "units": "t2m scores in K (differences), winds in m s-1, mrr in dBZ",
+                "units": variables.score_units(),
                 "scores": rows,
                 "not_scored": skipped,
             },
@@ -325,13 +377,19 @@ def _write_scores(
         return [outdir / "scores.json"]
     (outdir / "scores.csv").write_text(diagnostics.score_table(rows))
     title = f"Scores against {request.truth_path.name if request.truth_path else 'truth'}"
-    _save(figures.scores_figure(rows, title), outdir / f"scores.{request.fmt}", request.dpi)
+    _save(
+        figures.scores_figure(rows, title, names=variables.shown, labels=variables.labels),
+        outdir / f"scores.{request.fmt}",
+        request.dpi,
+    )
     spread_skill = {
         name: float(np.mean([r["spread_skill_ratio"] for r in rows if r["variable"] == name]))
         for name in pooled
     }
     _save(
-        figures.rank_histogram_figure(pooled, spread_skill, f"Rank histograms: {title}"),
+        figures.rank_histogram_figure(
+            pooled, spread_skill, f"Rank histograms: {title}", labels=variables.labels
+        ),
         outdir / f"rank-histograms.{request.fmt}",
         request.dpi,
     )

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,7 +153,8 @@ def _zip_supersedes(directory: Path, extracted: Path) -> bool:
     return archive.stat().st_mtime > newest
 
 
-def _cache_key(path: Path) -> str:
+def cache_key(path: Path) -> str:
+    """A cache folder's name for a file: its resolved path, size and modification time."""
     stat = path.stat()
     text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -359,7 +360,70 @@ def forget_download(package: Any) -> None:
         (Path(package.cache) / PACKAGE_ZIP).unlink(missing_ok=True)
 
 
-def _extract_bounded(archive: zipfile.ZipFile, zip_path: Path, target: Path) -> None:
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on ``path`` (created if need be).
+
+    Around a package's download or extraction: torchrun's ranks and parallel runs wait
+    for the first process to finish and then find its result, instead of each doing the
+    work again. Where the filesystem cannot ``flock`` every process goes ahead, and the
+    staging-and-rename in :func:`extract_once` still leaves one whole copy.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            logger.debug("no flock on %s (%s): going ahead unlocked", path, err)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def extract_once(
+    zip_path: Path,
+    target: Path,
+    complete: Callable[[Path], bool],
+    finish: Callable[[Path], None],
+    flag: str,
+) -> None:
+    """Extract ``zip_path`` into ``target`` unless a ``complete`` extraction is there.
+
+    The zip is unpacked into a staging folder beside ``target`` (bounded, see
+    :func:`_extract_bounded`), ``finish`` checks and completes it (raising
+    :class:`UsageError` for a zip that is not a package), and it is renamed into place:
+    a reader never sees half a package. Raises ``zipfile.BadZipFile`` for a damaged zip.
+    """
+    with exclusive(target.parent / f".{target.name}.lock"):
+        if complete(target):
+            logger.debug("model package already extracted in %s", target)
+            return
+        logger.info("extracting %s into %s (once)", zip_path, target)
+        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+        try:
+            started = time.perf_counter()
+            with zipfile.ZipFile(zip_path) as archive:
+                _extract_bounded(archive, zip_path, staging, flag)
+            logger.info("extracted in %.1f s", time.perf_counter() - started)
+            finish(staging)
+            if target.exists():
+                # Another process (where there is no flock) finished first: never pull a
+                # directory out from under a reader; keep theirs and drop ours.
+                if complete(target):
+                    return
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def _extract_bounded(
+    archive: zipfile.ZipFile, zip_path: Path, target: Path, flag: str = "--model-package"
+) -> None:
     """Extract a package zip, refusing one that would expand beyond reason (a zip bomb).
 
     The declared sizes are checked before anything is written, and each member is copied
@@ -370,7 +434,7 @@ def _extract_bounded(archive: zipfile.ZipFile, zip_path: Path, target: Path) -> 
     limit = min(MAX_EXTRACTED_BYTES, MAX_COMPRESSION_RATIO * zip_path.stat().st_size + 2**26)
     if declared > limit:
         raise UsageError(
-            f"--model-package {zip_path} would expand to {declared / 2**30:.1f} GiB from "
+            f"{flag} {zip_path} would expand to {declared / 2**30:.1f} GiB from "
             f"{zip_path.stat().st_size / 2**20:.0f} MiB (more than {limit / 2**30:.1f} GiB): "
             "this is not a CorrDiff package"
         )
@@ -378,7 +442,7 @@ def _extract_bounded(archive: zipfile.ZipFile, zip_path: Path, target: Path) -> 
     for member in members:
         destination = (target / member.filename).resolve()
         if not destination.is_relative_to(root):
-            raise UsageError(f"--model-package {zip_path}: {member.filename} points outside it")
+            raise UsageError(f"{flag} {zip_path}: {member.filename} points outside it")
         if member.is_dir():
             destination.mkdir(parents=True, exist_ok=True)
             continue
@@ -389,7 +453,7 @@ def _extract_bounded(archive: zipfile.ZipFile, zip_path: Path, target: Path) -> 
                 left -= len(chunk)
                 if left < 0:
                     raise UsageError(
-                        f"--model-package {zip_path}: {member.filename} holds more than the "
+                        f"{flag} {zip_path}: {member.filename} holds more than the "
                         f"{member.file_size} bytes it declares: this is not a CorrDiff package"
                     )
                 sink.write(chunk)
@@ -409,7 +473,7 @@ def prepare_package(spec: str) -> Path:
     local = None if is_remote(spec) else Path(spec.removeprefix("file://")).expanduser()
     extracted = _extracted_root(local) if local is not None and local.is_dir() else None
     if extracted is not None and local is not None and not _zip_supersedes(local, extracted):
-        target = cache_root() / "packages" / _cache_key(extracted)
+        target = cache_root() / "packages" / cache_key(extracted)
         if not (target / PACKAGE_ZIP).is_file():
             target.mkdir(parents=True, exist_ok=True)
             link = target / PACKAGE_DIR
@@ -421,18 +485,12 @@ def prepare_package(spec: str) -> Path:
     zip_path = resolve_zip(spec)
     if not zip_path.is_file():
         raise UsageError(f"--model-package: {zip_path} does not exist")
-    target = cache_root() / "packages" / _cache_key(zip_path)
-    if (target / PACKAGE_ZIP).is_file() and _extracted_root(target):
-        logger.debug("model package already extracted in %s", target)
-        return target
-    logger.info("extracting %s into %s (once)", zip_path, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
-    try:
-        started = time.perf_counter()
-        with zipfile.ZipFile(zip_path) as archive:
-            _extract_bounded(archive, zip_path, staging)
-        logger.info("extracted in %.1f s", time.perf_counter() - started)
+    target = cache_root() / "packages" / cache_key(zip_path)
+
+    def complete(folder: Path) -> bool:
+        return (folder / PACKAGE_ZIP).is_file() and _extracted_root(folder) is not None
+
+    def finish(staging: Path) -> None:
         if _extracted_root(staging) is None:
             missing = _missing_files(staging / PACKAGE_DIR)
             raise UsageError(
@@ -440,13 +498,9 @@ def prepare_package(spec: str) -> Path:
                 f"{PACKAGE_DIR}/{(missing or CHECKPOINTS)[0]}"
             )
         _write_stub_zip(staging)
-        if target.exists():
-            # Another process (a rank, a parallel run) finished first: never pull a
-            # directory out from under a reader; keep theirs and drop ours.
-            if _extracted_root(target) and (target / PACKAGE_ZIP).is_file():
-                return target
-            shutil.rmtree(target)
-        staging.rename(target)
+
+    try:
+        extract_once(zip_path, target, complete, finish, "--model-package")
     except zipfile.BadZipFile as err:
         if is_remote(spec):
             # Damaged in transit: left in earth2studio's cache it would fail every run.
@@ -456,9 +510,6 @@ def prepare_package(spec: str) -> Path:
                 f"from the cache ({zip_path.parent}): run again to download it anew"
             ) from None
         raise UsageError(f"--model-package {zip_path} is not a valid zip file ({err})") from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -872,7 +923,7 @@ def load_corrdiff(
 
 
 def load_generic(spec: str, device: DeviceInfo, precision: str = "fp32") -> tuple[Any, str]:
-    """Load a generic CorrDiff package folder (``--model FOLDER``) onto ``device``.
+    """Load a generic CorrDiff package's folder (``--model``, made local) onto ``device``.
 
     Through earth2studio's own ``load_model``, with our fixes for real regions
     (:func:`corrdiff_tools.models.generic.load`); in float32 (``--precision`` is refused

@@ -377,7 +377,7 @@ def _truth(request: PlotRequest, entries: Sequence[evaluate.Entry]) -> Truth | N
     With nothing to score it against (no complete sample at the selected times) it is not
     read: the file is not to blame, and "nothing to draw" says what the store lacks.
     """
-    from corrdiff_tools.truth import load_truth
+    from corrdiff_tools.truth import load_truth, units_of
 
     if request.truth is None:
         return None
@@ -397,6 +397,7 @@ def _truth(request: PlotRequest, entries: Sequence[evaluate.Entry]) -> Truth | N
             np.asarray(request.dataset["lat"].values, dtype="float64"),
             np.asarray(request.dataset["lon"].values, dtype="float64"),
             [entry.valid_time for entry in entries],
+            units_of(request.dataset),
         )
     except ValueError as err:
         raise UsageError(f"--truth {request.truth}: {err}") from None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from corrdiff_tools import quantities
-from corrdiff_tools.quantities import UNITS, EnsembleStats
+from corrdiff_tools.quantities import EnsembleStats
 
 if TYPE_CHECKING:
     from cartopy.crs import Projection
@@ -111,10 +111,7 @@ def describe(key: str, attrs: Mapping[str, str] | None = None) -> tuple[str, str
         return TITLES[key], LABELS[key]
     if key in quantities.TITLES:
         return quantities.TITLES[key], quantities.label(key)
-    attrs = attrs or {}
-    name = str(attrs.get("long_name", key))
-    units = attrs.get("units")
-    return name, f"{name} [{units}]" if units else name
+    return str((attrs or {}).get("long_name", key)), quantities.label(key, attrs)
 
 
 def colormap_for(key: str) -> str:
@@ -424,43 +421,56 @@ def stats_figure(
     title: str,
     fig: Figure | None = None,
     extent: Sequence[float] = PAPER_EXTENT,
+    panels: Sequence[str] = SAMPLE_PANELS,
+    frame: MapFrame = TAIWAN_FRAME,
+    attrs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Figure:
     """Rows: ensemble mean, ensemble standard deviation, exceedance probabilities.
 
-    The probability row holds one panel per threshold (two by default), centred under the
-    three columns above, so no cell is left empty.
+    A column per panel (Taiwan's mrr, t2m and wind; another model's quantities, named
+    as :func:`describe` names them). The probability row holds one panel per threshold
+    (two by default for Taiwan, none where no threshold applies), centred under the
+    columns above, so no cell is left empty.
     """
     # Constrained, not compressed: the compressed engine overlaps titles and colour bars
     # of axes that span grid columns once the height is fitted.
-    fig = new_figure(STATS_FIGSIZE, fig, layout="constrained")
-    grid = fig.add_gridspec(3, 6)
+    columns = len(panels)
+    rows = 3 if stats.thresholds else 2
+    size = STATS_FIGSIZE if columns == 3 and rows == 3 else (5.0 * columns, 5.0 * rows)
+    fig = new_figure(size, fig, layout="constrained")
+    grid = fig.add_gridspec(rows, 2 * columns)
 
     def axes(row: int, start: int) -> GeoAxes:
         import cartopy.crs as ccrs
 
-        ax = fig.add_subplot(grid[row, start : start + 2], projection=projection())
+        ax = fig.add_subplot(grid[row, start : start + 2], projection=projection(frame))
         ax.set_extent(list(extent), crs=ccrs.PlateCarree())
         return ax
 
-    for column, key in enumerate(SAMPLE_PANELS):
+    units: dict[str, str | None] = {}
+    for column, key in enumerate(panels):
+        heading, label = describe(key, (attrs or {}).get(key))
+        units[key] = quantities.unit_of(label)
         ax = axes(0, 2 * column)
-        _mesh(fig, ax, lon, lat, stats.mean[key], scales[SCALE_KEY[key]], LABELS[key])
-        ax.set_title(f"Mean: {TITLES[key].lower()}")
-        _decorate(ax, coastlines, extent)
+        _mesh(fig, ax, lon, lat, stats.mean[key], scales[key], label)
+        ax.set_title(f"Mean: {heading.lower()}")
+        _decorate(ax, coastlines, extent, frame)
 
         ax = axes(1, 2 * column)
         spread = stats.std[key]
         top = float(np.nanmax(spread)) if np.isfinite(spread).any() else 1.0
         scale = ColourScale(0.0, top if top > 0 else 1.0, SPREAD_COLORMAP)
-        _mesh(fig, ax, lon, lat, spread, scale, f"Standard deviation [{UNITS[key]}]")
-        ax.set_title(f"Spread: {TITLES[key].lower()}")
-        _decorate(ax, coastlines, extent)
-    offset = 3 - min(3, len(stats.thresholds))
-    for column, (key, threshold) in enumerate(list(stats.thresholds.items())[:3]):
+        bar = f"Standard deviation [{units[key]}]" if units[key] else "Standard deviation"
+        _mesh(fig, ax, lon, lat, spread, scale, bar)
+        ax.set_title(f"Spread: {heading.lower()}")
+        _decorate(ax, coastlines, extent, frame)
+    offset = columns - min(columns, len(stats.thresholds))
+    for column, (key, threshold) in enumerate(list(stats.thresholds.items())[:columns]):
         ax = axes(2, offset + 2 * column)
         scale = ColourScale(0.0, 1.0, PROBABILITY_COLORMAP)
         _mesh(fig, ax, lon, lat, stats.probability[key], scale, "Probability")
-        ax.set_title(f"P({key} ≥ {threshold:g} {UNITS[key]})")
-        _decorate(ax, coastlines, extent)
+        value = f"{threshold:g} {units.get(key) or ''}".strip()
+        ax.set_title(f"P({key} ≥ {value})")
+        _decorate(ax, coastlines, extent, frame)
     fig.suptitle(f"{title} · {stats.members} members")
     return fig

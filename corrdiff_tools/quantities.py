@@ -48,9 +48,44 @@ DEFAULT_THRESHOLDS = {"mrr": 35.0, "wind": 17.2}
 THRESHOLD_UNITS = {"mrr": "dBZ", "t2m": "degC", "wind": "m s-1"}
 
 
-def label(quantity: str) -> str:
-    """``'2 m temperature [°C]'``: the name and display unit of a quantity."""
-    return f"{TITLES[quantity]} [{UNITS[quantity]}]"
+def label(quantity: str, attrs: Mapping[str, object] | None = None) -> str:
+    """``'2 m temperature [°C]'``: the name and display unit of a quantity.
+
+    A variable of another model that the tool does not know is named by its store
+    attributes (``long_name``, ``units``), with no unit where the store gives none.
+    """
+    if quantity in TITLES:
+        return f"{TITLES[quantity]} [{UNITS[quantity]}]"
+    attrs = attrs or {}
+    name = str(attrs.get("long_name", quantity))
+    units = attrs.get("units")
+    return f"{name} [{units}]" if units else name
+
+
+def unit_of(label_text: str) -> str | None:
+    """The unit in a :func:`label` (``'°C'``), or None for a label without one."""
+    if not label_text.endswith("]") or " [" not in label_text:
+        return None
+    return label_text.rsplit(" [", 1)[1][:-1]
+
+
+def threshold_quantities(outputs: Sequence[str]) -> tuple[str, ...]:
+    """What ``--threshold`` may be set on for a model: the display quantities of its outputs.
+
+    Taiwan's (mrr, t2m, u10m, v10m) give mrr, t2m and wind (:data:`THRESHOLD_VARIABLES`).
+    """
+    return panels_of(outputs)
+
+
+def default_thresholds(outputs: Sequence[str]) -> dict[str, float]:
+    """The :data:`DEFAULT_THRESHOLDS` of the quantities a model's outputs give."""
+    available = set(threshold_quantities(outputs))
+    return {key: value for key, value in DEFAULT_THRESHOLDS.items() if key in available}
+
+
+def threshold_units(quantity: str, stored_units: str | None = None) -> str:
+    """CF units of a threshold: ours (:data:`THRESHOLD_UNITS`), else the store's (or '')."""
+    return THRESHOLD_UNITS.get(quantity, stored_units or "")
 
 
 #: The store variables a display quantity is made of.
@@ -77,26 +112,36 @@ def panels_of(outputs: Sequence[str]) -> tuple[str, ...]:
     return tuple(panels)
 
 
+def shown_quantities(outputs: Sequence[str]) -> tuple[str, ...]:
+    """A model's outputs and, where it writes both wind components, the wind speed."""
+    return (*outputs, "wind") if set(MEMBERS["wind"]) <= set(outputs) else tuple(outputs)
+
+
 def to_display_units(
     mrr_or_refc: np.ndarray | None, t2m_kelvin: np.ndarray, u: np.ndarray, v: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The map panels' quantities: mrr in dBZ, t2m in deg C, wind speed in m/s (float64)."""
-    out = {"t2m": np.asarray(t2m_kelvin, dtype="float64") - KELVIN, "wind": np.hypot(u, v)}
-    if mrr_or_refc is not None:
-        out["mrr"] = np.asarray(mrr_or_refc, dtype="float64")
-    return out
+    """Taiwan's map quantities: mrr in dBZ, t2m in deg C, wind speed (see :func:`displayed`)."""
+    given = {"t2m": t2m_kelvin, "u10m": u, "v10m": v}
+    shown = displayed(given if mrr_or_refc is None else {**given, "mrr": mrr_or_refc})
+    return {key: np.asarray(shown[key]) for key in ("t2m", "wind", "mrr") if key in shown}
 
 
 def displayed(fields: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
     """Store-unit fields (any of mrr, t2m, u10m, v10m; None for missing) in display units.
 
     t2m becomes deg C; ``wind`` (speed) is added where both components are given; the
-    rest is kept as it is. Used for evaluation fields and truth files alike.
+    rest keeps its units, as float64. Used for maps, statistics, evaluation fields and
+    truth files alike, of any model's variables.
     """
-    out = dict(fields)
+    out: dict[str, np.ndarray | None] = {}
+    for key, values in fields.items():
+        # Float64 for the statistics; the wind components as given, so that the speed
+        # (and whether it passes a threshold) is what it always was.
+        keep = values is None or key in MEMBERS["wind"]
+        out[key] = values if keep else np.asarray(values, dtype="float64")
     t2m = out.get("t2m")
     if t2m is not None:
-        out["t2m"] = np.asarray(t2m - KELVIN)
+        out["t2m"] = t2m - KELVIN
     if "u10m" in out and "v10m" in out:
         u, v = out["u10m"], out["v10m"]
         out["wind"] = None if u is None or v is None else np.hypot(u, v)

@@ -442,7 +442,24 @@ def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figu
 def _draw_other(
     dataset: xr.Dataset, task: Task, context: RenderContext, fig: Figure | None, title: str
 ) -> Figure:
-    """A sample or low-resolution figure of another model's store: one panel a quantity."""
+    """A figure of another model's store: one panel (or column) a quantity."""
+    if task.kind == "stats":
+        names = [name for panel in context.panels for name in quantities.members(panel)]
+        shown = quantities.displayed({name: _select(dataset, name, task) for name in names})
+        members = {panel: np.asarray(shown[panel]) for panel in context.panels}
+        return plotting.stats_figure(
+            quantities.ensemble_stats(members, context.thresholds),
+            dataset["lat"].values,
+            dataset["lon"].values,
+            context.scales,
+            context.coastlines,
+            f"CorrDiff ensemble statistics · {title}",
+            fig,
+            context.extent,
+            panels=context.panels,
+            frame=context.frame,
+            attrs=context.attrs,
+        )
     lowres = task.kind == "lowres"
     panels = tuple(context.lowres_panels) if lowres else context.panels
     names = [name for panel in panels for name in quantities.members(panel)]

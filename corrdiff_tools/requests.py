@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import UsageError
+from corrdiff_tools.models.packages import PACKAGING_HINT
 from corrdiff_tools.sampling import SamplerSettings
 
 if TYPE_CHECKING:
@@ -203,7 +204,10 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
     times = times_mod.parse_times(args.times)
     for flag, value in (
         ("--source", None if args.source in sources.SOURCE_NAMES else args.source),
-        ("--model", None if args.model == TAIWAN_MODEL else args.model),
+        (
+            "--model",
+            None if args.model == TAIWAN_MODEL or model.is_remote(args.model) else args.model,
+        ),
         ("--model-package", None if model.is_remote(args.model_package) else args.model_package),
         ("--output", args.output),
         ("--prefetch", args.prefetch),
@@ -217,25 +221,27 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
             "analyses have no lead time"
         )
     lead_times = times_mod.parse_lead_times(args.lead_time or ["0"]) if source.is_forecast else None
-    declared = _declared_model(args)
+    declared, folder = _declared_model(args)
     file_variables = _check_source_times(source, times, declared)
-    if declared.name == TAIWAN_MODEL:
+    if folder is None:
         model.check_package_spec(args.model_package)
         package_spec = args.model_package
         identity = model.package_identity(args.model_package)
     else:
         from corrdiff_tools.models.declaration import package_files
 
-        # Absolute: the loader, torchrun's ranks and --resume read it from anywhere.
-        folder = Path(args.model).expanduser().resolve()
         package_spec = str(folder)
+        # By content (--resume accepts the same package from anywhere); the path is
+        # what was given, a zip or an address too.
         identity = model.folder_identity(folder, package_files(folder))
+        if model.is_remote(args.model) or folder != Path(args.model).expanduser().resolve():
+            identity["path"] = args.model
     if args.threshold and not args.stats:
         raise UsageError(
             f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
             "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
         )
-    statistics = parse_thresholds(args.threshold) if args.stats else None
+    statistics = parse_thresholds(args.threshold, declared.outputs) if args.stats else None
     # A package's own sampler, with what the options change (a --preset replaces it).
     own = _package_sampler(package_spec) if declared.name != TAIWAN_MODEL else None
     sampler = sampler_settings(args, own)
@@ -282,50 +288,40 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
 
 #: ``--model``'s default: CorrDiff Taiwan (``--model-package`` says where its weights are).
 TAIWAN_MODEL = "taiwan"
-#: Where a generic package's contract is explained.
-PACKAGING_HINT = "see the README's 'Other CorrDiff models'"
 
 
-def _declared_model(args: argparse.Namespace) -> Declaration:
-    """``--model``: Taiwan's declaration, or a generic package folder's, read from its files.
+def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]:
+    """``--model``: Taiwan's declaration, or a generic package's, read from its files.
+
+    With the package's local folder (None for Taiwan): the one given, or where a zip was
+    extracted or an address fetched to (see :mod:`corrdiff_tools.models.packages`).
 
     Options that only apply to Taiwan (or that this version does not yet carry to other
     models) are refused here, each in one line.
     """
     from corrdiff_tools import model, store
     from corrdiff_tools.models.declaration import from_package, missing_files
+    from corrdiff_tools.models.packages import local_package
 
     spec = args.model
     if spec == TAIWAN_MODEL:
-        return store.TAIWAN
+        return store.TAIWAN, None
     shown = f"--model {spec}"
-    if model.is_remote(spec):
+    local = None if model.is_remote(spec) else Path(spec).expanduser()
+    if local is not None and not local.exists():
         raise UsageError(
-            f"{shown}: the run tool reads generic packages from a local folder so far: "
-            "download the package's files into one, and pass its path"
+            f"{shown} does not exist: give {TAIWAN_MODEL}, or the folder, zip or address of a "
+            f"generic CorrDiff package ({PACKAGING_HINT})"
         )
-    folder = Path(spec).expanduser()
-    if not folder.exists():
+    if local is not None and local.is_file() and local.suffix.lower() != ".zip":
         raise UsageError(
-            f"{shown} does not exist: give {TAIWAN_MODEL}, or the folder of a generic CorrDiff "
-            f"package ({PACKAGING_HINT})"
-        )
-    if not folder.is_dir():
-        raise UsageError(
-            f"{shown} is a file: give the folder of a generic CorrDiff package (unzip a "
-            f"zipped one first; {PACKAGING_HINT})"
-        )
-    missing = missing_files(folder)
-    if missing:
-        raise UsageError(
-            f"{shown} is not a generic CorrDiff package: it lacks {', '.join(missing)} "
-            f"({PACKAGING_HINT})"
+            f"{shown} is a file but not a zip: give the folder, zip or address of a generic "
+            f"CorrDiff package ({PACKAGING_HINT})"
         )
     from corrdiff_tools.model import DEFAULT_PACKAGE
 
     for flag, given in (
         ("--model-package", args.model_package != DEFAULT_PACKAGE),
-        ("--stats", args.stats),
         ("--prefetch", args.prefetch is not None),
         ("--compile", args.compile),
     ):
@@ -339,7 +335,18 @@ def _declared_model(args: argparse.Namespace) -> Declaration:
             f"--precision {args.precision}: generic packages run in fp32 so far; drop "
             "--precision, or pass --precision fp32"
         )
-    return from_package(folder, shown)
+    # The options first; then a zip is extracted, or an address fetched, once (see
+    # corrdiff_tools.models.packages).
+    folder = local_package(spec, shown)
+    missing = missing_files(folder)
+    if missing:
+        raise UsageError(
+            f"{shown} is not a generic CorrDiff package: it lacks {', '.join(missing)} "
+            f"({PACKAGING_HINT})"
+        )
+    # Absolute: the loader, torchrun's ranks and --resume read it from anywhere.
+    folder = folder.resolve()
+    return from_package(folder, shown), folder
 
 
 def _package_sampler(spec: str) -> SamplerSettings:
@@ -573,19 +580,29 @@ def check_writable_location(
     probe.rmdir()
 
 
-def parse_thresholds(values: Sequence[str]) -> dict[str, float]:
-    """``VAR=VALUE`` pairs over the defaults (mrr=35 dBZ, wind=17.2 m/s)."""
-    from corrdiff_tools.quantities import DEFAULT_THRESHOLDS, THRESHOLD_VARIABLES
+def parse_thresholds(
+    values: Sequence[str], outputs: Sequence[str] | None = None
+) -> dict[str, float]:
+    """``VAR=VALUE`` pairs over the defaults (mrr=35 dBZ, wind=17.2 m/s, where they apply).
 
-    thresholds = dict(DEFAULT_THRESHOLDS)
+    ``outputs`` are the model's output variables (default Taiwan's); VAR is one of their
+    display quantities (see :func:`corrdiff_tools.quantities.threshold_quantities`).
+    """
+    from corrdiff_tools import quantities
+    from corrdiff_tools.store import OUTPUT_VARIABLES
+
+    outputs = OUTPUT_VARIABLES if outputs is None else outputs
+    allowed = quantities.threshold_quantities(outputs)
+    thresholds = quantities.default_thresholds(outputs)
     given: dict[str, str] = {}
     for text in values:
         name, sep, value = text.partition("=")
         name = name.strip()
-        if not sep or name not in THRESHOLD_VARIABLES:
+        if not sep or name not in allowed:
             raise UsageError(
                 f"--threshold {text!r}: use VAR=VALUE with VAR one of "
-                f"{', '.join(THRESHOLD_VARIABLES)}, e.g. --threshold mrr=40"
+                f"{', '.join(allowed)}, e.g. --threshold {allowed[0]}="
+                f"{40 if allowed[0] == 'mrr' else 1}"
             )
         try:
             thresholds[name] = float(value)
@@ -636,34 +653,6 @@ class PlotRequest:
     left_out: tuple[str, ...] = ()
 
 
-def _check_other_model(args: argparse.Namespace, dataset: xr.Dataset) -> bool:
-    """For a store of another model than Taiwan, refuse what is not drawn for it yet.
-
-    Its maps are drawn (each output variable a panel, in its units); the ensemble
-    statistics and the evaluation are Taiwan's so far. Returns whether it is Taiwan's.
-    """
-    from corrdiff_tools import render
-    from corrdiff_tools.models.declaration import stored_outputs
-    from corrdiff_tools.store import OUTPUT_VARIABLES
-
-    if render.is_taiwan(dataset):
-        return True
-    outputs = ", ".join(stored_outputs(dataset.attrs, OUTPUT_VARIABLES))
-    for flag, given in (
-        ("--stats", args.stats),
-        ("--spectra", args.spectra),
-        ("--pdf", args.pdf),
-        ("--truth", args.truth is not None),
-    ):
-        if given:
-            raise UsageError(
-                f"{flag}: {args.store} holds a generic CorrDiff package's {outputs}; "
-                "ensemble statistics and the evaluation are drawn for CorrDiff Taiwan's "
-                f"stores so far: drop {flag} (the maps are drawn)"
-            )
-    return False
-
-
 def _check_other_lowres(path: Path, dataset: xr.Dataset) -> None:
     """Refuse ``--plot-lowres`` for another model's store with no usable input to draw.
 
@@ -700,7 +689,10 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
         dataset = store.open_store(args.store)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    taiwan = _check_other_model(args, dataset)
+    from corrdiff_tools import render
+    from corrdiff_tools.models.declaration import stored_outputs
+
+    taiwan = render.is_taiwan(dataset)
     times = select_times(args.time, dataset)
     leads = select_leads(args.lead_time, dataset)
     # Drawn or scored, every field is checked: an input or regression mean out of its
@@ -719,7 +711,9 @@ def validate_plot(args: argparse.Namespace) -> PlotRequest:
         if args.sample.strip().lower() == "none"
         else parse_selection(args.sample, dataset.sizes["sample"], "--sample")
     )
-    thresholds = parse_thresholds(args.threshold)
+    thresholds = parse_thresholds(
+        args.threshold, stored_outputs(dataset.attrs, store.OUTPUT_VARIABLES)
+    )
     # A GIF frame lasts a whole number of 1/100 s, at most 655.35 s (16 bits), and
     # viewers show frames shorter than 0.02 s at 0.1 s: outside that, Pillow fails (or
     # the animation lies) only after every figure has been drawn.

@@ -49,7 +49,6 @@ from corrdiff_tools.models.declaration import (
     model_attr_problem,
     stored_outputs,
 )
-from corrdiff_tools.quantities import THRESHOLD_UNITS
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -528,16 +527,18 @@ def _grid_attrs(layout: StoreLayout) -> dict[str, dict[str, Any]]:
         }
         arrays[ensemble_std_name(name)] = {
             "long_name": f"{base['long_name']}, ensemble standard deviation",
-            "units": base["units"],
+            # the variable's units; none for a variable whose units are unknown
+            **({"units": base["units"]} if "units" in base else {}),
             "cell_methods": f"realization: standard_deviation (ddof=0, {members})",
         }
     for quantity, threshold in layout.statistics.items():
+        # Ours for Taiwan's quantities (t2m in deg C); another model's in its store units.
+        units = quantities.threshold_units(quantity, variable_attrs(quantity).get("units"))
         arrays[exceedance_name(quantity)] = {
-            "long_name": f"probability that {quantity} >= {threshold:g} "
-            f"{THRESHOLD_UNITS[quantity]}",
+            "long_name": f"probability that {quantity} >= " + f"{threshold:g} {units}".strip(),
             "units": "1",
             "threshold": float(threshold),
-            "threshold_units": THRESHOLD_UNITS[quantity],
+            "threshold_units": units,
         }
     return arrays
 
@@ -1062,12 +1063,10 @@ def ensemble_statistics(
     exceedance probabilities are over the display quantities, in which the thresholds are
     given (:data:`~corrdiff_tools.quantities.THRESHOLD_UNITS`: t2m in deg C, wind speed).
     """
-    mean, std = quantities.moments({name: members[name] for name in OUTPUT_VARIABLES})
-    out = {ensemble_mean_name(name): mean[name] for name in OUTPUT_VARIABLES}
-    out |= {ensemble_std_name(name): std[name] for name in OUTPUT_VARIABLES}
-    shown = quantities.to_display_units(
-        members["mrr"], members["t2m"], members["u10m"], members["v10m"]
-    )
+    mean, std = quantities.moments(members)
+    out = {ensemble_mean_name(name): mean[name] for name in members}
+    out |= {ensemble_std_name(name): std[name] for name in members}
+    shown = {key: np.asarray(value) for key, value in quantities.displayed(members).items()}
     for quantity, probability in quantities.exceedance(shown, thresholds).items():
         out[exceedance_name(quantity)] = probability
     return out
@@ -1089,6 +1088,7 @@ def write_statistics(path: str | Path, thresholds: Mapping[str, float]) -> tuple
     def array(name: str) -> Any:  # zarr's Group.__getitem__ is typed as returning a Group too
         return group[name]
 
+    outputs = stored_outputs(group.attrs, OUTPUT_VARIABLES)
     completed = np.asarray(array(COMPLETED)[...]).astype(bool)
     written = skipped = 0
     try:
@@ -1096,7 +1096,7 @@ def write_statistics(path: str | Path, thresholds: Mapping[str, float]) -> tuple
             if not completed[index].all():
                 skipped += 1
                 continue
-            members = {name: np.asarray(array(name)[index]) for name in OUTPUT_VARIABLES}
+            members = {name: np.asarray(array(name)[index]) for name in outputs}
             for key, values in ensemble_statistics(members, thresholds).items():
                 array(key)[index] = values.astype("float32")
             written += 1

@@ -1,10 +1,11 @@
 """Reference fields for ``plot_corrdiff.py --truth``: read a file, put it on the store's grid.
 
-A truth file is NetCDF or Zarr with variables named as the store's (mrr, t2m, u10m, v10m,
-any subset) and dims (time, <2 spatial dims>), on either
+A truth file is NetCDF or Zarr with variables named as the store's outputs (Taiwan's mrr,
+t2m, u10m, v10m, or another model's; any subset), in the store's units, and dims (time,
+<2 spatial dims>), on either
 
-* the store's 448 x 448 output grid: its spatial dims are matched to the store's y and x
-  by *name* (y/x), or by comparing its own 2-D lat/lon with the store's in both
+* the store's output grid (448 x 448 for Taiwan): its spatial dims are matched to the
+  store's y and x by *name* (y/x), or by comparing its own 2-D lat/lon with the store's in both
   orientations; never by position, so a file written as (time, x, y) is not read
   transposed; or
 * a regular lat/lon grid that covers the output grid, interpolated bilinearly onto it
@@ -17,7 +18,7 @@ Everything wrong with a file is a ``ValueError`` whose message says what and how
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,14 +26,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from corrdiff_tools import checks
-from corrdiff_tools.store import HR_SHAPE, OUTPUT_VARIABLES
+from corrdiff_tools.models.declaration import stored_outputs
+from corrdiff_tools.store import OUTPUT_VARIABLES
 
 if TYPE_CHECKING:
     import xarray as xr
 
 logger = logging.getLogger(__name__)
 
-#: Units a ``--truth`` file may state for each variable (ours first).
+#: Units a ``--truth`` file may state for each of Taiwan's variables (ours first); another
+#: model's variables must be in the units its store records.
 TRUTH_UNITS = {
     "mrr": ("dBZ",),
     "t2m": ("K", "kelvin", "Kelvin"),
@@ -41,7 +44,7 @@ TRUTH_UNITS = {
 }
 _LAT_NAMES = ("lat", "latitude", "XLAT")
 _LON_NAMES = ("lon", "longitude", "XLONG")
-#: Most a 448 x 448 file's own lat/lon may differ from the store's grid, degrees.
+#: Most a file's own 2-D lat/lon may differ from the store's grid, degrees.
 GRID_TOLERANCE = 0.01
 
 
@@ -76,19 +79,41 @@ def interpolate_lowres(
     return interpolator(np.stack((lat.ravel(), lon.ravel()), axis=-1)).reshape(lat.shape)
 
 
+def units_of(store: xr.Dataset) -> dict[str, tuple[str, ...]]:
+    """The units a truth file may state for each output variable of a store.
+
+    Taiwan's variables: :data:`TRUTH_UNITS`. Another model's: the units its store
+    records, or none (then the file's units cannot be checked, and a warning says so).
+    """
+    outputs = stored_outputs(store.attrs, OUTPUT_VARIABLES)
+    units: dict[str, tuple[str, ...]] = {}
+    for name in outputs:
+        recorded = store[name].attrs.get("units") if name in store else None
+        units[name] = TRUTH_UNITS.get(name, (str(recorded),) if recorded else ())
+    return units
+
+
 def load_truth(
-    path: str | Path, lat: np.ndarray, lon: np.ndarray, valid_times: Sequence[np.datetime64]
+    path: str | Path,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    valid_times: Sequence[np.datetime64],
+    units: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Truth:
     """Read observed/reference fields and put them on the store's grid and times.
+
+    ``units`` maps each output variable to the units the file may state (see
+    :func:`units_of`; default Taiwan's :data:`TRUTH_UNITS`).
 
     Raises
     ------
     ValueError
         With a message saying what is wrong with the file.
     """
+    units = TRUTH_UNITS if units is None else units
     dataset = _open(Path(path))
     try:
-        present = _variables(dataset)
+        present = _variables(dataset, units)
         common = _common_times(dataset, valid_times)
         fields: dict[np.datetime64, dict[str, np.ndarray]] = {t: {} for t in common}
         for name in present:
@@ -116,11 +141,20 @@ def load_truth(
     for name in unlabelled:
         # Values outside the range were refused above; other units that fall inside it
         # (linear reflectivity under 100, winds in knots) cannot be told from ours.
+        if units[name]:
+            logger.warning(
+                "--truth: %s has no units attribute: taken as %s, as its values are in "
+                "range; add one to be sure",
+                name,
+                units[name][0],
+            )
+    for name in (name for name in present if not units[name]):
+        # Another model's variable whose store records no units: nothing to compare.
         logger.warning(
-            "--truth: %s has no units attribute: taken as %s, as its values are in range; "
-            "add one to be sure",
+            "--truth: the store records no units for %s: the file's %s is taken to be in "
+            "the model's units, unchecked",
             name,
-            TRUTH_UNITS[name][0],
+            name,
         )
     return Truth(fields, present)
 
@@ -149,19 +183,21 @@ def _open(path: Path) -> xr.Dataset:
     return dataset
 
 
-def _variables(dataset: xr.Dataset) -> tuple[str, ...]:
+def _variables(dataset: xr.Dataset, units: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
     """The store's variables the file holds, their units checked."""
-    present = tuple(name for name in OUTPUT_VARIABLES if name in dataset.data_vars)
+    present = tuple(name for name in units if name in dataset.data_vars)
     if not present:
         raise ValueError(
-            f"holds none of {', '.join(OUTPUT_VARIABLES)} (it has "
+            f"holds none of {', '.join(units)} (it has "
             f"{', '.join(map(str, list(dataset.data_vars)[:6])) or 'no variables'}): name the "
             "reference fields as the store does"
         )
     for name in present:
-        units = dataset[name].attrs.get("units")
-        if units is not None and units not in TRUTH_UNITS[name]:
-            raise ValueError(f"{name} is in {units!r}; expected {TRUTH_UNITS[name][0]}")
+        stated = dataset[name].attrs.get("units")
+        if stated is not None and units[name] and stated not in units[name]:
+            raise ValueError(
+                f"{name} is in {stated!r}; expected {units[name][0]}, as the store holds it"
+            )
     return present
 
 
@@ -213,15 +249,20 @@ def _placement(
         why = checks.grid_problem(np.asarray(file_lat.values), np.asarray(file_lon.values))
         if why:
             raise ValueError(f"its 2-D {why}: every grid point needs a finite position")
-    if shape == HR_SHAPE:
-        return _output_grid_order(name, spatial, file_lat, file_lon, lat, lon), None
-    if (
+    regular = (
         file_lat is not None
         and file_lon is not None
         and file_lat.ndim == 1
         and file_lon.ndim == 1
         and {file_lat.dims[0], file_lon.dims[0]} == set(spatial)
-    ):
+    )
+    # A file on lat/lon axes is placed by them, even with as many points as the store's
+    # grid: another model's regular grid written with 1-D axes, or a regular grid of
+    # 448 x 448 points that is not Taiwan's curvilinear one.
+    if shape == lat.shape and not regular:
+        return _output_grid_order(name, spatial, file_lat, file_lon, lat, lon), None
+    if regular:
+        assert file_lat is not None and file_lon is not None  # noqa: S101 - regular says so
         lat_values = np.asarray(file_lat, dtype="float64")
         # A longitude axis may wrap (170 ... 180, -180 ... -170, or 300 ... 360, 0 ...):
         # unwrapped it is monotonic, and the store's longitudes are moved by whole turns
@@ -244,7 +285,7 @@ def _placement(
         return [str(file_lat.dims[0]), str(file_lon.dims[0])], (lat_values, lon_values, target)
     raise ValueError(
         f"{name} is on a {shape[0]}x{shape[1]} grid without 1-D lat/lon: put it on "
-        "the store's 448x448 grid (dims time, y, x) or on a regular lat/lon grid "
+        f"the store's {_shape(lat)} grid (dims time, y, x) or on a regular lat/lon grid "
         "that covers it"
     )
 
@@ -257,7 +298,7 @@ def _output_grid_order(
     lat: np.ndarray,
     lon: np.ndarray,
 ) -> list[str]:
-    """Which file dim is the store's y, for a field already on the 448 x 448 grid.
+    """Which file dim is the store's y, for a field already on the output grid's shape.
 
     Spatial dims are aligned by *name*, never by position: a file stored as (time, x, y)
     must not be read as if it were (time, y, x).
@@ -279,14 +320,19 @@ def _output_grid_order(
                 worst, order = error, candidate
         if worst > GRID_TOLERANCE:
             raise ValueError(
-                f"{name} is 448x448 but its lat/lon differ from the store's grid by up "
+                f"{name} is {_shape(lat)} but its lat/lon differ from the store's grid by up "
                 f"to {worst:.3g} degrees: is it another grid?"
             )
         return order
     if set(spatial) == {"y", "x"}:
         return ["y", "x"]
     raise ValueError(
-        f"{name} is 448x448 on dims {tuple(spatial)} without 2-D lat/lon on them: "
+        f"{name} is {_shape(lat)} on dims {tuple(spatial)} without 2-D lat/lon on them: "
         "name the dims y and x (as the store does) or add 2-D lat/lon, so they can "
         "be aligned by name"
     )
+
+
+def _shape(lat: np.ndarray) -> str:
+    """``448x448``: the output grid's shape, as messages name it."""
+    return "x".join(str(size) for size in lat.shape)

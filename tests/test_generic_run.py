@@ -1,4 +1,4 @@
-"""``run_corrdiff.py --model FOLDER``: a generic CorrDiff package through the run tool.
+"""``run_corrdiff.py --model PATH_OR_URL``: a generic CorrDiff package through both tools.
 
 A tiny package in earth2studio's generic layout (a non-square regular output grid, an
 invariant, an output variable the tool has no units for, an input grid that is not on
@@ -84,7 +84,7 @@ def input_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(
-    capsys: pytest.CaptureFixture[str], package: Path, inputs: Path, output: Path, *extra: str
+    capsys: pytest.CaptureFixture[str], package: Path | str, inputs: Path, output: Path, *extra: str
 ) -> tuple[int, str]:
     capsys.readouterr()
     times = [t.strftime("%Y-%m-%dT%H") for t in TIMES]
@@ -226,9 +226,9 @@ def _incomplete_package(package: Path, tmp_path: Path) -> Path:
 BAD = [
     ("short", (), "lacks the input variable(s) tcwv; the model package reads t2m, u10m, v10m, tcwv"),
     ("narrow", (), "does not contain the model's 0.25 degree input grid (lon -10.05 to -5.8"),
-    ("missing", (), "does not exist: give taiwan, or the folder of a generic CorrDiff package"),
+    ("missing", (), "does not exist: give taiwan, or the folder, zip or address of a generic"),
     ("incomplete", (), "is not a generic CorrDiff package: it lacks diffusion.mdlus"),
-    ("ok", ("--stats",), "--stats is for CorrDiff Taiwan (--model taiwan) so far"),
+    ("ok", ("--stats", "--threshold", "mrr=40"), "VAR=VALUE with VAR one of t2m, u10m, tp, e.g."),
     ("ok", ("--precision", "bf16"), "--precision bf16: generic packages run in fp32 so far"),
     ("ok", ("--model-package", "x"), "--model-package is for CorrDiff Taiwan"),
 ]  # fmt: skip
@@ -306,17 +306,389 @@ def test_the_plot_tool_draws_a_generic_store_panel_by_panel(
     np.testing.assert_allclose(shown, dataset["lr_t2m"].values[0] - 273.15, rtol=1e-6)
 
 
-@pytest.mark.parametrize("flag", [["--stats"], ["--spectra"], ["--pdf"], ["--truth", "t.nc"]])
-def test_what_the_plot_tool_does_not_draw_for_a_generic_store_is_one_line(
-    flag: list[str], made: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+def test_stats_of_a_generic_run_are_its_ensembles(
+    package: Path, input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """``--stats``: mean and spread of each output in its units; exceedance of any
+    output, t2m in deg C as for Taiwan, tp in the units the package trained it in."""
+    output = tmp_path / "stats.zarr"
+    code, err = _run(
+        capsys, package, input_file, output, "--stats",
+        "--threshold", "t2m=16.5", "--threshold", "tp=0.02",
+    )  # fmt: skip
+    assert code == 0, err
+    dataset = xr.open_zarr(output)
+    for name in OUTPUTS:
+        members = dataset[name].values.astype("float64")
+        np.testing.assert_allclose(
+            dataset[f"{name}_ensemble_mean"].values, members.mean(axis=1), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            dataset[f"{name}_ensemble_std"].values, members.std(axis=1), rtol=1e-5, atol=1e-6
+        )
+    t2m_c = dataset["t2m"].values.astype("float64") - 273.15
+    expected = {"t2m": (t2m_c >= 16.5).mean(axis=1), "tp": (dataset["tp"].values >= 0.02).mean(1)}
+    for name, probability in expected.items():
+        np.testing.assert_array_equal(dataset[f"{name}_exceedance"].values, probability)
+        assert 0.05 < probability.mean() < 0.95, (name, probability.mean())  # not all or none
+    assert sorted(n for n in dataset.data_vars if n.endswith("_exceedance")) == [
+        "t2m_exceedance", "tp_exceedance",
+    ]  # fmt: skip  # Taiwan's default mrr and wind thresholds do not apply
+    assert dataset["t2m_exceedance"].attrs["threshold_units"] == "degC"
+    assert dataset["tp_exceedance"].attrs["long_name"] == "probability that tp >= 0.02"
+    assert dataset["tp_exceedance"].attrs["threshold_units"] == ""
+    assert "units" not in dataset["tp_ensemble_std"].attrs  # none known, none guessed
+    assert dataset["t2m_ensemble_std"].attrs["units"] == "K"
+
+
+def test_the_plot_tool_draws_a_generic_stores_statistics(
+    made: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A column per output (mean, spread), a probability panel per threshold."""
+    from corrdiff_tools import render
+
     capsys.readouterr()
-    code = plot_main([str(made), *flag, "--outdir", str(tmp_path / "plots")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert f"{flag[0]}: {made} holds a generic CorrDiff package's t2m, u10m, tp" in err[0]
-    assert f"drop {flag[0]} (the maps are drawn)" in err[0]
-    assert not (tmp_path / "plots").exists()
+    out = tmp_path / "plots"
+    argv = [str(made), "--sample", "none", "--stats", "--threshold", "tp=0.02"]
+    code = plot_main([*argv, "--format", "png", "--dpi", "30", "--jobs", "1", "--outdir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "corrdiff-2024-07-24T00-stats.png", "corrdiff-2024-07-24T06-stats.png",
+    ]  # fmt: skip
+
+    dataset = store.open_store(made)
+    context = render.RenderContext(
+        made, render.colour_scales(dataset), [], {"tp": 0.02}, "png", 30,
+        **render.other_model(dataset),
+    )  # fmt: skip
+    figure = render.build_figure(render.Task("stats", 1, None, None, Path("x.png")), context)
+    maps = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in maps] == [
+        "Mean: 2 m temperature", "Spread: 2 m temperature", "Mean: 10 m eastward wind",
+        "Spread: 10 m eastward wind", "Mean: tp", "Spread: tp", "P(tp ≥ 0.02)",
+    ]  # fmt: skip
+    bars = [ax.get_ylabel() for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert bars[:2] == ["Temperature at 2 m [°C]", "Standard deviation [°C]"]
+    assert bars[4:] == ["tp", "Standard deviation", "Probability"]
+
+    def drawn(ax: object) -> np.ndarray:
+        return np.asarray(ax.collections[0].get_array()).reshape(24, 40)  # type: ignore[attr-defined]
+
+    tp = dataset["tp"].values[1].astype("float64")
+    np.testing.assert_allclose(drawn(maps[4]), tp.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(drawn(maps[5]), tp.std(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(drawn(maps[6]), (tp >= 0.02).mean(axis=0))
+    t2m = dataset["t2m"].values[1].astype("float64") - 273.15
+    np.testing.assert_allclose(drawn(maps[0]), t2m.mean(axis=0), rtol=1e-6)
+
+
+def _truth_file(made: Path, path: Path, **units: str) -> Path:
+    """A reference on the package's grid, as 1-D lat/lon axes: sample 0 moved a little
+    (t2m kept within its physical range, which the truth file is checked against)."""
+    dataset = xr.open_zarr(made)
+    rng = np.random.default_rng(3)
+    variables = {}
+    for name in ("t2m", "tp"):
+        values = dataset[name].values[:, 0].astype("float64")
+        spread = 0.5 if name == "t2m" else 0.3 * values.std()
+        values = values + rng.normal(0.0, spread, values.shape)
+        if name == "t2m":  # the tiny package's samples are wilder than any weather
+            values = np.clip(values, 250.0, 330.0)
+        attrs = {"units": units[name]} if name in units else {}
+        variables[name] = (("time", "lat", "lon"), values.astype("float32"), attrs)
+    coords = {"time": dataset["time"].values, "lat": OUT_GRID[0], "lon": OUT_GRID[1]}
+    xr.Dataset(variables, coords=coords).to_netcdf(path)
+    return path
+
+
+def test_a_generic_store_is_evaluated_against_a_truth_file(
+    made: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Spectra, distributions and scores of the package's own variables, in its units;
+    the scores are the ones computed from the store's arrays directly."""
+    from corrdiff_tools import diagnostic_figures, diagnostics
+    from corrdiff_tools.truth import interpolate_lowres
+
+    figures: dict[str, object] = {}
+    for kind in ("spectra_figure", "pdf_figure"):
+        original = getattr(diagnostic_figures, kind)
+
+        def spy(*args: object, _original: object = original, _kind: str = kind, **kw: object):
+            figures[_kind] = figure = _original(*args, **kw)  # type: ignore[operator]
+            return figure
+
+        monkeypatch.setattr(diagnostic_figures, kind, spy)
+    truth = _truth_file(made, tmp_path / "truth.nc", t2m="K")
+    out = tmp_path / "evaluation"
+    capsys.readouterr()
+    argv = [str(made), "--sample", "none", "--spectra", "--pdf", "--truth", str(truth)]
+    code = plot_main([*argv, "--format", "png", "--dpi", "30", "--jobs", "1", "--outdir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "the store records no units for tp: the file's tp is taken to be in the model" in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        [f"corrdiff-2024-07-24T{h}-{k}.png" for h in ("00", "06") for k in ("spectra", "pdf")]
+        + ["scores.csv", "scores.json", "scores.png", "rank-histograms.png"]
+    )
+    spectra = [ax.get_title() for ax in figures["spectra_figure"].axes if ax.get_title()]  # type: ignore[attr-defined]
+    assert spectra == ["2 m temperature [°C]", "10 m eastward wind [m/s]", "tp"]
+    pdf = [ax.get_xlabel() for ax in figures["pdf_figure"].axes if ax.get_xlabel()]  # type: ignore[attr-defined]
+    assert pdf == ["2 m temperature [°C]", "10 m eastward wind [m/s]", "tp"]
+
+    scores = json.loads((out / "scores.json").read_text())
+    assert (
+        scores["units"]
+        == "t2m in K (differences), u10m in m/s, tp in its store units (none recorded)"
+    )
+    rows = {(row["valid_time"], row["variable"]): row for row in scores["scores"]}
+    assert sorted(rows) == [(f"2024-07-24T{h}:00", v) for h in ("00", "06") for v in ("t2m", "tp")]
+    dataset, reference = xr.open_zarr(made), xr.open_dataset(truth)
+    for index, hour in enumerate(("00", "06")):
+        for name in ("t2m", "tp"):
+            offset = 273.15 if name == "t2m" else 0.0
+            # The package reads t2m, not tp: only t2m has an input to interpolate.
+            lowres = (
+                interpolate_lowres(
+                    dataset["lr_t2m"].values[index] - offset, IN_GRID[0], IN_GRID[1],
+                    dataset["lat"].values.astype("float64"),
+                    dataset["lon"].values.astype("float64"),
+                )
+                if name == "t2m" else None
+            )  # fmt: skip
+            expected = diagnostics.score(
+                reference[name].values[index].astype("float64") - offset,
+                dataset[name].values[index].astype("float64") - offset,
+                dataset[f"{name}_regression"].values[index].astype("float64") - offset,
+                lowres,
+            )
+            row = rows[(f"2024-07-24T{hour}:00", name)]
+            assert row["crps"] == pytest.approx(expected.crps, rel=1e-9)
+            assert row["mae_regression"] == pytest.approx(expected.mae_regression, rel=1e-9)
+            assert row["crps"] > 0
+            if lowres is None:
+                assert row["mae_interpolated"] is None
+            else:
+                assert row["mae_interpolated"] == pytest.approx(expected.mae_interpolated)
+
+
+def test_a_truth_file_in_other_units_than_the_store_is_refused(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth = _truth_file(made, tmp_path / "truth.nc", t2m="degC")
+    capsys.readouterr()
+    out = tmp_path / "evaluation"
+    code = plot_main([str(made), "--sample", "none", "--truth", str(truth), "--outdir", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "t2m is in 'degC'; expected K, as the store holds it" in lines[0]
+    assert not out.exists()
+
+
+def _zipped(package: Path, path: Path, top: str | None = "my_package") -> Path:
+    """The package's files in a zip, in a folder ``top`` (or at the zip's top)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(package.iterdir()):
+            archive.write(file, f"{top}/{file.name}" if top else file.name)
+    return path
+
+
+def test_a_zipped_package_is_extracted_once_and_is_the_same_package(
+    made: Path,
+    package: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--model my_package.zip``: the samples of the folder it was made from, and the
+    same package to ``--resume`` (by content); extracted on the first run only."""
+    from corrdiff_tools import model
+
+    extractions: list[Path] = []
+    original = model._extract_bounded
+
+    def counted(archive: object, zip_path: Path, *args: object) -> None:
+        extractions.append(zip_path)
+        original(archive, zip_path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "_extract_bounded", counted)
+    archive = _zipped(package, tmp_path / "my_package.zip")
+    output = tmp_path / "zipped.zarr"
+    code, err = _run(capsys, archive, input_file, output)
+    assert code == 0, err
+    assert extractions == [archive]
+    zipped, folder = xr.open_zarr(output), xr.open_zarr(made)
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(zipped[name].values, folder[name].values)
+    identity = json.loads(zipped.attrs[store.SETTINGS_ATTR])["model_package"]
+    assert identity["path"] == str(archive)
+    made_with = json.loads(folder.attrs[store.SETTINGS_ATTR])["model_package"]
+    assert identity["sha256"] == made_with["sha256"]
+
+    # The store made from the folder resumes with the zip: the same package.
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(made, copy)
+    store.StoreWriter(copy).unmark([(1, 1)])
+    code, err = _run(capsys, archive, input_file, copy, "--resume")
+    assert code == 0, err
+    assert extractions == [archive]  # not again
+    assert xr.open_zarr(copy)["completed"].values.all()
+
+
+def test_processes_unzipping_one_package_at_once_extract_it_once(
+    package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun's ranks (and parallel runs) given one zip: the first extracts it, the
+    others wait for it and use its folder (an extraction that takes a while here)."""
+    import threading
+    import time
+
+    from corrdiff_tools import model
+    from corrdiff_tools.models.packages import local_package
+
+    extractions: list[str] = []
+    original = model._extract_bounded
+
+    def slow(*args: object) -> None:
+        extractions.append(threading.current_thread().name)
+        time.sleep(0.5)
+        original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "_extract_bounded", slow)
+    archive = _zipped(package, tmp_path / "my_package.zip")
+    folders: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: folders.append(local_package(str(archive), "--model")))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(extractions) == 1, extractions
+    assert len(folders) == 3 and len(set(folders)) == 1
+    assert (folders[0] / "metadata.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-metadata", "holds no metadata.json at its top or in one folder: it is not a generic"),
+        ("incomplete", "is not a generic CorrDiff package: it lacks diffusion.mdlus"),
+        ("damaged", "is not a valid zip file"),
+        ("not-a-zip", "is a file but not a zip: give the folder, zip or address"),
+    ],
+)
+def test_a_zip_that_is_no_package_is_refused_in_one_line(
+    case: str,
+    message: str,
+    package: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "files"
+    shutil.copytree(package, folder)
+    if case == "no-metadata":
+        (folder / "metadata.json").unlink()
+    if case == "incomplete":
+        (folder / "diffusion.mdlus").unlink()
+    archive = _zipped(folder, tmp_path / "package.zip", top=None)
+    if case == "damaged":  # bytes of a checkpoint changed: its CRC no longer matches
+        content = bytearray(archive.read_bytes())
+        middle = len(content) // 2
+        content[middle : middle + 64] = bytes(b ^ 0xFF for b in content[middle : middle + 64])
+        archive.write_bytes(bytes(content))
+    if case == "not-a-zip":
+        archive = archive.rename(tmp_path / "package.tar")
+    output = tmp_path / "out" / "store.zarr"
+    code, err = _run(capsys, archive, input_file, output)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"run_corrdiff.py: error: --model {archive}"), lines[0]
+    assert message in lines[0], lines[0]
+    assert not output.parent.exists()
+
+
+class _Files:
+    """A plain HTTP server on 127.0.0.1 serving a folder, counting the GETs of each file."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        self.gets: list[str] = []
+        files = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                files.gets.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_a_remote_package_is_fetched_once_then_read_offline(
+    made: Path,
+    package: Path,
+    input_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--model http://...``: earth2studio's ``Package`` fetches the files by name, once;
+    the second run reads them from the cache with the server gone."""
+    root = tmp_path / "served"
+    shutil.copytree(package, root / "my_package")
+    _zipped(package, root / "my_package.zip")
+    server = _Files(root)
+    try:
+        output = tmp_path / "remote.zarr"
+        code, err = _run(capsys, f"{server.url}/my_package", input_file, output)
+        assert code == 0, err
+        fetched = sorted(path.rsplit("/", 1)[1] for path in server.gets)
+        assert fetched == sorted(p.name for p in package.iterdir()), fetched  # each once
+        remote, folder = xr.open_zarr(output), xr.open_zarr(made)
+        for name in OUTPUTS:
+            np.testing.assert_array_equal(remote[name].values, folder[name].values)
+        code, err = _run(capsys, f"{server.url}/my_package.zip", input_file, tmp_path / "z.zarr")
+        assert code == 0, err
+        assert server.gets[-1] == "/my_package.zip"
+        code, err = _run(capsys, f"{server.url}/nothing_here", input_file, tmp_path / "x.zarr")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert "nothing_here is not a generic CorrDiff package: it has no metadata.json" in err
+        gone = f"{server.url}/other_package"
+    finally:
+        server.stop()
+    again = tmp_path / "again.zarr"
+    code, err = _run(capsys, f"{server.url}/my_package", input_file, again)
+    assert code == 0, err
+    np.testing.assert_array_equal(xr.open_zarr(again)["t2m"].values, folder["t2m"].values)
+    code, err = _run(capsys, gone, input_file, tmp_path / "y.zarr")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert f"could not download metadata.json of the model package {gone} (" in lines[0]
+    assert not (tmp_path / "y.zarr").exists()
 
 
 def test_taiwan_stores_and_settings_carry_no_model_entry() -> None:
@@ -336,23 +708,29 @@ def test_two_torchrun_ranks_write_what_one_process_writes(
     made: Path, package: Path, input_file: Path, tmp_path: Path
 ) -> None:
     """Ranks share the samples out, rank 0 reads the file: the same store as one process.
+    The package is given zipped: it is extracted once for the job, not once per rank.
 
     Compared to float32 rounding, not bitwise: each rank draws its one sample in a batch
     of one, ``made`` both in one batch, and batched convolutions round differently (a
     noise mix-up would differ by O(1)).
     """
     output = tmp_path / "ranks.zarr"
+    archive = _zipped(package, tmp_path / "my_package.zip")
     times = [t.strftime("%Y-%m-%dT%H") for t in TIMES]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(ROOT / "run_corrdiff.py"), *times, "--model", str(package), "--source",
+        str(ROOT / "run_corrdiff.py"), *times, "--model", str(archive), "--source",
         str(input_file), "--samples", "2", "--seed", str(SEED), "--device", "cpu",
         "--output", str(output),
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CORRDIFF_TOOLS_CACHE": str(cache)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "rank 0: 2 sample(s)" in result.stderr and "rank 1: 2 sample(s)" in result.stderr
+    assert result.stderr.count(f"extracting {archive}") == 1, result.stderr
+    extracted = [p.name for p in (cache / "packages").iterdir() if not p.name.startswith(".")]
+    assert len(extracted) == 1 and extracted[0].startswith("generic-"), extracted
     ranks, single = xr.open_zarr(output), xr.open_zarr(made)
     assert ranks["completed"].values.all()
     for name in (*OUTPUTS, *(f"{v}_regression" for v in OUTPUTS), "lr_tcwv", "lat", "lon"):

@@ -1,0 +1,187 @@
+"""Where a generic package's files are: a folder, a zip or an address, made a local folder.
+
+``run_corrdiff.py --model`` takes
+
+* a folder, used in place;
+* a zip of one (the files at its top, or in one folder), extracted once into the tool's
+  cache, keyed by the zip's path, size and modification time, as Taiwan's package is;
+* an address earth2studio's ``Package`` reads (``hf://``, ``s3://``, ``ngc://``,
+  ``https://``): the package's files are fetched by name into a cache folder of that
+  address, once, and read from there on (offline too); an address ending in ``.zip`` is
+  downloaded, then extracted as a local zip.
+
+Whatever was given, the rest of the run (the declaration, the store, ``--resume``'s
+content digest, the loader) sees a local folder. Downloads and extractions hold a lock
+(:func:`corrdiff_tools.model.exclusive`), so torchrun's ranks and parallel runs do the
+work once and the others wait for it. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from corrdiff_tools.errors import RunError, UsageError
+from corrdiff_tools.models.declaration import (
+    CHECKPOINTS,
+    OPTIONAL_FILES,
+    REQUIRED_FILES,
+    missing_files,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Written into a remote package's cache folder once all its files are there.
+FETCHED = ".fetched"
+#: Where the README says how a package is laid out.
+PACKAGING_HINT = "see the README's 'Other CorrDiff models'"
+
+
+def local_package(spec: str, shown: str) -> Path:
+    """The local folder of the package ``spec`` names (see the module docstring).
+
+    A local path is returned as given when it is not a zip: whether it is a package is
+    for the caller to say (:func:`~corrdiff_tools.models.declaration.missing_files`).
+
+    Raises
+    ------
+    UsageError
+        A zip or an address that holds no generic package (one line, ``shown`` first).
+    RunError
+        An address that cannot be reached.
+    """
+    from corrdiff_tools.model import is_remote
+
+    if is_remote(spec):
+        if spec.lower().endswith(".zip"):
+            return _unzipped(_download(spec, shown), shown)
+        return _fetched(spec, shown)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return _unzipped(path, shown)
+    return path
+
+
+def _root(folder: Path) -> Path | None:
+    """The package folder in an extraction: its top, or its one folder with metadata.json."""
+    if (folder / "metadata.json").is_file():
+        return folder
+    inner = [p for p in folder.iterdir() if p.is_dir() and (p / "metadata.json").is_file()]
+    return inner[0] if len(inner) == 1 else None
+
+
+def _unzipped(zip_path: Path, shown: str) -> Path:
+    """The package folder of a zip, extracted once into the tool's cache."""
+    from corrdiff_tools.model import cache_key, cache_root, extract_once
+
+    target = cache_root() / "packages" / f"generic-{cache_key(zip_path)}"
+
+    def complete(folder: Path) -> bool:
+        root = _root(folder) if folder.is_dir() else None
+        return root is not None and not missing_files(root)
+
+    def finish(staging: Path) -> None:
+        root = _root(staging)
+        if root is None:
+            raise UsageError(
+                f"{shown} holds no metadata.json at its top or in one folder: it is not a "
+                f"generic CorrDiff package ({PACKAGING_HINT})"
+            )
+        missing = missing_files(root)
+        if missing:
+            raise UsageError(
+                f"{shown} is not a generic CorrDiff package: it lacks {', '.join(missing)} "
+                f"({PACKAGING_HINT})"
+            )
+
+    try:
+        extract_once(zip_path, target, complete, finish, shown.split(" ", 1)[0])
+    except zipfile.BadZipFile as err:
+        raise UsageError(f"{shown} is not a valid zip file ({err})") from None
+    root = _root(target)
+    assert root is not None  # noqa: S101 - extract_once leaves only complete packages
+    return root
+
+
+def _address_folder(spec: str) -> Path:
+    """The cache folder of a remote package: one per address."""
+    from corrdiff_tools.model import cache_root
+
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return cache_root() / "packages" / f"remote-{digest}"
+
+
+def _package(root: str, folder: Path) -> Any:
+    """earth2studio's ``Package`` of ``root``, caching its files by name in ``folder``."""
+    from earth2studio.models.auto import Package
+
+    return Package(root, cache_options={"cache_storage": str(folder), "same_names": True})
+
+
+def _resolve(package: Any, name: str, spec: str) -> Path | None:
+    """Fetch one file of a remote package (None where the package has no such file)."""
+    try:
+        return Path(package.resolve(name))
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # noqa: BLE001 - fsspec's clients raise many types offline
+        from corrdiff_tools import network
+
+        why = network.unreachable_reason(err) or network.summarise(err)
+        raise RunError(
+            f"could not download {name} of the model package {spec} ({why}): download the "
+            "package's files into a folder and pass --model FOLDER"
+        ) from err
+
+
+def _fetched(spec: str, shown: str) -> Path:
+    """A remote package's files, fetched once into a cache folder of their own."""
+    from corrdiff_tools.model import exclusive
+
+    folder = _address_folder(spec)
+    fetched = folder / FETCHED
+    with exclusive(folder.with_name(f".{folder.name}.lock")):
+        if not fetched.is_file():  # fetched whole by an earlier run: read offline
+            package = _package(spec, folder)
+            logger.info("fetching the model package %s into %s (once)", spec, folder)
+            for name in (*REQUIRED_FILES, *CHECKPOINTS):
+                if _resolve(package, name, spec) is None:
+                    raise UsageError(
+                        f"{shown} is not a generic CorrDiff package: it has no {name} "
+                        f"({PACKAGING_HINT})"
+                    )
+            for name in OPTIONAL_FILES:
+                _resolve(package, name, spec)
+            fetched.write_text(f"{spec}\n")
+    missing = missing_files(folder)
+    if missing:  # input_latlon_grid.nc absent without latlon_res
+        raise UsageError(
+            f"{shown} is not a generic CorrDiff package: it lacks {', '.join(missing)} "
+            f"({PACKAGING_HINT})"
+        )
+    return folder
+
+
+def _download(spec: str, shown: str) -> Path:
+    """A remote package zip, downloaded once into the cache folder of its address."""
+    from corrdiff_tools.model import exclusive
+
+    parent, _, name = spec.rpartition("/")
+    folder = _address_folder(spec)
+    with exclusive(folder.with_name(f".{folder.name}.lock")):
+        logger.info("fetching the model package %s into %s (once)", spec, folder)
+        package = _package(parent, folder)
+        try:
+            path = _resolve(package, name, spec)
+        except RunError:
+            # A download cut short must not be read as the package next time (fsspec
+            # records a file as cached before it has it: see model.forget_download).
+            type(package.fs).clear_instance_cache()
+            (folder / name).unlink(missing_ok=True)
+            raise
+    if path is None:
+        raise UsageError(f"{shown} does not exist: check the address")
+    return path
