@@ -104,7 +104,7 @@ def sample_seed(seed: int, time: datetime, lead_hours: int, sample: int) -> int:
     time : datetime
         Valid (analysis or initialisation) time.
     lead_hours : int
-        Forecast lead time, 0 for analyses.
+        Forecast lead time, 0 for analyses (negative for CorrDiffCMIP6's first hours).
     sample : int
         Ensemble member index.
 
@@ -115,8 +115,9 @@ def sample_seed(seed: int, time: datetime, lead_hours: int, sample: int) -> int:
     """
     minutes = int((time - SEED_EPOCH).total_seconds() // 60)
     # SeedSequence takes non-negative integers: a time before the epoch (a reanalysis of
-    # the 1800s) is taken modulo 2**64, which leaves every later time's seed as it was.
-    sequence = np.random.SeedSequence([seed, minutes % 2**64, lead_hours, sample])
+    # the 1800s) and a negative lead time (CorrDiffCMIP6's run from -12 h) are taken
+    # modulo 2**64, which leaves every other seed as it was.
+    sequence = np.random.SeedSequence([seed, minutes % 2**64, lead_hours % 2**64, sample])
     return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
 

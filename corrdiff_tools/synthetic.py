@@ -284,6 +284,7 @@ def build_generic_package(
     invariants: dict[str, np.ndarray] | None = None,
     metadata: dict[str, Any] | None = None,
     seed: int = 0,
+    layout: tuple[tuple[int, int], int, dict[str, dict[str, float]]] | None = None,
 ) -> Path:
     """Write a random-weight package in earth2studio's generic ``CorrDiff`` layout.
 
@@ -301,6 +302,11 @@ def build_generic_package(
         Extra ``metadata.json`` keys (sampler settings, ``hr_mean_conditioning``, ...).
     seed : int
         Weight initialisation seed.
+    layout : tuple, optional
+        For a family whose preprocessing changes what the nets see (CorrDiffCMIP6, see
+        :func:`build_cmip6_package`): the nets' grid, their input channel count, and more
+        ``stats.json`` input entries. By default the output grid, the variables plus the
+        invariants, and nothing more.
 
     Returns
     -------
@@ -320,9 +326,13 @@ def build_generic_package(
     }
     lat, lon = output_grid
     shape = lat.shape if lat.ndim == 2 else (lat.size, lon.size)
-    inputs = len(input_variables) + len(invariants or {})
+    net_shape, inputs, more_stats = layout or (
+        shape,
+        len(input_variables) + len(invariants or {}),
+        {},
+    )
     networks = build_generic_networks(
-        shape, inputs, len(output_variables), metadata.get("hr_mean_conditioning", True), seed
+        net_shape, inputs, len(output_variables), metadata.get("hr_mean_conditioning", True), seed
     )
     networks[0].save(str(directory / "regression.mdlus"))
     networks[1].save(str(directory / "diffusion.mdlus"))
@@ -337,7 +347,7 @@ def build_generic_package(
     # An output's statistics differ from the same variable's as an input (as in any
     # trained package), so a denormalisation that used the wrong ones would show.
     everything = {
-        "input": stats(input_variables, 0.0, 1.0),
+        "input": {**stats(input_variables, 0.0, 1.0), **more_stats},
         "output": stats(output_variables, 0.5, 1.5),
     }
     if invariants:
@@ -354,3 +364,39 @@ def build_generic_package(
     _grid_file(directory / "output_latlon_grid.nc", *output_grid)
     _grid_file(directory / "input_latlon_grid.nc", *input_grid)
     return directory
+
+
+#: CorrDiffCMIP6's padding of the output grid before the nets (earth2studio's
+#: ``_LAT_PAD``, ``_LON_PAD``: reflected in latitude, circular in longitude).
+CMIP6_PADS = ((23, 24), (48, 48))
+
+
+def build_cmip6_package(
+    directory: str | Path,
+    input_variables: Sequence[str],
+    output_variables: Sequence[str],
+    output_grid: tuple[np.ndarray, np.ndarray],
+    input_grid: tuple[np.ndarray, np.ndarray],
+    invariants: dict[str, np.ndarray],
+    metadata: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A random-weight package in the layout earth2studio's ``CorrDiffCMIP6`` reads.
+
+    The generic layout, with what CorrDiffCMIP6's preprocessing feeds the nets: each
+    input variable at three input lead times (-24, 0, +24 h), the invariants (the last
+    one is the slot its training filled with the hour of day, ``coslat`` in the
+    published package), the cosine of the solar zenith angle and the hour of day
+    (``sza``, ``hod`` in ``stats.json``'s inputs), on the output grid padded by
+    :data:`CMIP6_PADS`. The grids are global 1-D axes, latitudes north to south.
+    """
+    lat, lon = output_grid
+    (top, bottom), (left, right) = CMIP6_PADS
+    net_shape = (lat.size + top + bottom, lon.size + left + right)
+    channels = 3 * len(input_variables) + len(invariants) + 2
+    time_features = {"sza": {"mean": 0.2, "std": 0.4}, "hod": {"mean": 11.5, "std": 6.9}}
+    return build_generic_package(
+        directory, input_variables, output_variables, output_grid, input_grid,
+        invariants=invariants, metadata=metadata, seed=seed,
+        layout=(net_shape, channels, time_features),
+    )  # fmt: skip

@@ -16,6 +16,16 @@
     the regression mean as conditioning), and runs the forward pass with our
     per-(time, lead, sample) noise.
 
+``cmip6``
+    earth2studio's ``CorrDiffCMIP6`` (daily CMIP6 fields to hourly ERA5-like fields):
+    loaded through its own ``load_model``, its preprocessing kept (with its in-place
+    smoothing of the caller's input mended), run with our noise (``Cmip6Sampler``, a
+    ``GenericSampler`` with three input lead times and a padded grid).
+
+``packages``
+    Where a generic package's files are: a folder, a zip (extracted once) or an
+    address (fetched once), made a local folder for the rest of the run.
+
 Each family module answers the same questions, so a new family is one new module:
 which variables the model reads and on which grid (``input_coords``), what it writes and
 on which grid (``output_variables``, ``lat``/``lon``), which sampler settings its package
@@ -24,5 +34,5 @@ forward pass (a ``downscale.Sampler``: ``declaration``, ``condition``,
 ``regression_mean``, ``draw``, ``denormalise``, ``lat``/``lon``, as
 ``downscale.CorrDiffSampler`` has for Taiwan; the generic ``residuals`` also takes the
 regression mean, which Taiwan's checkpoint does not read). ``run_corrdiff.py --model
-FOLDER`` runs a generic package, and the plot tool draws its stores' maps.
+PATH_OR_URL`` runs a generic package, and the plot tool draws and evaluates its stores.
 """

@@ -202,7 +202,7 @@ POSITIONAL_BACKBONES = {"SongUNetPosEmbd"}
 PLAIN_BACKBONES = {"SongUNet", "DhariwalUNet"}
 
 
-def check_wiring(model: CorrDiff, shown: str) -> None:
+def check_wiring(model: CorrDiff, shown: str, channels: tuple[int, str] | None = None) -> None:
     """Refuse a package whose files disagree with its nets, naming both sides.
 
     earth2studio loads such a package and fails at the first call deep inside a
@@ -210,6 +210,8 @@ def check_wiring(model: CorrDiff, shown: str) -> None:
     counts happen to agree. Checked: the invariants' grid against the output grid, and
     each net's input and output channels against the variables, invariants, positional
     channels and (for the diffusion net, with ``hr_mean_conditioning``) the regression mean.
+    ``channels`` is (count, in words) where a family's preprocessing makes more of its
+    input variables than one channel each (CorrDiffCMIP6's lead times and time features).
     """
     from corrdiff_tools.errors import UsageError
 
@@ -219,7 +221,8 @@ def check_wiring(model: CorrDiff, shown: str) -> None:
             f"{shown}: invariants.nc holds fields of {tuple(model.invariants.shape[-2:])}, the "
             f"output grid is {(height, width)}"
         )
-    inputs = len(model.input_variables)
+    count = len(model.input_variables)
+    inputs, words = channels or (count, f"{count} input variable(s)")
     invariants = len(model.invariant_variables)
     outputs = len(model.output_variables)
     for kind, net, mean in (
@@ -237,7 +240,7 @@ def check_wiring(model: CorrDiff, shown: str) -> None:
         reads = int(getattr(net, "img_in_channels", expected))
         writes = int(getattr(net, "img_out_channels", outputs))
         if reads != expected:
-            parts = [f"{inputs} input variable(s)", f"{invariants} invariant(s)"]
+            parts = [words, f"{invariants} invariant(s)"]
             parts.append(f"{positional} positional channel(s)")
             if kind == "diffusion":
                 parts.append(
@@ -269,13 +272,26 @@ def load(spec: str | Path, device: str | None = None, shown: str | None = None) 
         One line naming the package (``shown``, default "package SPEC") and what is
         wrong with it.
     """
+    shown = shown or f"package {spec}"
+    model = load_checked(spec, partial(RegionalCorrDiff.load_model, device=device), shown)
+    check_wiring(model, shown)
+    return model  # type: ignore[return-value]
+
+
+def load_checked(spec: str | Path, loader: Any, shown: str) -> Any:
+    """``loader(package)`` on earth2studio's ``Package`` of ``spec``, checked first.
+
+    The generic layout and the checkpoints' classes are checked before anything is
+    imported from the package; what earth2studio's ``load_model`` raises for a package
+    whose files disagree is one line naming it. Shared by the families built on the
+    generic layout (:func:`load`, :func:`corrdiff_tools.models.cmip6.load`).
+    """
     from earth2studio.models.auto import Package
 
     from corrdiff_tools.errors import UsageError
     from corrdiff_tools.model import check_checkpoint_classes, is_remote
 
     text = str(spec)
-    shown = shown or f"package {text}"
     hint = " (see the README's 'Other CorrDiff models')"
     if not is_remote(text):  # a relative or ~ path, read from anywhere
         text = str(Path(text).expanduser().resolve())
@@ -303,7 +319,7 @@ def load(spec: str | Path, device: str | None = None, shown: str | None = None) 
     # Absolute paths: Path("/") / "/abs/x" is "/abs/x".
     check_checkpoint_classes(Path("/"), text, checkpoints, option="package", folder="")
     try:
-        model = RegionalCorrDiff.load_model(package, device=device)
+        return loader(package)
     except KeyError as err:  # earth2studio indexes stats.json without a check for outputs
         detail = err.args[0] if err.args else err
         raise UsageError(
@@ -312,8 +328,6 @@ def load(spec: str | Path, device: str | None = None, shown: str | None = None) 
         ) from None
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(f"{shown}: {err}") from None
-    check_wiring(model, shown)
-    return model  # type: ignore[return-value]
 
 
 def package_settings(model: CorrDiff) -> SamplerSettings:

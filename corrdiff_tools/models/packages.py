@@ -122,9 +122,26 @@ def _package(root: str, folder: Path) -> Any:
 
 
 def _resolve(package: Any, name: str, spec: str) -> Path | None:
-    """Fetch one file of a remote package (None where the package has no such file)."""
+    """Fetch one file of a remote package (None where the package has no such file).
+
+    Through the package's caching file system, as ``Package.resolve`` does, but with a
+    download bar only on a terminal: earth2studio's always draws one, which ignores
+    ``TQDM_DISABLE`` and a redirected stderr, and an unfinished bar swallows the one
+    line a failure prints.
+    """
+    import os
+    import sys
+
+    from fsspec.callbacks import TqdmCallback
+
+    quiet = not sys.stderr.isatty() or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+    bar = TqdmCallback(
+        tqdm_kwargs={"desc": f"Downloading {name}", "unit": "B", "unit_scale": True,
+                     "disable": quiet}
+    )  # fmt: skip
     try:
-        return Path(package.resolve(name))
+        with bar, package.fs.open(f"{package.root.rstrip('/')}/{name}", callback=bar) as file:
+            return Path(file.name)
     except FileNotFoundError:
         return None
     except Exception as err:  # noqa: BLE001 - fsspec's clients raise many types offline
