@@ -330,7 +330,8 @@ def _add_threshold_option(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="VAR=VALUE",
         help="exceedance threshold for --stats: mrr (dBZ), t2m (deg C) or wind (m/s); "
-        "defaults mrr=35, wind=17.2 (another model's: any output, in its store units)",
+        "defaults mrr=35, wind=17.2 (another model's: any output, a u10m/v10m pair as "
+        "wind; in store units, t2m in deg C)",
     )
 
 

@@ -117,7 +117,7 @@ def sample_seed(seed: int, time: datetime, lead_hours: int, sample: int) -> int:
     # SeedSequence takes non-negative integers: a time before the epoch (a reanalysis of
     # the 1800s) and a negative lead time (CorrDiffCMIP6's run from -12 h) are taken
     # modulo 2**64, which leaves every other seed as it was.
-    sequence = np.random.SeedSequence([seed, minutes % 2**64, lead_hours % 2**64, sample])
+    sequence = np.random.SeedSequence([seed, minutes % 2**64, int(lead_hours) % 2**64, sample])
     return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
 

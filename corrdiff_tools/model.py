@@ -371,16 +371,28 @@ def exclusive(path: Path) -> Iterator[None]:
     """
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as err:
-            logger.debug("no flock on %s (%s): going ahead unlocked", path, err)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Readable and writable by all (less the umask): a cache shared by a group, or
+        # another user's lock file, must not stop a run. A read-only descriptor can
+        # hold a flock too.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+    try:
+        if fd is None:
+            logger.debug("cannot open the lock %s: going ahead unlocked", path)
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as err:
+                logger.debug("no flock on %s (%s): going ahead unlocked", path, err)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def extract_once(
@@ -397,9 +409,11 @@ def extract_once(
     :class:`UsageError` for a zip that is not a package), and it is renamed into place:
     a reader never sees half a package. Raises ``zipfile.BadZipFile`` for a damaged zip.
     """
+    if complete(target):  # the usual case: nothing to lock (a read-only cache too)
+        logger.debug("model package already extracted in %s", target)
+        return
     with exclusive(target.parent / f".{target.name}.lock"):
-        if complete(target):
-            logger.debug("model package already extracted in %s", target)
+        if complete(target):  # extracted by the process this one waited for
             return
         logger.info("extracting %s into %s (once)", zip_path, target)
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))

@@ -193,7 +193,12 @@ def sampler_settings(
 
 
 def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest:
-    """Check every argument of a run before anything is fetched, loaded or written."""
+    """Check every argument of a run before anything is fetched, loaded or written.
+
+    Except a generic package's files: a zip is extracted, an address fetched, to read
+    what the model declares (its variables and grids), which the source is checked
+    against; the arguments that need no package are checked before.
+    """
     from corrdiff_tools import model, sources, store
 
     if not args.times:
@@ -221,6 +226,13 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
             "analyses have no lead time"
         )
     lead_times = times_mod.parse_lead_times(args.lead_time or ["0"]) if source.is_forecast else None
+    if args.threshold and not args.stats:
+        raise UsageError(
+            f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
+            "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
+        )
+    # A zipped package is extracted, a remote one fetched, here (once): its files declare
+    # what the source is checked against. Everything that needs no package is checked first.
     declared, folder = _declared_model(args)
     file_variables = _check_source_times(source, times, declared)
     if folder is None:
@@ -234,13 +246,10 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         # By content (--resume accepts the same package from anywhere); the path is
         # what was given, a zip or an address too.
         identity = model.folder_identity(folder, package_files(folder))
-        if model.is_remote(args.model) or folder != Path(args.model).expanduser().resolve():
-            identity["path"] = args.model
-    if args.threshold and not args.stats:
-        raise UsageError(
-            f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
-            "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
-        )
+        remote = model.is_remote(args.model)
+        given = args.model if remote else Path(args.model).expanduser().resolve()
+        if str(given) != str(folder):
+            identity["path"] = str(given)  # the zip or the address, not the cache folder
     statistics = parse_thresholds(args.threshold, declared.outputs) if args.stats else None
     # A package's own sampler, with what the options change (a --preset replaces it).
     own = _package_sampler(package_spec) if declared.name != TAIWAN_MODEL else None

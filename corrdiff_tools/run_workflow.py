@@ -305,7 +305,8 @@ def make_sampler(request: RunRequest, loaded: Any) -> Sampler:
         return downscale.CorrDiffSampler(loaded, request.sampler)
     from corrdiff_tools.models import declaration, generic
 
-    shown = f"--model {request.model_package}"
+    # What the user gave (a zip, an address), not the cache folder it was made into.
+    shown = f"--model {request.package_identity.get('path', request.model_package)}"
     sampler = generic.GenericSampler(loaded, request.sampler)
     declaration.check_loaded(request.model, sampler.declaration, shown)
     read = request.package_sampler

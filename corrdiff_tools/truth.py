@@ -133,7 +133,8 @@ def load_truth(
                         "units attribute alone does not change the values)"
                     )
                 if regrid is not None:
-                    values = interpolate_lowres(values, regrid[0], regrid[1], lat, regrid[2])
+                    inside = np.clip(lat, regrid[0].min(), regrid[0].max())  # see _placement
+                    values = interpolate_lowres(values, regrid[0], regrid[1], inside, regrid[2])
                 fields[time][name] = values
         unlabelled = [name for name in present if dataset[name].attrs.get("units") is None]
     finally:
@@ -271,17 +272,20 @@ def _placement(
         middle = (lon_values.min() + lon_values.max()) / 2
         turns = np.round((middle - (lon.min() + lon.max()) / 2) / 360.0)
         target = lon + 360.0 * turns
+        # Within GRID_TOLERANCE: a store keeps its grid in float32, whose edge may round
+        # a hair outside the same grid written in float64.
         if not (
-            lat_values.min() <= lat.min()
-            and lat_values.max() >= lat.max()
-            and lon_values.min() <= target.min()
-            and lon_values.max() >= target.max()
+            lat_values.min() <= lat.min() + GRID_TOLERANCE
+            and lat_values.max() >= lat.max() - GRID_TOLERANCE
+            and lon_values.min() <= target.min() + GRID_TOLERANCE
+            and lon_values.max() >= target.max() - GRID_TOLERANCE
         ):
             raise ValueError(
                 f"{name}'s lat/lon grid ({lat_values.min():g} to {lat_values.max():g} N, "
                 f"{lon_values.min():g} to {lon_values.max():g} E) does not cover the "
                 "output grid"
             )
+        target = np.clip(target, lon_values.min(), lon_values.max())
         return [str(file_lat.dims[0]), str(file_lon.dims[0])], (lat_values, lon_values, target)
     raise ValueError(
         f"{name} is on a {shape[0]}x{shape[1]} grid without 1-D lat/lon: put it on "

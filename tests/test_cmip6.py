@@ -236,3 +236,18 @@ def test_a_package_that_is_not_cmip6_is_refused_in_one_line(tmp_path: Path) -> N
     (folder / "stats.json").write_text(stats)
     with pytest.raises(UsageError, match="4 input variable\\(s\\) at 3 lead times \\+ 2 time"):
         cmip6.load(folder)
+
+
+def test_negative_lead_times_have_seeds_of_their_own() -> None:
+    """CorrDiffCMIP6's hours before the initialisation time: each its own seed, numpy
+    integers or not, and the seeds of other lead times as they always were."""
+    from corrdiff_tools.downscale import sample_seed
+
+    seeds = {lead: sample_seed(SEED, INIT, lead, 0) for lead in cmip6.OUTPUT_LEADS}
+    assert len(set(seeds.values())) == len(cmip6.OUTPUT_LEADS)
+    assert sample_seed(SEED, INIT, np.int64(-12), 0) == seeds[-12]
+    assert sample_seed(SEED, INIT, -12, 0) != sample_seed(SEED, INIT, 12, 0)
+    expected = np.random.SeedSequence([SEED, 0, 3, 1]).generate_state(1, dtype=np.uint64)[0]
+    from corrdiff_tools.downscale import SEED_EPOCH
+
+    assert sample_seed(SEED, SEED_EPOCH, 3, 1) == int(expected)  # unchanged for leads >= 0

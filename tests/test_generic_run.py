@@ -615,6 +615,43 @@ def test_a_zip_that_is_no_package_is_refused_in_one_line(
     assert not output.parent.exists()
 
 
+def test_a_finished_extraction_and_an_unusable_lock_stop_nothing(tmp_path: Path) -> None:
+    """A package already extracted is used without touching its lock (a read-only or
+    shared cache), and a lock that cannot be opened is gone round, not fatal."""
+    from corrdiff_tools import model
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    # Its lock would be a-file/.x.lock, which cannot be created: never needed here.
+    model.extract_once(tmp_path / "x.zip", blocked / "x", lambda _: True, _no_finish, "--model")
+    with model.exclusive(blocked / ".x.lock"):
+        pass
+
+
+def _no_finish(staging: Path) -> None:
+    raise AssertionError("nothing is to be extracted")
+
+
+def test_a_truth_file_on_the_stores_grid_in_float64_is_read_there(tmp_path: Path) -> None:
+    """A store keeps its grid in float32, whose edges can round a hair outside the same
+    grid written with float64 axes: within the tolerance, it is covered."""
+    from corrdiff_tools.truth import load_truth
+
+    axes = (15.0 + 0.1 * np.arange(52), 110.0 + 0.1 * np.arange(30))  # lat 15..20.1
+    assert np.float32(axes[0][-1]) > axes[0][-1]  # the edge rounds outward in float32
+    lat, lon = (g.astype("float32").astype("float64") for g in np.meshgrid(*axes, indexing="ij"))
+    values = np.add.outer(axes[0], axes[1]).astype("float64")
+    when = np.datetime64("2024-07-24T00:00", "ns")
+    coords = {"time": [when], "lat": axes[0], "lon": axes[1]}
+    xr.Dataset({"tp": (("time", "lat", "lon"), values[None])}, coords).to_netcdf(
+        tmp_path / "truth.nc"
+    )
+    truth = load_truth(tmp_path / "truth.nc", lat, lon, [when], {"tp": ()})
+    field = truth.fields[when]["tp"]
+    assert np.isfinite(field).all()
+    np.testing.assert_allclose(field, values, atol=1e-4)
+
+
 class _Files:
     """A plain HTTP server on 127.0.0.1 serving a folder, counting the GETs of each file."""
 
@@ -673,6 +710,17 @@ def test_a_remote_package_is_fetched_once_then_read_offline(
         code, err = _run(capsys, f"{server.url}/my_package.zip", input_file, tmp_path / "z.zarr")
         assert code == 0, err
         assert server.gets[-1] == "/my_package.zip"
+        damaged = bytearray((root / "my_package.zip").read_bytes())
+        middle = len(damaged) // 2
+        damaged[middle : middle + 64] = bytes(b ^ 0xFF for b in damaged[middle : middle + 64])
+        (root / "damaged.zip").write_bytes(bytes(damaged))
+        for attempt in (1, 2):  # removed from the cache: the next run downloads it again
+            code, err = _run(capsys, f"{server.url}/damaged.zip", input_file, tmp_path / "d.zarr")
+            lines = err.strip().splitlines()
+            assert code == 1 and len(lines) == 1, err
+            assert f"downloaded from {server.url}/damaged.zip is damaged" in lines[0]
+            assert "run again to download it anew" in lines[0]
+            assert server.gets.count("/damaged.zip") == attempt
         code, err = _run(capsys, f"{server.url}/nothing_here", input_file, tmp_path / "x.zarr")
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err

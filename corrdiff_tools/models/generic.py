@@ -52,9 +52,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from earth2studio.models.batch import batch_coords
-from earth2studio.models.dx.corrdiff import CorrDiff
 
+from corrdiff_tools.imports import import_alone
 from corrdiff_tools.models.declaration import (
     CHECKPOINTS,
     REQUIRED_FILES,
@@ -71,7 +70,14 @@ if TYPE_CHECKING:
 
     import torch
     import xarray as xr
+    from earth2studio.models.batch import batch_coords
+    from earth2studio.models.dx.corrdiff import CorrDiff
     from earth2studio.utils.type import CoordSystem
+else:
+    # Alone: earth2studio.models.dx's __init__ imports every diagnostic model, 23 s of
+    # a generic run's start-up on 2 cores (2026-12-03) against about 5 s for CorrDiff.
+    batch_coords = import_alone("earth2studio.models.batch").batch_coords
+    CorrDiff = import_alone("earth2studio.models.dx.corrdiff").CorrDiff
 
 
 def _rectilinear_axes(lat: torch.Tensor, lon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ def local_package(spec: str, shown: str) -> Path:
 
     if is_remote(spec):
         if spec.lower().endswith(".zip"):
-            return _unzipped(_download(spec, shown), shown)
+            return _unzipped(_download(spec, shown), shown, downloaded_from=spec)
         return _fetched(spec, shown)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() == ".zip":
@@ -73,8 +73,12 @@ def _root(folder: Path) -> Path | None:
     return inner[0] if len(inner) == 1 else None
 
 
-def _unzipped(zip_path: Path, shown: str) -> Path:
-    """The package folder of a zip, extracted once into the tool's cache."""
+def _unzipped(zip_path: Path, shown: str, downloaded_from: str | None = None) -> Path:
+    """The package folder of a zip, extracted once into the tool's cache.
+
+    A zip ``downloaded_from`` an address that turns out damaged is removed from the
+    cache, so that the next run downloads it again instead of failing on it forever.
+    """
     from corrdiff_tools.model import cache_key, cache_root, extract_once
 
     target = cache_root() / "packages" / f"generic-{cache_key(zip_path)}"
@@ -100,6 +104,12 @@ def _unzipped(zip_path: Path, shown: str) -> Path:
     try:
         extract_once(zip_path, target, complete, finish, shown.split(" ", 1)[0])
     except zipfile.BadZipFile as err:
+        if downloaded_from is not None:
+            zip_path.unlink(missing_ok=True)
+            raise RunError(
+                f"the model package downloaded from {downloaded_from} is damaged ({err}); it "
+                f"was removed from the cache ({zip_path.parent}): run again to download it anew"
+            ) from None
         raise UsageError(f"{shown} is not a valid zip file ({err})") from None
     root = _root(target)
     assert root is not None  # noqa: S101 - extract_once leaves only complete packages
@@ -161,9 +171,17 @@ def _fetched(spec: str, shown: str) -> Path:
     folder = _address_folder(spec)
     fetched = folder / FETCHED
     with exclusive(folder.with_name(f".{folder.name}.lock")):
+        if fetched.is_file() and missing_files(folder):
+            fetched.unlink()  # a file lost from the cache since: fetch what is missing
         if not fetched.is_file():  # fetched whole by an earlier run: read offline
             package = _package(spec, folder)
             logger.info("fetching the model package %s into %s (once)", spec, folder)
+            if "@" not in spec.rsplit("/", 1)[-1] and spec.startswith(("hf://", "ngc://")):
+                logger.info(
+                    "%s names no revision: later runs reuse these files; pin one "
+                    "(name@revision) to be sure which weights run",
+                    spec,
+                )
             for name in (*REQUIRED_FILES, *CHECKPOINTS):
                 if _resolve(package, name, spec) is None:
                     raise UsageError(
