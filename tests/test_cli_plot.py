@@ -41,6 +41,7 @@ def plot(*args: str) -> int:
     return plot_main([*args])
 
 
+@pytest.mark.slow  # six maps; names by time and lead, quickly: test_forecast_store_names_files_by_lead_time
 def test_one_file_per_time_and_sample_with_sortable_names(ensemble: Path, tmp_path: Path) -> None:
     assert plot(str(ensemble), "--outdir", str(tmp_path / "out"), "--jobs", "1", *FAST) == 0
     names = sorted(p.name for p in drawn_files(tmp_path / "out"))
@@ -290,6 +291,7 @@ def test_incomplete_samples_are_skipped_with_a_warning(
     )
 
 
+@pytest.mark.slow  # eight plot runs; stale files, quickly: test_images_of_a_store_that_changed_since_are_stale
 def test_rerunning_a_plot_keeps_up_to_date_files_and_refuses_to_replace_others(
     ensemble: Path, tmp_path: Path, capsys
 ) -> None:
@@ -560,7 +562,12 @@ def _session_processes(session: int) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("signame", "code"), [pytest.param("SIGTERM", 143, marks=pytest.mark.slow), ("SIGINT", 130)]
+    ("signame", "code"),
+    # Both slow (workers spawned and stopped); the run tool's signals are in the default run.
+    [
+        pytest.param("SIGTERM", 143, marks=pytest.mark.slow),
+        pytest.param("SIGINT", 130, marks=pytest.mark.slow),
+    ],
 )
 def test_stopping_the_plot_tool_stops_its_workers(
     signame: str, code: int, ensemble: Path, tmp_path: Path

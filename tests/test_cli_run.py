@@ -217,6 +217,7 @@ def test_overwrite_replaces_and_refuses_foreign_directories(run_tool: Run, tmp_p
     assert (precious / "chapter1.tex").read_text() == "do not delete"
 
 
+@pytest.mark.slow  # resume after a failure, quickly: test_reliability's disk-full and OOM runs
 @pytest.mark.parametrize("sampler", SAMPLER_CASES)
 def test_resume_after_interruption_equals_an_uninterrupted_run(
     run_tool: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: str
