@@ -68,6 +68,7 @@ def test_sample_numbers_pad_to_the_ensemble_size() -> None:
     assert sorted(names) == names  # so the blog's `convert ...-sample-*.jpg` keeps the order
 
 
+@pytest.mark.slow  # GIF frames, quickly: test_generic_run's plot test
 def test_gif_frames_follow_sample_order(ensemble: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = plot(
@@ -254,6 +255,7 @@ def test_blog_layout_store_still_plots(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow  # the blog's layouts are the slow run's
 def test_blog_store_plots_without_library_warnings_and_says_what_it_lacks(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -139,6 +139,7 @@ def test_statistics_wait_for_a_complete_ensemble(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ spectra and pdf
 
 
+@pytest.mark.slow  # figures per time, quickly: test_generic_run's evaluation
 def test_spectra_and_pdf_figures_per_time(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -562,9 +563,9 @@ def test_spectra_leave_out_samples_with_missing_pixels_and_say_so(
     drawn: list[tuple[str, dict]] = []
     original = diagnostic_figures.spectra_figure
 
-    def spy(wavelength: object, curves: dict, title: str) -> object:
+    def spy(wavelength: object, curves: dict, title: str, **kw: object) -> object:
         drawn.append((title, curves))
-        return original(wavelength, curves, title)
+        return original(wavelength, curves, title, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(diagnostic_figures, "spectra_figure", spy)
     args = (str(holed), "--sample", "none", "--spectra", "--outdir", str(tmp_path / "o"))

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from corrdiff_tools import plotting, quantities
 from corrdiff_tools.plotting import ColourScale, Fields
@@ -202,6 +203,7 @@ def _blank_rows(pixels: np.ndarray) -> tuple[float, float]:
     return inked[0] / height, (height - 1 - inked[-1]) / height
 
 
+@pytest.mark.slow  # layout, quickly: test_two_thresholds_leave_no_empty_cell_and_sit_centred
 def test_figures_have_no_blank_bands_above_and_below() -> None:
     members = {"mrr": np.zeros((2, N, N)), "t2m": np.full((2, N, N), 25.0),
                "wind": np.ones((2, N, N))}  # fmt: skip

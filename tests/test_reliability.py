@@ -405,6 +405,7 @@ def test_a_source_never_reached_fails_at_once_in_one_short_line(
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.slow  # network faults, quickly: test_real_clients
 def test_a_brief_network_hiccup_is_retried(
     reference: xr.Dataset, package_dir: Path, input_file: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

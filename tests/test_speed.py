@@ -146,7 +146,9 @@ def _reference_ensemble(
     return (mean + residual).float() * model.out_scale + model.out_center
 
 
-@pytest.mark.parametrize(("solver", "steps"), [("euler", 3), ("heun", 2)])
+@pytest.mark.parametrize(
+    ("solver", "steps"), [("euler", 3), pytest.param("heun", 2, marks=pytest.mark.slow)]
+)
 def test_optimised_ensemble_is_bitwise_the_reference(
     loaded_model: Any, inputs: np.ndarray, solver: str, steps: int
 ) -> None:
