@@ -168,7 +168,8 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--lead-time",
         nargs="+",
         metavar="H",
-        help="forecast lead times in hours, with --source gfs-forecast (default 0)",
+        help="lead times in hours: of a forecast, with --source gfs-forecast (default 0); "
+        "with --model cmip6, the hours -12 to 11 around each 12:00 UTC time (default -12)",
     )
     parser.add_argument(
         "--output",
@@ -198,18 +199,20 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default="taiwan",
-        metavar="taiwan|PATH_OR_URL",
-        help="the CorrDiff model: taiwan (default), or a generic CorrDiff package you "
-        "trained (metadata.json, stats.json, grids, regression.mdlus, diffusion.mdlus): "
-        "its folder, a zip of it, or an address (hf://, s3://, https://); see the "
-        "README's 'Other CorrDiff models'",
+        metavar="taiwan|cmip6|PATH_OR_URL",
+        help="the CorrDiff model: taiwan (default); cmip6 (CorrDiffCMIP6, daily climate-model "
+        "fields to hourly ones; its package from --model-package, default Hugging Face's); "
+        "or a generic CorrDiff package you trained (metadata.json, stats.json, grids, "
+        "regression.mdlus, diffusion.mdlus): its folder, a zip of it, or an address "
+        "(hf://, s3://, https://); see the README's 'Other CorrDiff models'",
     )
     parser.add_argument(
         "--model-package",
         default=DEFAULT_PACKAGE,
         metavar="PATH_OR_URL",
-        help="CorrDiff package: a directory holding corrdiff_inference_package.zip or its "
-        "extracted folder, or a URL (default: NVIDIA's NGC package)",
+        help="CorrDiff Taiwan's package: a directory holding corrdiff_inference_package.zip "
+        "or its extracted folder, or a URL (default: NVIDIA's NGC package); with --model "
+        "cmip6, CorrDiffCMIP6's package (a folder, zip or address)",
     )
     parser.add_argument(
         "--prefetch",
@@ -526,7 +529,7 @@ def run_main(
         elif request.is_taiwan:
             loader = model.load_corrdiff
         else:
-            loader = model.load_generic
+            loader = functools.partial(model.load_generic, declared=request.model)
         parts = run_workflow.RunParts(
             build_source=source_factory,
             load_model=loader,

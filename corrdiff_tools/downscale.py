@@ -411,7 +411,7 @@ def _compute(
 
     start = clock.perf_counter()
     declared = sampler.declaration
-    inputs = np.stack([fields[name] for name in declared.inputs])
+    inputs = declared.model_inputs(fields)
     try:
         condition = sampler.condition(inputs, job.time + timedelta(hours=job.lead_hours))
         mean = sampler.regression_mean(condition)
@@ -595,7 +595,7 @@ def downscale(
                 )
 
             start = clock.perf_counter()
-            writer.write_inputs(job.index, fields)
+            writer.write_inputs(job.index, sampler.declaration.stored_inputs(fields))
             timings.write += clock.perf_counter() - start
 
             if job.samples:  # else another rank computes this time: no regression here

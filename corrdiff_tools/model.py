@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import torch
     from earth2studio.models.dx import CorrDiffTaiwan
 
+    from corrdiff_tools.models.declaration import Declaration
+
 logger = logging.getLogger(__name__)
 
 #: The published package on NVIDIA's NGC registry (needs the internet).
@@ -400,15 +402,43 @@ def extract_once(
     target: Path,
     complete: Callable[[Path], bool],
     finish: Callable[[Path], None],
-    flag: str,
+    shown: str,
+    downloaded_from: str | None = None,
 ) -> None:
     """Extract ``zip_path`` into ``target`` unless a ``complete`` extraction is there.
 
     The zip is unpacked into a staging folder beside ``target`` (bounded, see
     :func:`_extract_bounded`), ``finish`` checks and completes it (raising
     :class:`UsageError` for a zip that is not a package), and it is renamed into place:
-    a reader never sees half a package. Raises ``zipfile.BadZipFile`` for a damaged zip.
+    a reader never sees half a package.
+
+    Raises
+    ------
+    UsageError
+        For a damaged zip the user gave (``shown``: the option and value).
+    RunError
+        For a damaged zip ``downloaded_from`` an address, which is removed from the
+        cache first: left there, it would fail every run.
     """
+    try:
+        _extract_once(zip_path, target, complete, finish, shown.split(" ", 1)[0])
+    except zipfile.BadZipFile as err:
+        if downloaded_from is not None:
+            zip_path.unlink(missing_ok=True)
+            raise RunError(
+                f"the model package downloaded from {downloaded_from} is damaged ({err}); it "
+                f"was removed from the cache ({zip_path.parent}): run again to download it anew"
+            ) from None
+        raise UsageError(f"{shown} is not a valid zip file ({err})") from None
+
+
+def _extract_once(
+    zip_path: Path,
+    target: Path,
+    complete: Callable[[Path], bool],
+    finish: Callable[[Path], None],
+    flag: str,
+) -> None:
     if complete(target):  # the usual case: nothing to lock (a read-only cache too)
         logger.debug("model package already extracted in %s", target)
         return
@@ -513,17 +543,11 @@ def prepare_package(spec: str) -> Path:
             )
         _write_stub_zip(staging)
 
-    try:
-        extract_once(zip_path, target, complete, finish, "--model-package")
-    except zipfile.BadZipFile as err:
-        if is_remote(spec):
-            # Damaged in transit: left in earth2studio's cache it would fail every run.
-            zip_path.unlink(missing_ok=True)
-            raise RunError(
-                f"the model package downloaded from {spec} is damaged ({err}); it was removed "
-                f"from the cache ({zip_path.parent}): run again to download it anew"
-            ) from None
-        raise UsageError(f"--model-package {zip_path} is not a valid zip file ({err})") from None
+    # Damaged in transit, a zip in earth2studio's cache is removed (it would fail every run).
+    extract_once(
+        zip_path, target, complete, finish, f"--model-package {zip_path}",
+        downloaded_from=spec if is_remote(spec) else None,
+    )  # fmt: skip
     return target
 
 
@@ -936,14 +960,23 @@ def load_corrdiff(
     return model, dtype
 
 
-def load_generic(spec: str, device: DeviceInfo, precision: str = "fp32") -> tuple[Any, str]:
-    """Load a generic CorrDiff package's folder (``--model``, made local) onto ``device``.
+def load_generic(
+    spec: str, device: DeviceInfo, precision: str = "fp32", declared: Declaration | None = None
+) -> tuple[Any, str]:
+    """Load a package model's folder (``--model``, made local) onto ``device``.
 
-    Through earth2studio's own ``load_model``, with our fixes for real regions
-    (:func:`corrdiff_tools.models.generic.load`); in float32 (``--precision`` is refused
-    otherwise when the request is validated).
+    Through earth2studio's own ``load_model``: a generic package with our fixes for real
+    regions (:func:`corrdiff_tools.models.generic.load`), or CorrDiffCMIP6's where
+    ``declared`` names it (:func:`corrdiff_tools.models.cmip6_net.load`); in float32
+    (``--precision`` is refused otherwise when the request is validated).
     """
-    from corrdiff_tools.models import generic
+    from corrdiff_tools.models import cmip6, generic
 
-    loaded = generic.load(spec, device=str(device.device), shown=f"--model {spec}")
+    shown = f"--model {spec}"
+    if declared is not None and declared.name == cmip6.NAME:
+        from corrdiff_tools.models import cmip6_net
+
+        loaded = cmip6_net.load(spec, device=str(device.device), shown=shown)
+    else:
+        loaded = generic.load(spec, device=str(device.device), shown=shown)
     return loaded.to(device.device).eval(), PRECISIONS["fp32"]

@@ -211,8 +211,11 @@ def _gridline_locations(
     if frame.kind != "taiwan":
         span = max(lon1 - lon0, lat1 - lat0)
         step = next((s for s in GRID_STEPS if span / s <= GRID_LINES), GRID_STEPS[-1])
+        lons = np.arange(np.floor(lon0 / step), np.ceil(lon1 / step) + 1) * step
+        # As -180..180: cartopy labels no meridian given past 180 (a grid on 0..360).
+        lons = np.unique((lons + 180.0) % 360.0 - 180.0)
         return (
-            list(np.arange(np.floor(lon0 / step), np.ceil(lon1 / step) + 1) * step),
+            [float(x) for x in lons],
             list(np.arange(np.floor(lat0 / step), np.ceil(lat1 / step) + 1) * step),
         )
     if max(lon1 - lon0, lat1 - lat0) >= FINE_GRID_SPAN:

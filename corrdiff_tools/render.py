@@ -112,12 +112,16 @@ def valid_time(
 
 
 def stem(dataset: xr.Dataset, time_index: int, lead_index: int | None) -> str:
-    """``corrdiff-<YYYY-MM-DDTHH>[-f<lead>]``, by initialisation time and lead."""
+    """``corrdiff-<YYYY-MM-DDTHH>[-f<lead>]``, by initialisation time and lead.
+
+    A lead is three digits (``-f006``), with its sign before a negative one (``-f-012``:
+    CorrDiffCMIP6 writes the hours before its initialisation time too).
+    """
     init = np.datetime64(dataset["time"].values[time_index], "s").astype(datetime)
     text = f"{store.NAME_PREFIX}{time_label(init)}"
     if lead_index is not None:
         _, lead = valid_time(dataset, time_index, lead_index)
-        text += f"-f{lead:03d}"
+        text += f"-f{'-' if lead < 0 else ''}{abs(lead):03d}"
     return text
 
 
@@ -420,15 +424,18 @@ def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figu
             fig,
             context.extent,
         )
-    members = quantities.to_display_units(
-        _select(dataset, "mrr", task),
-        _select(dataset, "t2m", task),
-        _select(dataset, "u10m", task),
-        _select(dataset, "v10m", task),
-    )
-    stats = quantities.ensemble_stats(members, context.thresholds)
+    return _stats_figure(dataset, task, context, fig, title)
+
+
+def _stats_figure(
+    dataset: xr.Dataset, task: Task, context: RenderContext, fig: Figure | None, title: str
+) -> Figure:
+    """Ensemble mean, spread and exceedance, a column per panel (Taiwan's: mrr, t2m, wind)."""
+    names = [name for panel in context.panels for name in quantities.members(panel)]
+    shown = quantities.displayed({name: _select(dataset, name, task) for name in names})
+    members = {panel: np.asarray(shown[panel]) for panel in context.panels}
     return plotting.stats_figure(
-        stats,
+        quantities.ensemble_stats(members, context.thresholds),
         dataset["lat"].values,
         dataset["lon"].values,
         context.scales,
@@ -436,6 +443,9 @@ def _draw_figure(task: Task, context: RenderContext, fig: Figure | None) -> Figu
         f"CorrDiff ensemble statistics · {title}",
         fig,
         context.extent,
+        panels=context.panels,
+        frame=context.frame,
+        attrs=context.attrs,
     )
 
 
@@ -444,22 +454,7 @@ def _draw_other(
 ) -> Figure:
     """A figure of another model's store: one panel (or column) a quantity."""
     if task.kind == "stats":
-        names = [name for panel in context.panels for name in quantities.members(panel)]
-        shown = quantities.displayed({name: _select(dataset, name, task) for name in names})
-        members = {panel: np.asarray(shown[panel]) for panel in context.panels}
-        return plotting.stats_figure(
-            quantities.ensemble_stats(members, context.thresholds),
-            dataset["lat"].values,
-            dataset["lon"].values,
-            context.scales,
-            context.coastlines,
-            f"CorrDiff ensemble statistics · {title}",
-            fig,
-            context.extent,
-            panels=context.panels,
-            frame=context.frame,
-            attrs=context.attrs,
-        )
+        return _stats_figure(dataset, task, context, fig, title)
     lowres = task.kind == "lowres"
     panels = tuple(context.lowres_panels) if lowres else context.panels
     names = [name for panel in panels for name in quantities.members(panel)]
@@ -480,7 +475,7 @@ def _draw_other(
         dataset[grid[1]].values,
     )
     heading = (
-        f"Low-resolution input · {title}"
+        f"Low-resolution input · {_input_title(dataset, task, title)}"
         if lowres
         else f"CorrDiff sample {task.sample} of {dataset.sizes['sample']} · {title}"
     )
@@ -488,6 +483,19 @@ def _draw_other(
         fields, panels, context.scales, context.coastlines, heading, fig, context.extent,
         frame=context.frame, attrs=context.attrs,
     )  # fmt: skip
+
+
+def _input_title(dataset: xr.Dataset, task: Task, title: str) -> str:
+    """When the stored inputs are valid: the figure's time, except for CorrDiffCMIP6.
+
+    Its store keeps the daily inputs of the initialisation time at every lead time.
+    """
+    from corrdiff_tools.models import cmip6
+
+    if stored_model_name(dataset.attrs) != cmip6.NAME:
+        return title
+    init = np.datetime64(dataset["time"].values[task.time_index], "s").astype(datetime)
+    return f"daily fields of {init:%Y-%m-%d %H:%M} UTC, for the hour {title}"
 
 
 def render_task(task: Task, context: RenderContext) -> np.ndarray | None:

@@ -15,6 +15,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -220,12 +221,7 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         if value is not None:
             check_lookup(Path(value), flag)
     source = sources.parse_source(args.source)
-    if args.lead_time is not None and not source.is_forecast:
-        raise UsageError(
-            f"--lead-time needs --source gfs-forecast (got --source {args.source}); "
-            "analyses have no lead time"
-        )
-    lead_times = times_mod.parse_lead_times(args.lead_time or ["0"]) if source.is_forecast else None
+    lead_times = _lead_times(args, source, times)
     if args.threshold and not args.stats:
         raise UsageError(
             f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
@@ -246,15 +242,17 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         # By content (--resume accepts the same package from anywhere); the path is
         # what was given, a zip or an address too.
         identity = model.folder_identity(folder, package_files(folder))
-        remote = model.is_remote(args.model)
-        given = args.model if remote else Path(args.model).expanduser().resolve()
+        location = package_location(args)
+        remote = model.is_remote(location)
+        given = location if remote else Path(location).expanduser().resolve()
         if str(given) != str(folder):
             identity["path"] = str(given)  # the zip or the address, not the cache folder
     statistics = parse_thresholds(args.threshold, declared.outputs) if args.stats else None
     # A package's own sampler, with what the options change (a --preset replaces it).
-    own = _package_sampler(package_spec) if declared.name != TAIWAN_MODEL else None
+    own = _package_sampler(package_spec, declared) if declared.name != TAIWAN_MODEL else None
     sampler = sampler_settings(args, own)
-    output = args.output or store.default_output(times, source.is_forecast)
+    named = CMIP6_MODEL if declared.name == CMIP6_MODEL else ""
+    output = args.output or store.default_output(times, source.is_forecast, named)
     if output.is_symlink():
         # --overwrite and --resume act on the store itself, not on the link to it.
         output = output.resolve()
@@ -264,7 +262,7 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         source=source,
         # By resolved path and content, not by spelling (see sources.file_identity).
         source_identity=(
-            sources.file_identity(source.path, times, declared)
+            sources.file_identity(source.path, declared.input_times(times), declared)
             if source.path is not None
             else source.label
         ),
@@ -297,6 +295,48 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
 
 #: ``--model``'s default: CorrDiff Taiwan (``--model-package`` says where its weights are).
 TAIWAN_MODEL = "taiwan"
+#: ``--model cmip6``: CorrDiffCMIP6 (``--model-package`` says where, default Hugging Face).
+CMIP6_MODEL = "cmip6"
+
+
+def package_location(args: argparse.Namespace) -> str:
+    """Where a package model's files are, as given.
+
+    ``--model``'s path or address; for ``--model cmip6``, its ``--model-package``
+    (default: the published package).
+    """
+    from corrdiff_tools.model import DEFAULT_PACKAGE
+    from corrdiff_tools.models import cmip6
+
+    if args.model != CMIP6_MODEL:
+        return str(args.model)
+    given = args.model_package != DEFAULT_PACKAGE
+    return str(args.model_package) if given else cmip6.DEFAULT_PACKAGE
+
+
+def _lead_times(
+    args: argparse.Namespace, source: SourceSpec, times: Sequence[datetime]
+) -> list[int] | None:
+    """``--lead-time``: a forecast's hours, CorrDiffCMIP6's around its time, or None."""
+    if args.model == CMIP6_MODEL:
+        from corrdiff_tools.models import cmip6
+
+        if source.is_forecast:
+            raise UsageError(
+                f"--source {args.source}: --model cmip6 reads daily climate-model fields at "
+                f"{', '.join(f'{h:+d}' if h else '0' for h in cmip6.INPUT_LEADS)} h around each "
+                "time, not a "
+                "forecast; give a file of them (--source FILE)"
+            )
+        cmip6.check_times(times)
+        given = args.lead_time or [str(cmip6.OUTPUT_LEADS[0])]
+        return times_mod.parse_window_leads(given, cmip6.OUTPUT_LEADS, "CorrDiffCMIP6")
+    if args.lead_time is not None and not source.is_forecast:
+        raise UsageError(
+            f"--lead-time needs --source gfs-forecast (got --source {args.source}); "
+            "analyses have no lead time"
+        )
+    return times_mod.parse_lead_times(args.lead_time or ["0"]) if source.is_forecast else None
 
 
 def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]:
@@ -309,28 +349,34 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
     models) are refused here, each in one line.
     """
     from corrdiff_tools import model, store
+    from corrdiff_tools.model import DEFAULT_PACKAGE
+    from corrdiff_tools.models import cmip6
     from corrdiff_tools.models.declaration import from_package, missing_files
     from corrdiff_tools.models.packages import local_package
 
-    spec = args.model
-    if spec == TAIWAN_MODEL:
+    if args.model == TAIWAN_MODEL:
         return store.TAIWAN, None
-    shown = f"--model {spec}"
+    family = args.model == CMIP6_MODEL
+    spec = package_location(args)
+    if family:
+        given = args.model_package != DEFAULT_PACKAGE
+        shown = f"--model cmip6 --model-package {spec}" if given else "--model cmip6"
+        kind = "CorrDiffCMIP6 package"
+    else:
+        shown, kind = f"--model {spec}", "generic CorrDiff package"
     local = None if model.is_remote(spec) else Path(spec).expanduser()
     if local is not None and not local.exists():
         raise UsageError(
-            f"{shown} does not exist: give {TAIWAN_MODEL}, or the folder, zip or address of a "
-            f"generic CorrDiff package ({PACKAGING_HINT})"
+            f"{shown} does not exist: give {TAIWAN_MODEL}, {CMIP6_MODEL}, or the folder, zip "
+            f"or address of a {kind} ({PACKAGING_HINT})"
         )
     if local is not None and local.is_file() and local.suffix.lower() != ".zip":
         raise UsageError(
-            f"{shown} is a file but not a zip: give the folder, zip or address of a generic "
-            f"CorrDiff package ({PACKAGING_HINT})"
+            f"{shown} is a file but not a zip: give the folder, zip or address of a {kind} "
+            f"({PACKAGING_HINT})"
         )
-    from corrdiff_tools.model import DEFAULT_PACKAGE
-
     for flag, given in (
-        ("--model-package", args.model_package != DEFAULT_PACKAGE),
+        ("--model-package", args.model_package != DEFAULT_PACKAGE and not family),
         ("--prefetch", args.prefetch is not None),
         ("--compile", args.compile),
     ):
@@ -355,19 +401,21 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
         )
     # Absolute: the loader, torchrun's ranks and --resume read it from anywhere.
     folder = folder.resolve()
-    return from_package(folder, shown), folder
+    return (cmip6.declare if family else from_package)(folder, shown), folder
 
 
-def _package_sampler(spec: str) -> SamplerSettings:
+def _package_sampler(spec: str, declared: Declaration) -> SamplerSettings:
     """The sampler settings a generic package's ``metadata.json`` asks for."""
     import json
 
     from corrdiff_tools import sampling
+    from corrdiff_tools.models import cmip6
     from corrdiff_tools.models.declaration import metadata_settings
 
+    sigmas = cmip6.SIGMAS if declared.name == cmip6.NAME else None
     try:
         metadata = json.loads((Path(spec).expanduser() / "metadata.json").read_text())
-        settings = metadata_settings(metadata)
+        settings = metadata_settings(metadata, sigmas)
         # Its own values are checked as the options are (they are named by option).
         sampling.check(settings)
     except (OSError, ValueError, TypeError) as err:
@@ -381,6 +429,7 @@ LEXICONS = {
     "gfs": ("earth2studio.lexicon.gfs", "GFSLexicon"),
     "gfs-forecast": ("earth2studio.lexicon.gfs", "GFSLexicon"),
     "era5": ("earth2studio.lexicon.arco", "ARCO_ERA5Lexicon"),
+    "cmip6": ("earth2studio.lexicon.cmip6", "CMIP6Lexicon"),
 }
 
 
@@ -404,6 +453,8 @@ def _check_source_variables(source: SourceSpec, declared: Declaration) -> None:
 
     from corrdiff_tools.sources import GRID_TOLERANCE
 
+    if source.kind == "cmip6":  # each CMIP6 model has its grid: checked at the first fetch
+        return
     # GFS and ERA5 (ARCO) are global 0.25-degree grids: the package's points must be theirs.
     for axis, points in (("lat", declared.input_lat), ("lon", declared.input_lon)):
         nearest = (
@@ -427,8 +478,14 @@ def _check_source_times(
     """Each time exists at the source; for a file, the variables it holds."""
     from corrdiff_tools import sources
 
+    if source.kind == sources.CMIP6_SOURCE and declared.name == TAIWAN_MODEL:
+        raise UsageError(
+            f"--source {source.label}: CorrDiff Taiwan reads GFS-like fields, not a CMIP6 run; "
+            "pass --model cmip6 (or a package that reads CMIP6 variables)"
+        )
     if declared.name != TAIWAN_MODEL and source.kind in LEXICONS:
         _check_source_variables(source, declared)
+    times = declared.input_times(times)  # CorrDiffCMIP6 reads the days around each time
     if source.kind in ("gfs", "gfs-forecast"):
         for time in times:
             times_mod.check_gfs_time(time)
@@ -837,7 +894,9 @@ def select_leads(text: str, dataset: xr.Dataset) -> list[int | None]:
         return list(range(len(hours)))
     chosen: list[int | None] = []
     for part in text.split(","):
-        value = times_mod.parse_hours(part)
+        raw = part.strip().removesuffix("h").removesuffix("H")
+        # Signed: CorrDiffCMIP6's stores hold hours before their times too.
+        value = int(raw) if re.fullmatch(r"[+-]?[0-9]+", raw) else None
         if value is None or value not in hours:
             raise UsageError(
                 f"--lead-time {text}: {part.strip()} is not in the store, which holds "

@@ -133,7 +133,9 @@ def _run_ranked(
     clocks.imported()
     logger.info("imported in %.1f s", clocks.imports)
     opened = clock.perf_counter()
-    source = parts.build_source(request.source, request.times) if ranks.is_root else None
+    # Every time the inputs are read at (CorrDiffCMIP6: the days around each time).
+    read_times = request.model.input_times(request.times)
+    source = parts.build_source(request.source, read_times) if ranks.is_root else None
     clocks.opened_source(clock.perf_counter() - opened)
     extras = [v for v in request.lowres_variables if v not in request.model.inputs]
     if request.prefetch is not None:
@@ -303,11 +305,16 @@ def make_sampler(request: RunRequest, loaded: Any) -> Sampler:
 
     if request.is_taiwan:
         return downscale.CorrDiffSampler(loaded, request.sampler)
-    from corrdiff_tools.models import declaration, generic
+    from corrdiff_tools.models import cmip6, declaration, generic
 
     # What the user gave (a zip, an address), not the cache folder it was made into.
     shown = f"--model {request.package_identity.get('path', request.model_package)}"
-    sampler = generic.GenericSampler(loaded, request.sampler)
+    if request.model.name == cmip6.NAME:
+        from corrdiff_tools.models.cmip6_net import Cmip6Sampler
+
+        sampler: generic.GenericSampler = Cmip6Sampler(loaded, request.sampler)
+    else:
+        sampler = generic.GenericSampler(loaded, request.sampler)
     declaration.check_loaded(request.model, sampler.declaration, shown)
     read = request.package_sampler
     if read is not None and generic.package_settings(loaded) != read:
@@ -363,15 +370,27 @@ def _attributes(request: RunRequest, device: str, precision: str) -> dict[str, o
         geometry=request.geometry,
         device=device,
         precision=precision,
-        **({} if request.is_taiwan else GENERIC_PROVENANCE),
+        **PROVENANCE.get(request.model.name, {}),
     )
 
 
-#: What a generic package's store says of its model and conditioning.
-GENERIC_PROVENANCE = {
-    "model": "CorrDiff (a generic package)",
-    "conditioning": "as the package's metadata.json says (invariants, positional channels, "
-    "hr_mean_conditioning), through earth2studio's CorrDiff.preprocess_input",
+#: What a store of another model than Taiwan says of its model and conditioning.
+PROVENANCE = {
+    "package": {
+        "model": "CorrDiff (a generic package)",
+        "title": "CorrDiff (a generic package) downscaled ensemble",
+        "maker": "",  # the user's own training, not NVIDIA's
+        "conditioning": "as the package's metadata.json says (invariants, positional "
+        "channels, hr_mean_conditioning), through earth2studio's CorrDiff.preprocess_input",
+    },
+    "cmip6": {
+        "model": "CorrDiffCMIP6",
+        "title": "CorrDiffCMIP6 downscaled ensemble (daily CMIP6 to hourly ERA5-like fields)",
+        "conditioning": "earth2studio's CorrDiffCMIP6.preprocess_input on a copy of the "
+        "inputs: each input at -24, 0, +24 h around the initialisation time, sea-ice and "
+        "snow cover smoothed, invariants, solar zenith angle and hour of day at the valid "
+        "time; the store's lr_ fields are the inputs at the initialisation time",
+    },
 }
 
 

@@ -15,7 +15,7 @@ import time as time_mod
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -62,6 +62,8 @@ class SourceSpec:
 
     kind: str
     path: Path | None = None
+    #: ``cmip6``'s (experiment, source model, variant), e.g. (ssp585, CanESM5, r1i1p2f1).
+    dataset: tuple[str, str, str] | None = None
 
     @property
     def is_forecast(self) -> bool:
@@ -71,7 +73,9 @@ class SourceSpec:
     @property
     def label(self) -> str:
         """How the store's provenance names the source."""
-        return str(self.path) if self.path is not None else self.kind
+        if self.path is not None:
+            return str(self.path)
+        return ":".join((self.kind, *self.dataset)) if self.dataset else self.kind
 
 
 def parse_source(text: str) -> SourceSpec:
@@ -84,6 +88,8 @@ def parse_source(text: str) -> SourceSpec:
     """
     if text in SOURCE_NAMES:
         return SourceSpec(text)
+    if text.startswith(f"{CMIP6_SOURCE}:"):
+        return _cmip6_source(text)
     path = Path(text).expanduser()
     if not path.exists():
         raise UsageError(
@@ -91,6 +97,33 @@ def parse_source(text: str) -> SourceSpec:
             "nor an existing NetCDF/Zarr file: check the name or the path"
         )
     return SourceSpec("file", path)
+
+
+#: ``--source cmip6:EXPERIMENT:MODEL:VARIANT``: earth2studio's CMIP6 archive (ESGF).
+CMIP6_SOURCE = "cmip6"
+#: The CMIP6 tables CorrDiffCMIP6's inputs come from (earth2studio's example): daily
+#: atmosphere, extra daily atmosphere and daily sea ice.
+CMIP6_TABLES = ("day", "Eday", "SIday")
+
+
+def _cmip6_source(text: str) -> SourceSpec:
+    """``cmip6:EXPERIMENT:MODEL:VARIANT``, refused in one line without ``intake-esgf``."""
+    import importlib.util
+
+    parts = text.split(":")[1:]
+    if len(parts) != 3 or not all(part.strip() and part == part.strip() for part in parts):
+        raise UsageError(
+            f"--source {text!r}: name the CMIP6 run as cmip6:EXPERIMENT:MODEL:VARIANT, e.g. "
+            "cmip6:ssp585:CanESM5:r1i1p2f1"
+        )
+    if importlib.util.find_spec("intake_esgf") is None:
+        raise UsageError(
+            f"--source {text}: earth2studio's CMIP6 source needs the optional package "
+            "intake-esgf, which is not installed: pip install intake-esgf, or pass a file of "
+            "the inputs (--source FILE)"
+        )
+    experiment, model, variant = parts
+    return SourceSpec(CMIP6_SOURCE, dataset=(experiment, model, variant))
 
 
 #: Dimension order earth2studio's ``DataArrayFile`` assumes: it indexes by position.
@@ -359,6 +392,8 @@ def build_source(
         return made
     if spec.kind == "era5":
         return import_alone("earth2studio.data.arco").ARCO(verbose=False)
+    if spec.kind == CMIP6_SOURCE:
+        return _cmip6_archive(spec)
     assert spec.path is not None  # noqa: S101 - guaranteed by parse_source
     source = import_alone("earth2studio.data.xr").DataArrayFile(str(spec.path))
     source.da.close()
@@ -370,6 +405,41 @@ def build_source(
             window = window.sel(time=np.array(times, dtype="datetime64[ns]"))
         source.da = window.load()
     return source
+
+
+def _cmip6_archive(spec: SourceSpec) -> InputSource:
+    """earth2studio's ``CMIP6MultiRealm`` over :data:`CMIP6_TABLES` of one CMIP6 run.
+
+    As earth2studio's CorrDiffCMIP6 example builds it, with exact time matching: a daily
+    field is taken at the time asked for, or the fetch fails (no nearest day instead).
+    Each table's catalogue is searched when it is built (the network, from here on).
+    """
+    from corrdiff_tools.imports import import_alone
+
+    assert spec.dataset is not None  # noqa: S101 - guaranteed by parse_source
+    experiment, model, variant = spec.dataset
+    archive = import_alone("earth2studio.data.cmip6")
+    try:
+        tables = [
+            archive.CMIP6(
+                experiment_id=experiment,
+                source_id=model,
+                table_id=table,
+                variant_label=variant,
+                exact_time_match=True,
+                verbose=False,
+            )
+            for table in CMIP6_TABLES
+        ]
+        return archive.CMIP6MultiRealm(tables)  # type: ignore[no-any-return]
+    except Exception as err:  # noqa: BLE001 - intake-esgf raises many types
+        from corrdiff_tools import network
+
+        raise RunError(
+            f"--source {spec.label}: the CMIP6 archive has no such run, or could not be "
+            f"searched ({network.summarise(err)}); check the experiment, model and variant "
+            f"at https://aims2.llnl.gov/search, or {OFFLINE_HINT}"
+        ) from err
 
 
 #: The file in earth2studio's GFS cache that lists the servers its files came from.
@@ -673,8 +743,21 @@ def fetch_inputs(
     Extra fields (``refc``) are best effort: a failure, or values outside their physical
     range (linear reflectivity instead of dBZ would blank every reflectivity colour
     scale), only log a warning and the field is left out; missing values are kept as NaN.
+
+    A model that reads its inputs at several times (``model.input_leads``, CorrDiffCMIP6's
+    days around ``time``) gets each input as (input lead, lat, lon), read at those times
+    (its ``lead_hours`` are output lead times, which change no input); extra fields are
+    read at ``time``.
     """
-    fields = fetch_fields(source, spec, time, lead_hours, model.inputs, model)
+    if model.multi_lead:
+        read = [
+            fetch_fields(source, spec, time + timedelta(hours=hours), 0, model.inputs, model)
+            for hours in model.input_leads
+        ]
+        fields = {name: np.stack([one[name] for one in read]) for name in model.inputs}
+        lead_hours = 0
+    else:
+        fields = fetch_fields(source, spec, time, lead_hours, model.inputs, model)
     for name, values in fields.items():
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:

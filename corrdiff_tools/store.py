@@ -169,15 +169,17 @@ COMPLETED = "completed"
 NAME_PREFIX = "corrdiff-"
 
 
-def default_output(times: Sequence[datetime], forecast: bool = False) -> Path:
-    """``outputs/corrdiff-<first>[_<last>][-forecast].zarr``.
+def default_output(times: Sequence[datetime], forecast: bool = False, model: str = "") -> Path:
+    """``outputs/corrdiff-<first>[_<last>][-forecast][-<model>].zarr``.
 
     Forecasts get their own suffix, so downscaling the 12Z forecast never collides with
-    (or is refused because of) the 12Z analysis downscaled before it.
+    (or is refused because of) the 12Z analysis downscaled before it; so does a model
+    named by ``--model`` (``cmip6``), whose stores are not Taiwan's.
     """
     first = times_mod.time_label(times[0])
     span = first if len(times) == 1 else f"{first}_{times_mod.time_label(times[-1])}"
-    return Path("outputs") / f"{NAME_PREFIX}{span}{'-forecast' if forecast else ''}.zarr"
+    suffix = f"{'-forecast' if forecast else ''}{f'-{model}' if model else ''}"
+    return Path("outputs") / f"{NAME_PREFIX}{span}{suffix}.zarr"
 
 
 def piece_index(time_index: int, lead_index: int | None) -> tuple[int, ...]:
@@ -211,11 +213,14 @@ def provenance(
     precision: str,
     model: str = "CorrDiff Taiwan",
     conditioning: str = TAIWAN_CONDITIONING,
+    title: str | None = None,
+    maker: str = "NVIDIA",
 ) -> dict[str, Any]:
     """The global attributes of a new store: CF, what made it, and with which settings.
 
-    ``model`` names the model in the title and source, ``conditioning`` says what the
-    networks were given (Taiwan's defaults are what its stores have always said).
+    ``model`` names the model in the title and source (``title``, default "MODEL
+    km-scale downscaled ensemble"; ``maker``, who trained it), ``conditioning`` says what
+    the networks were given (Taiwan's defaults are what its stores have always said).
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -230,11 +235,11 @@ def provenance(
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "Conventions": "CF-1.10",
-        "title": f"{model} km-scale downscaled ensemble",
+        "title": title or f"{model} km-scale downscaled ensemble",
         # No "institution": CF means where the data was produced, which only the user
         # knows (add it with xarray or zarr); the tool that made it is named in "source".
-        "source": f"NVIDIA {model} (Mardani et al. 2024, arXiv:2309.15214), run with "
-        f"corrdiff-tools {__version__}",
+        "source": f"{maker} {model}".lstrip() + " (Mardani et al. 2024, arXiv:2309.15214), "
+        f"run with corrdiff-tools {__version__}",
         "references": "https://arxiv.org/abs/2309.15214",
         "history": f"{now} run_corrdiff.py {shlex.join(command)}",
         "corrdiff_tools_version": __version__,

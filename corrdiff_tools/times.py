@@ -213,6 +213,31 @@ def parse_lead_times(values: Iterable[str]) -> list[int]:
     return sorted(leads)
 
 
+def parse_window_leads(values: Iterable[str], window: Sequence[int], model: str) -> list[int]:
+    """Parse lead times in whole hours, signed, each one of ``window`` (a model's range).
+
+    For a model that writes hours around its initialisation time (CorrDiffCMIP6: -12 to
+    +11), named ``model`` in the errors. Returns them sorted, each once.
+    """
+    leads: set[int] = set()
+    for text in values:
+        raw = text.strip()
+        raw = raw[:-1] if raw.lower().endswith("h") else raw
+        if not re.fullmatch(r"[+-]?[0-9]+", raw):
+            raise UsageError(
+                f"lead time {text!r} is not a whole number of hours: use e.g. --lead-time "
+                f"{window[0]} 0 {window[-1]}"
+            )
+        hours = int(raw)
+        if hours not in window:
+            raise UsageError(
+                f"lead time {hours} h: {model} writes {window[0]} to {window[-1]:+d} h around "
+                f"its initialisation time, hourly; give lead times in that range"
+            )
+        leads.add(hours)
+    return sorted(leads)
+
+
 def check_gfs_time(time: datetime, now: datetime | None = None) -> None:
     """Check that ``time`` is a GFS analysis/initialisation time that can exist.
 
@@ -261,9 +286,10 @@ def format_time(time: datetime) -> str:
 def title_time(time: datetime, lead_hours: int | None = None) -> str:
     """Format a valid time for figure titles, the one way every figure writes it.
 
-    ``valid 2024-07-24 12:00 UTC``, with ``(+6 h)`` for a forecast's lead time.
+    ``valid 2024-07-24 12:00 UTC``, with ``(+6 h)`` for a forecast's lead time (``(-12 h)``
+    for one of CorrDiffCMIP6's hours before its initialisation time).
     """
-    lead = f" (+{lead_hours} h)" if lead_hours is not None else ""
+    lead = f" ({lead_hours:+d} h)" if lead_hours is not None else ""
     return f"valid {time:%Y-%m-%d %H:%M} UTC{lead}"
 
 

@@ -65,17 +65,25 @@ def interpolate_lowres(
 ) -> np.ndarray:
     """Bilinear interpolation of a regular lat/lon field onto the 2-D output grid.
 
-    The paper's first baseline. Points outside the low-resolution box come back NaN.
+    The paper's first baseline. Points outside the low-resolution box come back NaN,
+    except that a box all round the globe (CorrDiffCMIP6's) wraps: a point between its
+    last longitude and 360 degrees beyond its first is interpolated between the two.
     """
     from scipy.interpolate import RegularGridInterpolator
 
     lat_lr = np.asarray(lat_lr, dtype="float64")
+    lon_lr = np.asarray(lon_lr, dtype="float64")
     values = np.asarray(values, dtype="float64")
+    lon = np.asarray(lon, dtype="float64")
     if lat_lr[0] > lat_lr[-1]:
         lat_lr, values = lat_lr[::-1], values[::-1]
-    interpolator = RegularGridInterpolator(
-        (lat_lr, np.asarray(lon_lr, dtype="float64")), values, bounds_error=False
-    )
+    if lon_lr.size > 2 and lon_lr[0] > lon_lr[-1]:
+        lon_lr, values = lon_lr[::-1], values[:, ::-1]
+    if lon_lr.size > 2 and np.isclose(lon_lr[-1] - lon_lr[0] + lon_lr[1] - lon_lr[0], 360.0):
+        lon_lr = np.append(lon_lr, lon_lr[0] + 360.0)
+        values = np.concatenate([values, values[:, :1]], axis=1)
+        lon = lon_lr[0] + (lon - lon_lr[0]) % 360.0
+    interpolator = RegularGridInterpolator((lat_lr, lon_lr), values, bounds_error=False)
     return interpolator(np.stack((lat.ravel(), lon.ravel()), axis=-1)).reshape(lat.shape)
 
 

@@ -21,7 +21,7 @@ import xarray as xr
 
 from corrdiff_tools import synthetic
 from corrdiff_tools.errors import UsageError
-from corrdiff_tools.models import cmip6
+from corrdiff_tools.models import cmip6, cmip6_net
 
 INPUTS = ("tas", "uas", "siconc", "snc")
 OUTPUTS = ("t2m", "u10m", "tp")
@@ -54,7 +54,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(package: Path) -> object:
-    return cmip6.load(package, output_leads=LEADS)
+    return cmip6_net.load(package, output_leads=LEADS)
 
 
 def _inputs(seed: int = 0) -> np.ndarray:
@@ -93,7 +93,7 @@ def _their_call(model: object, inputs: np.ndarray, times: int = 1) -> torch.Tens
 
 
 def _ours(model: object, inputs: np.ndarray, valid: datetime, seeds: list[int]) -> np.ndarray:
-    sampler = cmip6.Cmip6Sampler(model)
+    sampler = cmip6_net.Cmip6Sampler(model)
     return np.concatenate([sampler.samples(inputs, [seed], valid_time=valid) for seed in seeds])
 
 
@@ -115,7 +115,7 @@ def test_ours_is_earth2studios_forward_pass_with_its_seeds(loaded: object) -> No
         np.testing.assert_array_equal(_ours(loaded, inputs, valid, [SEED, SEED + 1]), theirs)
         assert np.abs(theirs[0] - theirs[1]).max() > 0.1, "two samples must differ"
     np.testing.assert_array_equal(inputs, before)  # ours left the caller's inputs alone
-    sampler = cmip6.Cmip6Sampler(loaded)
+    sampler = cmip6_net.Cmip6Sampler(loaded)
     assert sampler.declaration.name == "cmip6"
     assert sampler.declaration.inputs == INPUTS and sampler.declaration.output_shape == (25, 64)
     np.testing.assert_allclose(sampler.lat[:, 0], OUT_GRID[0])
@@ -203,7 +203,7 @@ def test_inputs_are_taken_by_lead_time_and_name(loaded: object) -> None:
             "lon": IN_GRID[1],
         },
     )
-    sampler = cmip6.Cmip6Sampler(loaded)
+    sampler = cmip6_net.Cmip6Sampler(loaded)
     np.testing.assert_array_equal(sampler.align(array.isel(lat=slice(None, None, -1))), inputs)
     np.testing.assert_array_equal(sampler.align(array), inputs)
     with pytest.raises(ValueError, match="lack lead time\\(s\\) -24 h"):
@@ -223,7 +223,7 @@ def test_a_package_that_is_not_cmip6_is_refused_in_one_line(tmp_path: Path) -> N
         invariants={"lsm": np.zeros((25, 64), "float32"), "coslat": np.ones((25, 64), "float32")},
     )  # fmt: skip
     with pytest.raises(UsageError, match="stats.json lacks an entry: sza \\(it needs"):
-        cmip6.load(folder)
+        cmip6_net.load(folder)
     stats = (
         (folder / "stats.json")
         .read_text()
@@ -235,7 +235,7 @@ def test_a_package_that_is_not_cmip6_is_refused_in_one_line(tmp_path: Path) -> N
     )
     (folder / "stats.json").write_text(stats)
     with pytest.raises(UsageError, match="4 input variable\\(s\\) at 3 lead times \\+ 2 time"):
-        cmip6.load(folder)
+        cmip6_net.load(folder)
 
 
 def test_negative_lead_times_have_seeds_of_their_own() -> None:

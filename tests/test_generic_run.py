@@ -226,7 +226,7 @@ def _incomplete_package(package: Path, tmp_path: Path) -> Path:
 BAD = [
     ("short", (), "lacks the input variable(s) tcwv; the model package reads t2m, u10m, v10m, tcwv"),
     ("narrow", (), "does not contain the model's 0.25 degree input grid (lon -10.05 to -5.8"),
-    ("missing", (), "does not exist: give taiwan, or the folder, zip or address of a generic"),
+    ("missing", (), "does not exist: give taiwan, cmip6, or the folder, zip or address of a generic"),
     ("incomplete", (), "is not a generic CorrDiff package: it lacks diffusion.mdlus"),
     ("ok", ("--stats", "--threshold", "mrr=40"), "VAR=VALUE with VAR one of t2m, u10m, tp, e.g."),
     ("ok", ("--precision", "bf16"), "--precision bf16: generic packages run in fp32 so far"),

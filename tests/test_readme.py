@@ -15,6 +15,7 @@ from conftest import FileForecast
 
 from corrdiff_tools import sampling, synthetic, times
 from corrdiff_tools.cli import build_plot_parser, build_run_parser
+from corrdiff_tools.models import cmip6
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -74,7 +75,9 @@ def test_readme_command_parses(command: list[str]) -> None:
     if tool == "run_corrdiff.py":
         parsed = build_run_parser().parse_args(args)
         assert parsed.benchmark or times.parse_times(parsed.times)
-        if parsed.lead_time:
+        if parsed.lead_time and parsed.model == "cmip6":
+            times.parse_window_leads(parsed.lead_time, cmip6.OUTPUT_LEADS, "CorrDiffCMIP6")
+        elif parsed.lead_time:
             times.parse_lead_times(parsed.lead_time)
     else:
         build_plot_parser().parse_args(args)
@@ -112,13 +115,19 @@ def _cut_range(text: str) -> str:
 
 
 def _adapt_run(
-    args: list[str], package: Path, inputs: Path | None = None, generic: Path | None = None
+    args: list[str],
+    package: Path,
+    inputs: Path | None = None,
+    generic: Path | None = None,
+    climate: tuple[Path, Path] | None = None,
 ) -> list[str]:
     """A README run command, made to run here (see the limits above).
 
     A command's ``--model FOLDER`` (a relative path, kept as typed) is made a link to
     ``generic``, a tiny generic package that reads some of Taiwan's inputs on part of its
-    grid, so the same input file serves both.
+    grid, so the same input file serves both. ``--model cmip6`` gets ``climate``: a tiny
+    CorrDiffCMIP6 package and a file of the daily fields its times read, which stands in
+    for the CMIP6 archive (``--source cmip6:...``) as Taiwan's file stands in for GFS.
     """
     from corrdiff_tools import store
 
@@ -131,9 +140,17 @@ def _adapt_run(
             continue
         if word == "--model":
             model = next(words)
-            if model != "taiwan" and generic is not None and not Path(model).exists():
+            if (
+                model not in ("taiwan", "cmip6")
+                and generic is not None
+                and not Path(model).exists()
+            ):
                 Path(model).symlink_to(generic)  # the README's relative path, as typed
             out += [word, model]
+            continue
+        if word == "--source" and given.model == "cmip6" and climate is not None:
+            next(words)
+            out += [word, str(climate[1])]
             continue
         if word == "--output":
             out += [word, Path(next(words)).name]  # /scratch/... -> the working directory
@@ -147,13 +164,18 @@ def _adapt_run(
     steps = ["--steps", WIDE_SIGMA_STEPS if settings.sigma_max > 100 else STEPS]
     if given.model == "taiwan":
         out += ["--model-package", str(package)]
+    if given.model == "cmip6":
+        out += ["--model-package", str(climate[0] if climate is not None else package)]
     out += [*samples, *steps, *RUN_LIMITS]
     parsed = build_run_parser().parse_args(out)
     if parsed.benchmark:
         return [*out, "--benchmark-size", "tiny"]
     if parsed.prefetch is None and not (parsed.resume or parsed.overwrite):
         forecast = parsed.source == "gfs-forecast"
-        target = parsed.output or store.default_output(times.parse_times(parsed.times), forecast)
+        named = "cmip6" if parsed.model == "cmip6" else ""
+        target = parsed.output or store.default_output(
+            times.parse_times(parsed.times), forecast, named
+        )
         if target.exists():
             out.append("--resume")  # as a user would; --overwrite if the settings differ
     return out
@@ -191,10 +213,57 @@ def _readme_times() -> list[datetime]:
         if Path(command[0]).name != "run_corrdiff.py":
             continue
         parsed = build_run_parser().parse_args(_adapt_run(command[1:], Path("pkg")))
+        if parsed.model == "cmip6":
+            continue  # reads a file of daily fields of its own (_daily_fields)
         leads = times.parse_lead_times(parsed.lead_time) if parsed.lead_time else [0]
         for time in times.parse_times(parsed.times) if parsed.times else []:
             wanted.update(time + timedelta(hours=lead) for lead in leads)
     return sorted(wanted)
+
+
+def _climate(directory: Path) -> tuple[Path, Path]:
+    """A tiny CorrDiffCMIP6 package, and the daily fields the README's times read."""
+    import xarray as xr
+
+    from corrdiff_tools import sources
+
+    variables = ("t2m", "u10m", "siconc", "snc")
+    out_grid = (np.linspace(-90.0, 90.0, 25), np.arange(64) * 5.625)
+    in_grid = (np.linspace(-90.0, 90.0, 9), np.arange(16) * 22.5)
+    lat, _ = np.meshgrid(*out_grid, indexing="ij")
+    invariants = {"lsm": (lat > 0).astype("float32"), "coslat": np.cos(np.radians(lat))}
+    package = synthetic.build_cmip6_package(
+        directory / "cmip6-package", variables, ("t2m", "u10m"), out_grid, in_grid,
+        {k: v.astype("float32") for k, v in invariants.items()},
+        metadata={"number_of_steps": 2, "sigma_max": 80.0},
+    )  # fmt: skip
+    days: set[datetime] = set()
+    for command in COMMANDS:
+        if Path(command[0]).name == "run_corrdiff.py":
+            parsed = build_run_parser().parse_args(command[1:])
+            if parsed.model == "cmip6":
+                for time in times.parse_times(parsed.times):
+                    days.update(time + timedelta(hours=h) for h in cmip6.INPUT_LEADS)
+    order = sorted(days)
+    rng = np.random.default_rng(2)
+    shape = (len(order), 1, in_grid[0].size, in_grid[1].size)
+    data = np.concatenate(
+        [280.0 + 5.0 * rng.standard_normal(shape), 3.0 * rng.standard_normal(shape),
+         np.full(shape, 20.0), np.full(shape, 10.0)], axis=1,
+    ).astype("float32")  # fmt: skip
+    array: xr.DataArray = sources.input_dataarray(data, order, list(variables), *in_grid)
+    array.to_netcdf(directory / "cmip6-daily.nc")
+    return package, directory / "cmip6-daily.nc"
+
+
+def test_the_readme_runs_corrdiffcmip6() -> None:
+    """The contract reaches the CorrDiffCMIP6 section (its run is in the next test)."""
+    models = [
+        build_run_parser().parse_args(c[1:]).model
+        for c in COMMANDS
+        if Path(c[0]).name == "run_corrdiff.py"
+    ]
+    assert "cmip6" in models
 
 
 @pytest.mark.slow
@@ -221,6 +290,7 @@ def test_every_readme_command_runs_offline(
         synthetic.regular_grid(21.0, 118.0, (10, 12), 0.25),
         metadata={"sampler_type": "deterministic", "number_of_steps": 2, "sigma_max": 80.0},
     )
+    climate = _climate(tmp_path)
     real_build_source = sources.build_source
 
     def offline(spec: Any, wanted: Any) -> Any:
@@ -236,15 +306,18 @@ def test_every_readme_command_runs_offline(
         tool = Path(command[0]).name
         capsys.readouterr()
         if tool == "run_corrdiff.py":
-            args = _adapt_run(command[1:], package_dir, inputs, generic)
-            code = run_main(args, build_source=offline)
+            args = _adapt_run(command[1:], package_dir, inputs, generic, climate)
+            # CorrDiffCMIP6 reads its daily file through the real file source.
+            cmip6_run = build_run_parser().parse_args(args).model == "cmip6"
+            injected = None if cmip6_run else offline
+            code = run_main(args, build_source=injected)
             if (
                 code == 2
                 and "--resume" in args
                 and "was made with other settings" in capsys.readouterr().err
             ):
                 args = [word if word != "--resume" else "--overwrite" for word in args]
-                code = run_main(args, build_source=offline)
+                code = run_main(args, build_source=injected)
         else:
             prepare_plot_inputs(command[1:], tmp_path)
             limited = {PLOT_LIMITS[i] for i in range(0, len(PLOT_LIMITS), 2)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ OPTIONAL_FILES = ("input_latlon_grid.nc", "invariants.nc")
 #: Global store attribute naming the model of a store made by any model but Taiwan
 #: (Taiwan's stores, made before there were others, do not carry it: absent means Taiwan).
 MODEL_ATTR = "corrdiff_tools_model"
+#: The names that attribute holds: a generic package's, and CorrDiffCMIP6's.
+STORED_NAMES = ("package", "cmip6")
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +51,15 @@ class Declaration:
         The 1-D regular input grid, as the model lists it.
     output_shape : tuple of int
         (rows, columns) of the output grid.
+    input_leads : tuple of int
+        Hours from a store's time at which each input is read: ``(0,)`` (one time) for
+        most models; CorrDiffCMIP6 reads ``(-24, 0, 24)`` around its initialisation time.
+    output_leads : tuple of int or None
+        The lead times (hours from the store's time) a model is trained to write, or None
+        where the lead times are the source's (forecasts) or there are none (analyses).
+    init_hour : int or None
+        The hour (UTC) every time must be at, where the model's inputs are valid at one
+        hour of the day only (CorrDiffCMIP6's daily fields: 12).
     """
 
     name: str
@@ -56,11 +68,42 @@ class Declaration:
     input_lat: np.ndarray
     input_lon: np.ndarray
     output_shape: tuple[int, int]
+    input_leads: tuple[int, ...] = (0,)
+    output_leads: tuple[int, ...] | None = None
+    init_hour: int | None = None
 
     @property
     def is_taiwan(self) -> bool:
         """Whether this is CorrDiff Taiwan's declaration (``store.TAIWAN``)."""
         return self.name == "taiwan"
+
+    def input_times(self, times: Sequence[datetime]) -> list[datetime]:
+        """Every time the inputs of ``times`` are read at, sorted, each once."""
+        return sorted({t + timedelta(hours=lead) for t in times for lead in self.input_leads})
+
+    def model_inputs(self, fields: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The sampler's inputs from fetched fields, in the model's variable order.
+
+        (variable, lat, lon); or (input lead, variable, lat, lon) for a model with
+        several input leads, whose fields each hold their :attr:`input_leads`, as
+        :func:`corrdiff_tools.sources.fetch_inputs` fetches them.
+        """
+        return np.stack([fields[name] for name in self.inputs], axis=int(self.multi_lead))
+
+    def stored_inputs(self, fields: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The fields a store keeps of one piece: the inputs at lead 0 (the store's time)."""
+        if not self.multi_lead:
+            return dict(fields)
+        middle = self.input_leads.index(0)
+        return {
+            name: values[middle] if name in self.inputs else values
+            for name, values in fields.items()
+        }
+
+    @property
+    def multi_lead(self) -> bool:
+        """Whether each input is read at several lead times (:attr:`input_leads`)."""
+        return self.input_leads != (0,)
 
     def to_json(self) -> dict[str, Any]:
         """What a store records (:data:`MODEL_ATTR`); its grids are its coordinates."""
@@ -70,7 +113,7 @@ class Declaration:
         """What differs between two declarations of one model, in words."""
         found = [
             f"{what} {getattr(self, what)} vs {getattr(other, what)}"
-            for what in ("inputs", "outputs", "output_shape")
+            for what in ("inputs", "outputs", "output_shape", "input_leads")
             if tuple(getattr(self, what)) != tuple(getattr(other, what))
         ]
         for axis in ("input_lat", "input_lon"):
@@ -107,7 +150,7 @@ def model_attr_problem(attrs: Mapping[str, Any]) -> str | None:
     except ValueError as err:
         return str(err)
     name = stored_model_name(attrs)
-    if name != "package":  # what the run tool writes for every model but Taiwan
+    if name not in STORED_NAMES:  # what the run tool writes for every model but Taiwan
         return f"its {MODEL_ATTR} attribute names no model this tool writes ({name!r})"
     return None
 
@@ -148,13 +191,16 @@ def package_files(folder: Path) -> list[Path]:
     return [folder / name for name in names if (folder / name).is_file()]
 
 
-def metadata_settings(metadata: Mapping[str, Any]) -> SamplerSettings:
+def metadata_settings(
+    metadata: Mapping[str, Any], sigmas: tuple[float, float] | None = None
+) -> SamplerSettings:
     """The sampler settings a package's ``metadata.json`` asks for, as ours.
 
     Steps, solver and sampler with earth2studio 0.19's defaults where the file is silent
     (18 steps, euler, stochastic: ``CorrDiff.load_model``); sigma_min/sigma_max from it
-    too, else physicsnemo's sampler defaults, which are our presets' (0.002..80
-    deterministic, 0.002..800 stochastic).
+    too, else ``sigmas`` (a family's own defaults: CorrDiffCMIP6's loader has 1 and 400),
+    else physicsnemo's sampler defaults, which are our presets' (0.002..80 deterministic,
+    0.002..800 stochastic).
 
     Raises
     ------
@@ -169,6 +215,9 @@ def metadata_settings(metadata: Mapping[str, Any]) -> SamplerSettings:
         raise ValueError(f"metadata.json: solver {solver!r}, need one of {', '.join(SOLVERS)}")
     base = PRESETS[PRESET_OF[kind]]
     low, high = metadata.get("sigma_min"), metadata.get("sigma_max")
+    if sigmas is not None:
+        low = sigmas[0] if low is None else low
+        high = sigmas[1] if high is None else high
     return replace(
         base,
         steps=int(metadata.get("number_of_steps", 18)),

@@ -290,7 +290,7 @@ def load_checked(spec: str | Path, loader: Any, shown: str) -> Any:
     The generic layout and the checkpoints' classes are checked before anything is
     imported from the package; what earth2studio's ``load_model`` raises for a package
     whose files disagree is one line naming it. Shared by the families built on the
-    generic layout (:func:`load`, :func:`corrdiff_tools.models.cmip6.load`).
+    generic layout (:func:`load`, :func:`corrdiff_tools.models.cmip6_net.load`).
     """
     from earth2studio.models.auto import Package
 

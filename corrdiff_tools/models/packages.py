@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +100,7 @@ def _unzipped(zip_path: Path, shown: str, downloaded_from: str | None = None) ->
                 f"({PACKAGING_HINT})"
             )
 
-    try:
-        extract_once(zip_path, target, complete, finish, shown.split(" ", 1)[0])
-    except zipfile.BadZipFile as err:
-        if downloaded_from is not None:
-            zip_path.unlink(missing_ok=True)
-            raise RunError(
-                f"the model package downloaded from {downloaded_from} is damaged ({err}); it "
-                f"was removed from the cache ({zip_path.parent}): run again to download it anew"
-            ) from None
-        raise UsageError(f"{shown} is not a valid zip file ({err})") from None
+    extract_once(zip_path, target, complete, finish, shown, downloaded_from)
     root = _root(target)
     assert root is not None  # noqa: S101 - extract_once leaves only complete packages
     return root
@@ -131,7 +121,7 @@ def _package(root: str, folder: Path) -> Any:
     return Package(root, cache_options={"cache_storage": str(folder), "same_names": True})
 
 
-def _resolve(package: Any, name: str, spec: str) -> Path | None:
+def _resolve(package: Any, name: str, spec: str, shown: str) -> Path | None:
     """Fetch one file of a remote package (None where the package has no such file).
 
     Through the package's caching file system, as ``Package.resolve`` does, but with a
@@ -158,9 +148,13 @@ def _resolve(package: Any, name: str, spec: str) -> Path | None:
         from corrdiff_tools import network
 
         why = network.unreachable_reason(err) or network.summarise(err)
+        # --model FOLDER; for a family named by --model (cmip6), its --model-package.
+        words = shown.split()
+        family = shown != f"--model {spec}" and len(words) > 1
+        option = f"--model {words[1]} --model-package FOLDER" if family else "--model FOLDER"
         raise RunError(
             f"could not download {name} of the model package {spec} ({why}): download the "
-            "package's files into a folder and pass --model FOLDER"
+            f"package's files into a folder and pass {option}"
         ) from err
 
 
@@ -183,13 +177,13 @@ def _fetched(spec: str, shown: str) -> Path:
                     spec,
                 )
             for name in (*REQUIRED_FILES, *CHECKPOINTS):
-                if _resolve(package, name, spec) is None:
+                if _resolve(package, name, spec, shown) is None:
                     raise UsageError(
                         f"{shown} is not a generic CorrDiff package: it has no {name} "
                         f"({PACKAGING_HINT})"
                     )
             for name in OPTIONAL_FILES:
-                _resolve(package, name, spec)
+                _resolve(package, name, spec, shown)
             fetched.write_text(f"{spec}\n")
     missing = missing_files(folder)
     if missing:  # input_latlon_grid.nc absent without latlon_res
@@ -210,7 +204,7 @@ def _download(spec: str, shown: str) -> Path:
         logger.info("fetching the model package %s into %s (once)", spec, folder)
         package = _package(parent, folder)
         try:
-            path = _resolve(package, name, spec)
+            path = _resolve(package, name, spec, shown)
         except RunError:
             # A download cut short must not be read as the package next time (fsspec
             # records a file as cached before it has it: see model.forget_download).
