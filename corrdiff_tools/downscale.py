@@ -513,7 +513,7 @@ def _check_computed(
     )
     if problem is None:
         return
-    when = format_time(job.time) + (f" +{job.lead_hours} h" if job.lead_hours else "")
+    when = format_time(job.time) + (f" {job.lead_hours:+d} h" if job.lead_hours else "")
     raise RunError(
         f"{what} at {when}: {problem}, so nothing of it was stored: {suspects} give(s) no "
         "physical result here"

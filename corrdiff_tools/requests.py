@@ -329,6 +329,8 @@ def _lead_times(
                 "forecast; give a file of them (--source FILE)"
             )
         cmip6.check_times(times)
+        if source.kind == "cmip6":
+            cmip6.check_archive_days(times, source.label)
         given = args.lead_time or [str(cmip6.OUTPUT_LEADS[0])]
         return times_mod.parse_window_leads(given, cmip6.OUTPUT_LEADS, "CorrDiffCMIP6")
     if args.lead_time is not None and not source.is_forecast:
@@ -401,6 +403,11 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
         )
     # Absolute: the loader, torchrun's ranks and --resume read it from anywhere.
     folder = folder.resolve()
+    if not family and cmip6.is_cmip6_package(folder):
+        raise UsageError(
+            f"{shown} is a CorrDiffCMIP6 package (its stats.json has the time features "
+            f"{'/'.join(cmip6.TIME_FEATURES)}): run it with --model cmip6 --model-package {spec}"
+        )
     return (cmip6.declare if family else from_package)(folder, shown), folder
 
 

@@ -93,8 +93,9 @@ def parse_source(text: str) -> SourceSpec:
     path = Path(text).expanduser()
     if not path.exists():
         raise UsageError(
-            f"--source {text!r} is neither a known source ({', '.join(SOURCE_NAMES)}) "
-            "nor an existing NetCDF/Zarr file: check the name or the path"
+            f"--source {text!r} is neither a known source ({', '.join(SOURCE_NAMES)}, "
+            f"{CMIP6_SOURCE}:EXPERIMENT:MODEL:VARIANT) nor an existing NetCDF/Zarr file: check "
+            "the name or the path"
         )
     return SourceSpec("file", path)
 
@@ -285,7 +286,7 @@ def _check_file_contents(
             for name in (*model.inputs, *extras)
         }
         for name in model.inputs:
-            why = checks.not_finite(fields[name])
+            why = checks.not_finite(fields[name], blanks=name in model.blank_inputs)
             if why:
                 raise UsageError(
                     f"input {name} {when} {why} on the model's input grid: fill the gaps or "
@@ -759,7 +760,10 @@ def fetch_inputs(
     else:
         fields = fetch_fields(source, spec, time, lead_hours, model.inputs, model)
     for name, values in fields.items():
-        bad = int(np.count_nonzero(~np.isfinite(values)))
+        wrong = ~np.isfinite(values)
+        if name in model.blank_inputs:  # blanks the model reads as 0: only infinities
+            wrong &= ~np.isnan(values)
+        bad = int(np.count_nonzero(wrong))
         if bad:
             raise RunError(
                 f"input {name} at {times_mod.format_time(time)} from {spec.label} has {bad} "

@@ -71,7 +71,7 @@ def test_a_grid_needs_every_point_finite() -> None:
 def test_fields_outside_their_range_are_named_with_the_range() -> None:
     assert checks.out_of_range("t2m", np.array([290.0, 300.0])) is None
     why = checks.out_of_range("t2m", np.array([25.0, np.nan, 30.0]))
-    assert why == "spans 25 to 30, outside its physical range 200 to 340 K"
+    assert why == "spans 25 to 30, outside its physical range 180 to 340 K"
     assert checks.out_of_range("refc", np.array([0.0, 1e5])) == (
         "spans 0 to 100000, outside its physical range -100 to 100 dBZ"
     )

@@ -747,7 +747,7 @@ def test_plot_lowres_of_unphysical_inputs_is_refused(
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"plot_corrdiff.py: error: --plot-lowres: lr_t2m in {tampered} spans ")
     assert line.endswith(
-        "outside its physical range 200 to 340 K: the low-resolution input cannot be drawn; "
+        "outside its physical range 180 to 340 K: the low-resolution input cannot be drawn; "
         "drop --plot-lowres"
     )
     assert not (tmp_path / "o").exists()

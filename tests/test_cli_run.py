@@ -295,7 +295,10 @@ BAD_INPUTS = [
     (["2024-07-24T12", "--steps", "1"], "--steps must be at least 2"),
     (["2024-07-24T12", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["2024-07-24T12", "--solver", "rk4"], "invalid choice: 'rk4'"),
-    (["2024-07-24T12", "--source", "ecmwf"], "neither a known source (gfs, gfs-forecast, era5)"),
+    (
+        ["2024-07-24T12", "--source", "ecmwf"],
+        "neither a known source (gfs, gfs-forecast, era5, cmip6:EXPERIMENT:MODEL:VARIANT)",
+    ),
     (["2024-07-24T12", "--lead-time", "6"], "--lead-time needs --source gfs-forecast"),
     (["2024-07-24T12", "--source", "gfs-forecast", "--lead-time", "121"], "3-hourly"),
     (["2024-07-24T12", "--device", "cuda"], "no CUDA or ROCm GPU is visible"),

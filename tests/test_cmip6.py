@@ -251,3 +251,34 @@ def test_negative_lead_times_have_seeds_of_their_own() -> None:
     from corrdiff_tools.downscale import SEED_EPOCH
 
     assert sample_seed(SEED, SEED_EPOCH, 3, 1) == int(expected)  # unchanged for leads >= 0
+
+
+def test_blank_sea_ice_and_snow_cover_are_no_cover(loaded: object) -> None:
+    """CMIP6 leaves sea-ice cover blank over land and snow cover over sea. earth2studio
+    reads the blanks as 0 for its smoothed cover but hands snc's NaN on to the nets
+    (every output NaN: pinned); ours fills both with 0, and equals earth2studio given
+    the zeros."""
+    inputs = _inputs(3)
+    land = np.zeros(inputs.shape[-2:], dtype=bool)
+    land[2:5, 3:9] = True
+    blank = inputs.copy()
+    blank[:, INPUTS.index("siconc"), land] = np.nan
+    blank[:, INPUTS.index("snc"), ~land] = np.nan
+    zeros = np.nan_to_num(blank, nan=0.0)
+    valid = INIT + timedelta(hours=-12)
+    loaded.seed, loaded.number_of_samples = SEED, 1  # type: ignore[attr-defined]
+    assert np.isnan(_their_forward(loaded, blank, valid)).all()
+    ours = _ours(loaded, blank, valid, [SEED])
+    assert np.isfinite(ours).all()
+    np.testing.assert_array_equal(ours, _their_forward(loaded, zeros, valid))
+    assert np.isnan(blank).sum() == 3 * inputs.shape[-2] * inputs.shape[-1]  # left as given
+    # Only these two: a blank temperature is a gap, refused by name.
+    sampler = cmip6_net.Cmip6Sampler(loaded)
+    gappy = xr.DataArray(
+        np.where(land, np.nan, inputs[:, 0])[:, None].repeat(4, axis=1),
+        dims=("lead_time", "variable", "lat", "lon"),
+        coords={"lead_time": list(cmip6.INPUT_LEADS), "variable": list(INPUTS),
+                "lat": IN_GRID[0], "lon": IN_GRID[1]},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"inputs: tas has 18 NaN/inf value\(s\)"):
+        sampler.align(gappy)

@@ -221,6 +221,53 @@ def test_cmip6_resume_recomputes_what_is_missing_and_refuses_other_settings(
     assert code == 2 and "model_package" in err, err
 
 
+def _daily_file(path: Path, change: dict[str, Any]) -> Path:
+    """The days of the first time as a file, each field changed by ``change[name]``."""
+    fields = [{**_day(i), **{k: f(_day(i)[k]) for k, f in change.items()}} for i in range(3)]
+    data = np.stack([np.stack([day[name] for name in INPUTS]) for day in fields])
+    sources.input_dataarray(data.astype("float32"), DAYS[:3], list(INPUTS), *IN_GRID).to_netcdf(
+        path
+    )
+    return path
+
+
+def test_blank_sea_ice_and_snow_cover_run_as_no_cover(
+    package: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CMIP6's blanks (sea ice over land, snow over sea) run as zeros; the store keeps
+    them blank; an infinity is still refused, naming the field."""
+    land = np.zeros((IN_GRID[0].size, IN_GRID[1].size), dtype=bool)
+    land[3:6, 2:7] = True
+    blanks = {
+        "siconc": lambda v: np.where(land, np.nan, v),
+        "snc": lambda v: np.where(land, v, np.nan),
+    }
+    zeros = {
+        "siconc": lambda v: np.where(land, 0.0, v),
+        "snc": lambda v: np.where(land, v, 0.0),
+    }
+    stores = []
+    for label, change in (("blank", blanks), ("zero", zeros)):
+        source = _daily_file(tmp_path / f"{label}.nc", change)
+        output = tmp_path / f"{label}.zarr"
+        argv = _argv(package, source, output)
+        argv = [INITS[0].strftime("%Y-%m-%dT%H"), *argv[2:]]
+        code, err = _run(capsys, argv)
+        assert code == 0, err
+        stores.append(xr.open_zarr(output))
+    blank, zero = stores
+    for name in OUTPUTS:
+        assert np.isfinite(blank[name].values).all()
+        np.testing.assert_array_equal(blank[name].values, zero[name].values)
+    stored = blank["lr_siconc"].values[0, 0]
+    assert np.isnan(stored[land]).all() and np.isfinite(stored[~land]).all()
+    inf = _daily_file(tmp_path / "inf.nc", {"snc": lambda v: np.where(land, np.inf, v)})
+    output = tmp_path / "inf.zarr"
+    code, err = _run(capsys, [INITS[0].strftime("%Y-%m-%dT%H"), *_argv(package, inf, output)[2:]])
+    assert code == 2 and "input snc at 2037-09-05T12:00 in --source" in _one_line(err), err
+    assert "has 15 NaN/inf value(s)" in err and not output.exists()
+
+
 def _one_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if "Warning" not in line]
     assert len(lines) == 1, err
@@ -294,6 +341,54 @@ def test_the_cmip6_archive_needs_intake_esgf_and_taiwan_refuses_it(
         _one_line(err)
     )
     assert not output.exists()
+
+
+def test_a_package_of_the_other_kind_is_refused_naming_the_option_to_use(
+    package: Path, input_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generic = synthetic.build_generic_package(
+        tmp_path / "generic", INPUTS, OUTPUTS, OUT_GRID, IN_GRID,
+        metadata={"number_of_steps": 2, "sigma_max": 80.0},
+    )  # fmt: skip
+    output = tmp_path / "x.zarr"
+    code, err = _run(capsys, _argv(generic, input_file, output))
+    assert code == 2 and _one_line(err).endswith(
+        f"--model cmip6 --model-package {generic} is not a CorrDiffCMIP6 package: it has no "
+        "sza/hod statistics and no invariants.nc (a generic CorrDiff package runs with "
+        "--model FOLDER)"
+    ), err
+    argv = _argv(package, input_file, output)
+    at, leads = argv.index("--model"), argv.index("--lead-time")
+    argv = [*argv[:at], "--model", str(package), *argv[at + 4 : leads], *argv[leads + 4 :]]
+    code, err = _run(capsys, argv)
+    assert code == 2 and _one_line(err).endswith(
+        "is a CorrDiffCMIP6 package (its stats.json has the time features sza/hod): run it "
+        f"with --model cmip6 --model-package {package}"
+    ), err
+    assert not output.exists()
+
+
+def test_the_archive_is_refused_where_calendars_disagree_on_the_days_around(
+    package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """28 Feb to 1 Mar: a 360-day model's day before 1 March is not 28 February."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: object() if name == "intake_esgf" else real_find_spec(name, *a),
+    )  # fmt: skip
+    output = tmp_path / "x.zarr"
+    for day in ("2037-02-28", "2040-02-29", "2037-03-01"):
+        argv = _argv(package, "cmip6:ssp585:CanESM5:r1i1p2f1", output)
+        code, err = _run(capsys, [f"{day}T12:00", *argv[2:]])
+        assert code == 2 and "the days around it cross the end of February" in _one_line(err)
+    assert not output.exists()
+    # The day before is fine, and so is a file of the days meant.
+    code, err = _run(capsys, ["2037-02-27T12:00", *argv[2:], "--model-package", "/nowhere"])
+    assert "end of February" not in err
 
 
 class _Archive:

@@ -385,7 +385,7 @@ BAD_TRUTHS = {
         lambda ds: ds.assign(t2m=(ds.t2m - 273.15).assign_attrs(units=None)).pipe(
             lambda d: d.assign(t2m=d.t2m.drop_attrs())
         ),
-        "outside its physical range 200 to 340 K: convert it (the units attribute alone",
+        "outside its physical range 180 to 340 K: convert it (the units attribute alone",
     ),
     "linear reflectivity": (
         lambda ds: ds.assign(mrr=10 ** ((ds.mrr + 40) / 10)),  # a storm, in mm6 m-3

@@ -155,7 +155,7 @@ def test_duplicate_times_are_refused_in_one_line(input_file: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("variable", "change", "message"),
     [
-        ("t2m", lambda v: v - 273.15, r"input t2m at .* outside its physical range 200 to 340 K"),
+        ("t2m", lambda v: v - 273.15, r"input t2m at .* outside its physical range 180 to 340 K"),
         ("z500", lambda v: v / 9.80665, r"input z500 .* m2 s-2 \(geopotential, not height\)"),
         ("u10m", lambda v: v * 100, r"input u10m .* -100 to 100 m s-1"),
     ],

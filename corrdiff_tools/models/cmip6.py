@@ -37,6 +37,14 @@ INIT_HOUR = 12
 SIGMAS = (1.0, 400.0)
 #: The store attribute's name for this family (``declaration.STORED_NAMES``).
 NAME = "cmip6"
+#: Inputs blank (NaN) where there is none: sea-ice cover over land, snow cover over sea.
+#: Its preprocessing reads their blanks as no cover (``nan_to_num`` before smoothing).
+BLANK_INPUTS = ("siconc", "snc")
+
+
+#: What a CorrDiffCMIP6 package has beyond the generic layout: its time features'
+#: statistics, and invariants (the last is the slot its training wrote the hour into).
+TIME_FEATURES = ("sza", "hod")
 
 
 def declare(folder: Path, shown: str) -> Declaration:
@@ -44,8 +52,33 @@ def declare(folder: Path, shown: str) -> Declaration:
 
     The generic layout's (:func:`~corrdiff_tools.models.declaration.from_package`), with
     the family's input and output lead times and its initialisation hour.
+
+    Raises
+    ------
+    UsageError
+        For a generic package given as CorrDiffCMIP6's (no time features' statistics, or
+        no invariants): earth2studio's loader would fail on a missing key or file.
     """
+    missing = [] if is_cmip6_package(folder) else [f"{'/'.join(TIME_FEATURES)} statistics"]
+    if not (folder / "invariants.nc").is_file():
+        missing.append("invariants.nc")
+    if missing:
+        raise UsageError(
+            f"{shown} is not a CorrDiffCMIP6 package: it has no {' and no '.join(missing)} "
+            "(a generic CorrDiff package runs with --model FOLDER)"
+        )
     return family(from_package(folder, shown))
+
+
+def is_cmip6_package(folder: Path) -> bool:
+    """Whether ``stats.json`` has CorrDiffCMIP6's time features among its inputs."""
+    import json
+
+    try:
+        inputs = json.loads((folder / "stats.json").read_text())["input"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(inputs, dict) and all(name in inputs for name in TIME_FEATURES)
 
 
 def family(declared: Declaration) -> Declaration:
@@ -56,6 +89,7 @@ def family(declared: Declaration) -> Declaration:
         input_leads=INPUT_LEADS,
         output_leads=OUTPUT_LEADS,
         init_hour=INIT_HOUR,
+        blank_inputs=tuple(name for name in BLANK_INPUTS if name in declared.inputs),
     )
 
 
@@ -65,6 +99,28 @@ def check_times(times: Sequence[datetime]) -> None:
         if (time.hour, time.minute) != (INIT_HOUR, 0):
             raise UsageError(
                 f"{time:%Y-%m-%dT%H:%M}: --model cmip6 starts from daily fields valid at "
-                f"{INIT_HOUR:02d}:00 UTC; give {time:%Y-%m-%d}T{INIT_HOUR:02d}:00, and the hours "
-                f"around it with --lead-time ({OUTPUT_LEADS[0]} to {OUTPUT_LEADS[-1]:+d})"
+                f"{INIT_HOUR:02d}:00 UTC; give {time:%Y-%m-%d}T{INIT_HOUR:02d}:00 (several days: "
+                f"START/END/24h), and the hours around it with --lead-time "
+                f"({OUTPUT_LEADS[0]} to {OUTPUT_LEADS[-1]:+d})"
+            )
+
+
+def check_archive_days(times: Sequence[datetime], source: str) -> None:
+    """Refuse times whose days around them the CMIP6 archive may get wrong.
+
+    CMIP6 models keep calendars of their own: a ``noleap`` model has no 29 February, a
+    ``360_day`` one has a 29 and 30 February. earth2studio's archive client matches days
+    by their dates, so "the day before 1 March" is read as 28 February, which in a
+    360-day model is three days earlier: silently the wrong day. Around the end of
+    February (28 February to 1 March) the days are refused; a file of the days meant
+    (``--source FILE``) says which they are.
+    """
+    for time in times:
+        # The day before or after is another day in some calendar: 28 Feb to 1 Mar.
+        if (time.month, time.day) in ((2, 28), (2, 29), (3, 1)):
+            raise UsageError(
+                f"{time:%Y-%m-%dT%H:%M} with --source {source}: the days around it cross the "
+                "end of February, which CMIP6 models count differently (noleap, 360_day "
+                "calendars) and the archive matches by date; pass a file of the days you "
+                "mean (--source FILE), or another time"
             )

@@ -27,6 +27,11 @@ What :class:`Cmip6Sampler` does instead of its ``_forward``, and why:
   per-(time, lead, sample) seed (:func:`corrdiff_tools.downscale.sample_seed`).
 * Without a seed it draws one from numpy's global generator (unrecorded). Ours is
   always given.
+* Sea-ice and snow cover are blank (NaN) in CMIP6 where there is none (over land, over
+  sea). Its preprocessing reads blanks as 0 when it sums the two into the smoothed cover
+  (``nan_to_num``), but leaves ``snc``'s own channel as it is, so the nets get NaN and
+  every output comes out NaN. Ours fills both with 0, which is what the smoothing
+  already takes them for (``models.cmip6.BLANK_INPUTS``; tests pin both).
 * On CUDA it runs both nets under bfloat16 autocast; ours runs them in float32, as the
   generic packages (a choice of precision, not a fix: the published package's figures
   were made either way).
@@ -173,7 +178,13 @@ class Cmip6Sampler(GenericSampler):
                 f"{INPUT_LEADS}, variable ({', '.join(self.model.input_variables)}), lat, lon)"
             )
         # A copy: earth2studio's preprocess_input smooths the sea-ice cover into the
-        # tensor it is given (see the module docstring).
+        # tensor it is given (see the module docstring). Blank sea-ice and snow cover is
+        # no cover: earth2studio reads it so for the smoothed field, but passes snc's
+        # blanks on to the nets, where one NaN makes every output NaN.
+        inputs = inputs.copy()
+        for name in self.declaration.blank_inputs:
+            channel = inputs[:, self.model.input_variables.index(name)]
+            channel[np.isnan(channel)] = 0.0
         x = torch.tensor(inputs[None], device=self.device)
         with torch.inference_mode():
             condition = self.model.preprocess_input(x, valid_time).to(torch.float32)

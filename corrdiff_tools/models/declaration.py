@@ -60,6 +60,9 @@ class Declaration:
     init_hour : int or None
         The hour (UTC) every time must be at, where the model's inputs are valid at one
         hour of the day only (CorrDiffCMIP6's daily fields: 12).
+    blank_inputs : tuple of str
+        Inputs whose missing values (NaN) the model reads as 0 rather than as a gap:
+        CorrDiffCMIP6's sea-ice and snow cover, blank over land and over sea in CMIP6.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Declaration:
     input_leads: tuple[int, ...] = (0,)
     output_leads: tuple[int, ...] | None = None
     init_hour: int | None = None
+    blank_inputs: tuple[str, ...] = ()
 
     @property
     def is_taiwan(self) -> bool:

@@ -444,9 +444,10 @@ class GenericSampler:
             rows, cols = (nearest, cols) if axis == "lat" else (rows, nearest)
         ordered = array.transpose("variable", "lat", "lon").values
         picked = np.stack([ordered[names.index(name)][rows][:, cols] for name in wanted])
-        problem = checks.field_problem(dict(zip(wanted, picked, strict=True)), ranges={})
-        if problem is not None:
-            raise ValueError(f"inputs: {problem}")
+        for name, values in zip(wanted, picked, strict=True):
+            why = checks.not_finite(values, blanks=name in self.declaration.blank_inputs)
+            if why is not None:
+                raise ValueError(f"inputs: {name} {why}")
         return picked.astype("float32")
 
     def condition(
