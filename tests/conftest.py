@@ -22,6 +22,17 @@ from corrdiff_tools.synthetic import build_package, synthetic_inputs
 TIMES = [datetime(2024, 7, 24, hour) for hour in (0, 6, 12, 18)]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (the default run: two processes on two cores), one torch thread
+    each: two processes of two threads on two cores spin against each other (such a run
+    was slower than one process of two threads, 2026-12-03)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # and the subprocesses tests start
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
     cache = tmp_path_factory.mktemp("cache")

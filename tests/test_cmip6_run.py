@@ -460,6 +460,52 @@ def test_cmip6_plots_name_lead_times_before_the_day(made: Path, tmp_path: Path) 
     assert names == [f"{stem}-lowres.png", f"{stem}-sample-00.png"]
 
 
+def test_cmip6_is_evaluated_at_its_valid_hours_against_a_truth_file(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hour 12 h before the day's time: truth taken at that valid time, the input
+    interpolated round the globe (no missing pixels left out of the spectra), and the
+    scores those of the store's arrays."""
+    from corrdiff_tools import diagnostics
+
+    dataset = xr.open_zarr(made)
+    valid = np.datetime64(INITS[0] - timedelta(hours=12), "ns")
+    rng = np.random.default_rng(4)
+    t2m = dataset["t2m"].values[0, 0, 0].astype("float64") + rng.normal(0.0, 0.5, (25, 64))
+    truth_path = tmp_path / "era5.nc"
+    xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), np.clip(t2m, 200.0, 330.0)[None], {"units": "K"})},
+        coords={"time": [valid], "lat": OUT_GRID[0], "lon": OUT_GRID[1]},
+    ).to_netcdf(truth_path)
+    out = tmp_path / "evaluation"
+    capsys.readouterr()
+    argv = [str(made), "--sample", "none", "--time", "0", "--lead-time", "-12", "--spectra",
+            "--truth", str(truth_path), "--format", "png", "--dpi", "30", "--jobs", "1",
+            "--outdir", str(out)]  # fmt: skip
+    code = plot_main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "missing pixels" not in err
+    assert (out / "corrdiff-2037-09-06T12-f-012-spectra.png").is_file()
+    rows = json.loads((out / "scores.json").read_text())["scores"]
+    row = next(r for r in rows if r["variable"] == "t2m")
+    assert row["valid_time"] == "2037-09-06T00:00"
+    reference = xr.open_dataset(truth_path)["t2m"].values[0].astype("float64")
+    lowres = truth.interpolate_lowres(
+        dataset["lr_t2m"].values[0, 0] - 273.15, IN_GRID[0], IN_GRID[1],
+        dataset["lat"].values.astype("float64"), dataset["lon"].values.astype("float64"),
+    )  # fmt: skip
+    assert np.isfinite(lowres).all()
+    expected = diagnostics.score(
+        reference - 273.15,
+        dataset["t2m"].values[0, 0].astype("float64") - 273.15,
+        dataset["t2m_regression"].values[0, 0].astype("float64") - 273.15,
+        lowres,
+    )
+    assert row["crps"] == pytest.approx(expected.crps, rel=1e-9) and row["crps"] > 0
+    assert row["mae_interpolated"] == pytest.approx(expected.mae_interpolated)
+
+
 def test_negative_lead_times_in_names_and_titles(made: Path) -> None:
     """Signed where negative; Taiwan's forecasts' names and titles as they were."""
     dataset = xr.open_zarr(made)
