@@ -371,6 +371,19 @@ def build_generic_package(
 CMIP6_PADS = ((23, 24), (48, 48))
 
 
+def cmip6_invariants(lat: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """Invariants for :func:`build_cmip6_package` on an output grid of ``lat`` x ``width``.
+
+    A land-sea mask and ``coslat``, last, as in the published package (its slot is the
+    one CorrDiffCMIP6's preprocessing writes the hour of day into).
+    """
+    rows = np.repeat(np.asarray(lat, dtype="float64")[:, None], width, axis=1)
+    return {
+        "lsm": (np.sin(np.radians(3 * rows)) > 0).astype("float32"),
+        "coslat": np.cos(np.radians(rows)).astype("float32"),
+    }
+
+
 def build_cmip6_package(
     directory: str | Path,
     input_variables: Sequence[str],

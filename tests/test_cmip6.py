@@ -36,11 +36,7 @@ SEED = 21
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lat, _ = np.meshgrid(*OUT_GRID, indexing="ij")
-    invariants = {
-        "lsm": (np.sin(np.radians(3 * lat)) > 0).astype("float32"),
-        "coslat": np.cos(np.radians(lat)).astype("float32"),
-    }
+    invariants = synthetic.cmip6_invariants(OUT_GRID[0], OUT_GRID[1].size)
     return synthetic.build_cmip6_package(
         tmp_path_factory.mktemp("cmip6") / "package",
         INPUTS,

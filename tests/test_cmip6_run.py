@@ -43,11 +43,7 @@ SEED = 5
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lat, _ = np.meshgrid(*OUT_GRID, indexing="ij")
-    invariants = {
-        "lsm": (np.sin(np.radians(3 * lat)) > 0).astype("float32"),
-        "coslat": np.cos(np.radians(lat)).astype("float32"),
-    }
+    invariants = synthetic.cmip6_invariants(OUT_GRID[0], OUT_GRID[1].size)
     # No sigma_min: CorrDiffCMIP6's own default (1) applies, not the generic one (0.002).
     return synthetic.build_cmip6_package(
         tmp_path_factory.mktemp("cmip6") / "package", INPUTS, OUTPUTS, OUT_GRID, IN_GRID,
@@ -214,7 +210,7 @@ def test_cmip6_resume_recomputes_what_is_missing_and_refuses_other_settings(
     assert code == 2 and "lead_times: store has [-12, 0, 11]" in err, err
     other = synthetic.build_cmip6_package(
         tmp_path / "other", INPUTS, OUTPUTS, OUT_GRID, IN_GRID,
-        {"lsm": np.zeros((25, 64), "float32"), "coslat": np.ones((25, 64), "float32")},
+        synthetic.cmip6_invariants(OUT_GRID[0], OUT_GRID[1].size),
         metadata={"number_of_steps": 3, "sigma_max": 80.0}, seed=1,
     )  # fmt: skip
     code, err = _run(capsys, _argv(other, input_file, output, "--stats", "--resume"))

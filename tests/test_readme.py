@@ -230,11 +230,9 @@ def _climate(directory: Path) -> tuple[Path, Path]:
     variables = ("t2m", "u10m", "siconc", "snc")
     out_grid = (np.linspace(-90.0, 90.0, 25), np.arange(64) * 5.625)
     in_grid = (np.linspace(-90.0, 90.0, 9), np.arange(16) * 22.5)
-    lat, _ = np.meshgrid(*out_grid, indexing="ij")
-    invariants = {"lsm": (lat > 0).astype("float32"), "coslat": np.cos(np.radians(lat))}
     package = synthetic.build_cmip6_package(
         directory / "cmip6-package", variables, ("t2m", "u10m"), out_grid, in_grid,
-        {k: v.astype("float32") for k, v in invariants.items()},
+        synthetic.cmip6_invariants(out_grid[0], out_grid[1].size),
         metadata={"number_of_steps": 2, "sigma_max": 80.0},
     )  # fmt: skip
     days: set[datetime] = set()
