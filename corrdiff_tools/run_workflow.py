@@ -164,11 +164,21 @@ def _run_ranked(
             _store_statistics(request.output, request.statistics, ranks)
             return 0
 
+    # A model that reads the days around its time (CorrDiffCMIP6) reads the same days
+    # for every lead time of that time: fetched once, for the jobs of one time in a row.
+    last: dict[datetime, dict[str, np.ndarray]] = {}
+
     def fetch(job: Job) -> dict[str, np.ndarray]:
         assert source is not None  # noqa: S101 - only rank 0 fetches (broadcast_fetch)
-        return sources.fetch_inputs(
+        if job.time in last:
+            return last[job.time]
+        fields = sources.fetch_inputs(
             source, request.source, job.time, job.lead_hours, extras, request.model
         )
+        if request.model.multi_lead:
+            last.clear()
+            last[job.time] = fields
+        return fields
 
     if ranks.is_root and request.source.kind != "file":
         logger.info(

@@ -392,6 +392,7 @@ class _Archive:
     serves the daily file as ``CMIP6MultiRealm`` serves the archive (time, variable)."""
 
     built: list[dict[str, Any]] = []
+    asked: list[Any] = []
     path: Path | None = None
 
     def __init__(self, **kwargs: Any) -> None:
@@ -405,6 +406,7 @@ class _Archive:
 
     def __call__(self, time: Any, variable: Any) -> xr.DataArray:
         assert _Archive.path is not None
+        _Archive.asked.extend(np.atleast_1d(time))
         wanted = [np.datetime64(t, "ns") for t in np.atleast_1d(time)]
         with xr.open_dataarray(_Archive.path) as array:
             return array.sel(time=wanted, variable=list(np.atleast_1d(variable))).load()
@@ -430,6 +432,7 @@ def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
     monkeypatch.setattr(archive, "CMIP6", _Archive)
     monkeypatch.setattr(archive, "CMIP6MultiRealm", _Archive.realm)
     monkeypatch.setattr(_Archive, "built", [])
+    monkeypatch.setattr(_Archive, "asked", [])
     monkeypatch.setattr(_Archive, "path", input_file)
     output = tmp_path / "archive.zarr"
     code, err = _run(capsys, _argv(package, "cmip6:ssp585:CanESM5:r1i1p2f1", output, "--stats"))
@@ -440,6 +443,10 @@ def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
             "ssp585", "CanESM5", "r1i1p2f1",
         )  # fmt: skip
         assert kw["exact_time_match"] is True
+    # Each time's three days once, not once per lead time (3 leads here).
+    asked = sorted(np.datetime64(t, "h") for t in _Archive.asked)
+    days = [np.datetime64(init + timedelta(hours=h), "h") for init in INITS for h in (-24, 0, 24)]
+    assert asked == sorted(days), asked
     ours, theirs = xr.open_zarr(output), xr.open_zarr(made)
     assert ours.attrs["input_source"] == "cmip6:ssp585:CanESM5:r1i1p2f1"
     for name in (*OUTPUTS, "lr_t2m", "lr_snc"):
