@@ -695,11 +695,12 @@ def import_model_stack(debug: bool, verbose: bool) -> None:
 PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def resolve_precision(requested: str, device: DeviceInfo) -> str:
+def resolve_precision(requested: str, device: DeviceInfo, published: str = "fp16") -> str:
     """Resolve ``--precision auto|fp32|fp16|bf16`` for ``device``.
 
-    auto is fp16 on a GPU (as published: earth2studio's ``load_model`` sets ``use_fp16``)
-    and fp32 on a CPU.
+    auto is ``published`` on a GPU (the model's ``Declaration.gpu_precision``; for
+    CorrDiff Taiwan fp16, as earth2studio's ``load_model`` sets ``use_fp16``) and fp32 on
+    a CPU.
 
     Raises
     ------
@@ -707,7 +708,7 @@ def resolve_precision(requested: str, device: DeviceInfo) -> str:
         For fp16 on a CPU: physicsnemo computes in float16 only on CUDA/ROCm devices.
     """
     if requested == "auto":
-        return "fp16" if device.is_gpu else "fp32"
+        return published if device.is_gpu else "fp32"
     if requested == "fp16" and not device.is_gpu:
         raise UsageError(
             "--precision fp16 needs a GPU: physicsnemo computes in float16 only on CUDA or "
@@ -761,7 +762,9 @@ def _autocast_class() -> type:
     return AutocastNetwork
 
 
-def set_precision(model: CorrDiffTaiwan, device: DeviceInfo, precision: str = "auto") -> str:
+def set_precision(
+    model: CorrDiffTaiwan, device: DeviceInfo, precision: str = "auto", published: str = "fp16"
+) -> str:
     """Put both networks in ``precision``; return its dtype name for the provenance.
 
     See :func:`resolve_precision` for the choices and the default.
@@ -773,7 +776,7 @@ def set_precision(model: CorrDiffTaiwan, device: DeviceInfo, precision: str = "a
     """
     import torch
 
-    chosen = resolve_precision(precision, device)
+    chosen = resolve_precision(precision, device, published)
     for net in (model.regression_model, model.residual_model):
         wrapped = isinstance(net.model, _autocast_class())
         if wrapped and chosen != "bf16":  # back from bf16: the backbone as loaded
@@ -952,23 +955,37 @@ def load_corrdiff(
             "check that it is a complete CorrDiff Taiwan inference package"
         ) from None
     check_loaded(model, spec)
-    dtype = set_precision(model, device, precision)
+    return ready(model, device, precision, "fp16", layout=True)
+
+
+def ready(
+    model: Any, device: DeviceInfo, precision: str, published: str, layout: bool
+) -> tuple[Any, str]:
+    """A loaded CorrDiff (any family) in ``precision``, on ``device``, with our levers.
+
+    ``published`` is what ``--precision auto`` means on a GPU for this model. The
+    GroupNorm lever leaves float32 results bitwise unchanged; the memory layout
+    (``layout``: contiguous on a CPU) does not, so package models keep the one
+    earth2studio loads them in and their stores stay bitwise earth2studio's own call.
+    """
+    dtype = set_precision(model, device, precision, published)
     model = model.to(device.device).eval()
     for net in (model.regression_model, model.residual_model):
-        prefer_layout(net, device.is_gpu)
+        if layout:
+            prefer_layout(net, device.is_gpu)
         use_inplace_group_norm(net)
     return model, dtype
 
 
 def load_generic(
-    spec: str, device: DeviceInfo, precision: str = "fp32", declared: Declaration | None = None
+    spec: str, device: DeviceInfo, precision: str = "auto", declared: Declaration | None = None
 ) -> tuple[Any, str]:
     """Load a package model's folder (``--model``, made local) onto ``device``.
 
     Through earth2studio's own ``load_model``: a generic package with our fixes for real
     regions (:func:`corrdiff_tools.models.generic.load`), or CorrDiffCMIP6's where
-    ``declared`` names it (:func:`corrdiff_tools.models.cmip6_net.load`); in float32
-    (``--precision`` is refused otherwise when the request is validated).
+    ``declared`` names it (:func:`corrdiff_tools.models.cmip6_net.load`); then in
+    ``precision`` with the same levers as CorrDiff Taiwan (:func:`ready`).
     """
     from corrdiff_tools.models import cmip6, generic
 
@@ -979,4 +996,5 @@ def load_generic(
         loaded = cmip6_net.load(spec, device=str(device.device), shown=shown)
     else:
         loaded = generic.load(spec, device=str(device.device), shown=shown)
-    return loaded.to(device.device).eval(), PRECISIONS["fp32"]
+    published = "fp32" if declared is None else declared.gpu_precision
+    return ready(loaded, device, precision, published, layout=False)

@@ -281,8 +281,7 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
         compile=args.compile,
         prefetch=args.prefetch,
         command=tuple(command),
-        # A generic package runs in fp32 (refused otherwise above), on a GPU too.
-        precision=args.precision if declared.name == TAIWAN_MODEL else "fp32",
+        precision=args.precision,
         model=declared,
         package_sampler=own,
     )
@@ -380,18 +379,12 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
     for flag, given in (
         ("--model-package", args.model_package != DEFAULT_PACKAGE and not family),
         ("--prefetch", args.prefetch is not None),
-        ("--compile", args.compile),
     ):
         if given:
             raise UsageError(
                 f"{flag} is for CorrDiff Taiwan (--model {TAIWAN_MODEL}) so far, not "
                 f"{shown}: drop it"
             )
-    if args.precision not in ("auto", "fp32"):
-        raise UsageError(
-            f"--precision {args.precision}: generic packages run in fp32 so far; drop "
-            "--precision, or pass --precision fp32"
-        )
     # The options first; then a zip is extracted, or an address fetched, once (see
     # corrdiff_tools.models.packages).
     folder = local_package(spec, shown)

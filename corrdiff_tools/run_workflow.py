@@ -207,7 +207,8 @@ def _check_precision(request: RunRequest, device: DeviceInfo) -> None:
     """
     from corrdiff_tools import model, store
 
-    dtype = model.PRECISIONS[model.resolve_precision(request.precision, device)]
+    chosen = model.resolve_precision(request.precision, device, request.model.gpu_precision)
+    dtype = model.PRECISIONS[chosen]
     if not (request.resume and store.is_store(request.output)):
         return
     stored = store.read_attrs(request.output).get("precision")

@@ -71,7 +71,9 @@ LR_LON = np.linspace(116.0, 126.0, 40, endpoint=False)
 HR_SHAPE = (448, 448)
 #: CorrDiff Taiwan, as the rest of the code reads a model (stores without a model
 #: attribute are Taiwan's: they were made before there were other models).
-TAIWAN = Declaration("taiwan", INPUT_VARIABLES, OUTPUT_VARIABLES, LR_LAT, LR_LON, HR_SHAPE)
+TAIWAN = Declaration(
+    "taiwan", INPUT_VARIABLES, OUTPUT_VARIABLES, LR_LAT, LR_LON, HR_SHAPE, gpu_precision="fp16"
+)
 
 #: CF attributes of every variable a store may hold.
 VARIABLE_ATTRS: dict[str, dict[str, str]] = {

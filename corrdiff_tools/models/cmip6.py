@@ -40,6 +40,8 @@ NAME = "cmip6"
 #: Inputs blank (NaN) where there is none: sea-ice cover over land, snow cover over sea.
 #: Its preprocessing reads their blanks as no cover (``nan_to_num`` before smoothing).
 BLANK_INPUTS = ("siconc", "snc")
+#: ``--precision auto`` on a GPU: earth2studio runs both nets under bfloat16 autocast there.
+GPU_PRECISION = "bf16"
 
 
 #: What a CorrDiffCMIP6 package has beyond the generic layout: its time features'
@@ -90,6 +92,7 @@ def family(declared: Declaration) -> Declaration:
         output_leads=OUTPUT_LEADS,
         init_hour=INIT_HOUR,
         blank_inputs=tuple(name for name in BLANK_INPUTS if name in declared.inputs),
+        gpu_precision=GPU_PRECISION,
     )
 
 

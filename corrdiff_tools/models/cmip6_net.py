@@ -32,9 +32,11 @@ What :class:`Cmip6Sampler` does instead of its ``_forward``, and why:
   (``nan_to_num``), but leaves ``snc``'s own channel as it is, so the nets get NaN and
   every output comes out NaN. Ours fills both with 0, which is what the smoothing
   already takes them for (``models.cmip6.BLANK_INPUTS``; tests pin both).
-* On CUDA it runs both nets under bfloat16 autocast; ours runs them in float32, as the
-  generic packages (a choice of precision, not a fix: the published package's figures
-  were made either way).
+* On CUDA it runs both nets under bfloat16 autocast, on a CPU in float32. Ours does the
+  same by default (``--precision auto``: ``GPU_PRECISION`` in ``models.cmip6``), with
+  the autocast round the backbones rather than round whole sampler calls, as for
+  CorrDiff Taiwan (:func:`corrdiff_tools.model.autocast_network`), and fp32 or fp16
+  on request.
 
 With the seeds ``seed + j`` and one sample per call, ours reproduces earth2studio's own
 call bitwise on a CPU (``tests/test_cmip6.py``). The conditioning (its

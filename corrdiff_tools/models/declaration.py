@@ -63,6 +63,10 @@ class Declaration:
     blank_inputs : tuple of str
         Inputs whose missing values (NaN) the model reads as 0 rather than as a gap:
         CorrDiffCMIP6's sea-ice and snow cover, blank over land and over sea in CMIP6.
+    gpu_precision : str
+        What ``--precision auto`` is on a GPU: the precision the model is published to run
+        in there (Taiwan: fp16, earth2studio's ``use_fp16``; CorrDiffCMIP6: bf16, its
+        autocast; a generic package: fp32, as earth2studio loads it). On a CPU auto is fp32.
     """
 
     name: str
@@ -75,6 +79,7 @@ class Declaration:
     output_leads: tuple[int, ...] | None = None
     init_hour: int | None = None
     blank_inputs: tuple[str, ...] = ()
+    gpu_precision: str = "fp32"
 
     @property
     def is_taiwan(self) -> bool:
