@@ -1,10 +1,13 @@
 """``run_corrdiff.py --benchmark``: size a machine before downloading anything.
 
-The published architecture with seeded random weights costs exactly what the real
-weights cost, so this builds that package (``synthetic.build_package``) in a temporary
-directory, loads it through the same path as a real run (earth2studio's ``load_model``,
-our precision and GroupNorm levers), and times the same sampler on synthetic inputs.
-FLOPs are counted by torch's own ``FlopCounterMode`` on the warm-up calls, not assumed.
+For CorrDiff Taiwan, the published architecture with seeded random weights costs exactly
+what the real weights cost, so this builds that package (``synthetic.build_package``) in
+a temporary directory, loads it through the same path as a real run (earth2studio's
+``load_model``, our precision and GroupNorm levers), and times the same sampler on
+synthetic inputs. For a package model (``--model cmip6|PATH``) the package itself is
+loaded as a run loads it, and timed on random inputs of its own variables and grid
+(:func:`package_inputs`). FLOPs are counted by torch's own ``FlopCounterMode`` on the
+warm-up calls, not assumed.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corrdiff_tools.sampling import SamplerSettings
-from corrdiff_tools.store import HR_SHAPE, INPUT_VARIABLES, LR_LAT, LR_LON, OUTPUT_VARIABLES
+from corrdiff_tools.store import INPUT_VARIABLES, LR_LAT, LR_LON
 
 if TYPE_CHECKING:
+    from corrdiff_tools.downscale import Sampler
     from corrdiff_tools.model import DeviceInfo
+    from corrdiff_tools.models.declaration import Declaration
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class BenchmarkResult:
     diffusion_flops: float
     peak_device_bytes: int | None
     peak_host_bytes: int
+    #: What was timed, where it is not Taiwan's architecture at ``size`` width.
+    network: str = ""
 
     @property
     def calls_per_sample(self) -> int:
@@ -71,13 +78,13 @@ class BenchmarkResult:
         per_sample_call = sum(self.diffusion) / (self.samples * self.calls_per_sample)
         achieved = self.flops / self.total / 1e12
         rows = [
-            ("network", f"{self.size} width, 448x448, random weights"),
+            ("network", self.network or f"{self.size} width, 448x448, random weights"),
             ("device", f"{self.device}, {self.precision}{', compiled' if self.compiled else ''}"),
             (
                 "job",
                 f"{self.samples} sample(s), batch {self.batch_size}, {self.sampler.describe()}",
             ),
-            ("build package", f"{self.build:.2f} s (not part of a real run)"),
+            *([] if self.network else [("build package", f"{self.build:.2f} s (not in a run)")]),
             ("load", f"{self.load:.2f} s (load_model, precision, to device)"),
             (
                 "first calls",
@@ -123,7 +130,25 @@ def synthetic_model_inputs(seed: int = 0) -> np.ndarray:
     return np.asarray(selected.values[0], dtype="float32")
 
 
-def _timed(function: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]:
+def package_inputs(declared: Declaration, seed: int = 0) -> np.ndarray:
+    """Random inputs in a package model's variable order on its input grid, float32.
+
+    (variable, lat, lon), or (input lead, variable, lat, lon) for a model that reads
+    several. Standard normal values: a network's cost does not depend on them, and
+    earth2studio's normalisation maps them to finite conditioning whatever the units.
+    """
+    shape: tuple[int, ...] = (
+        len(declared.inputs),
+        declared.input_lat.size,
+        declared.input_lon.size,
+    )
+    if declared.multi_lead:
+        shape = (len(declared.input_leads), *shape)
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def timed(function: Callable[[], Any], sync: Callable[[], None]) -> tuple[Any, float]:
+    """``function()`` and the seconds it took, the device synchronised before the clock."""
     start = clock.perf_counter()
     result = function()
     sync()
@@ -153,8 +178,8 @@ def run_benchmark(
 
     with tempfile.TemporaryDirectory(prefix="corrdiff-benchmark-") as tmp:
         logger.info("building a %s-width package with random weights", size)
-        _, build = _timed(lambda: synthetic.build_package(tmp, width=size, zipped=False), sync)
-        (corrdiff, dtype), load = _timed(lambda: model.load_corrdiff(tmp, device, precision), sync)
+        _, build = timed(lambda: synthetic.build_package(tmp, width=size, zipped=False), sync)
+        (corrdiff, dtype), load = timed(lambda: model.load_corrdiff(tmp, device, precision), sync)
     if compile_nets:
         speed.compile_networks(corrdiff)
     return time_ensemble(
@@ -184,11 +209,18 @@ def time_ensemble(
     precision: str = "",
     build: float = 0.0,
     load: float = 0.0,
+    sampler: Sampler | None = None,
+    inputs: np.ndarray | None = None,
+    valid_time: datetime | None = None,
+    network: str = "",
 ) -> BenchmarkResult:
     """Time one ensemble of a loaded model (the timed part of :func:`run_benchmark`).
 
     Separate so that a loaded (and compiled) model can be timed at several ensemble
-    sizes without loading it again (``bench/kit/measure.py``). The first calls of each
+    sizes without loading it again (``bench/kit/measure.py``), and so that a package
+    model is timed by the same code: its ``sampler`` (the run's forward pass), its
+    ``inputs`` (:func:`package_inputs`) and ``valid_time`` (for time features), named
+    by ``network``; Taiwan's sampler and inputs by default. The first calls of each
     batch shape are timed apart (setup, compiling) and their FLOPs counted.
     """
     import torch
@@ -202,43 +234,53 @@ def time_ensemble(
         if gpu:
             torch.cuda.synchronize(device.device)
 
-    sampler = downscale.CorrDiffSampler(corrdiff, sampler_settings)
-    condition = sampler.condition(synthetic_model_inputs(seed))
+    if sampler is None:
+        sampler = downscale.CorrDiffSampler(corrdiff, sampler_settings)
+        inputs = synthetic_model_inputs(seed)
+    assert inputs is not None  # noqa: S101 - a package model's caller gives its inputs
+    when = valid_time or datetime(2024, 7, 24, 12)
+    condition = sampler.condition(inputs, when)
+    channels = len(sampler.declaration.outputs)
 
     with FlopCounterMode(display=False) as counter:
-        mean, first_regression = _timed(lambda: sampler.regression_mean(condition), sync)
+        mean, first_regression = timed(lambda: sampler.regression_mean(condition), sync)
     regression_flops = float(counter.get_total_flops())
     # One diffusion network call per batch shape the timed part will use (compiling
     # each once when --compile), counting the FLOPs of the first.
     shapes = sorted({min(batch_size, samples), samples % batch_size or batch_size}, reverse=True)
     first_diffusion = 0.0
     diffusion_flops = 0.0
+    # What the diffusion net is called on: the conditioning, after the regression mean
+    # where the model is conditioned on it (physicsnemo's samplers put it first), on the
+    # conditioning's grid (a package may pad it).
+    net_condition = condition
+    if getattr(corrdiff, "hr_mean_conditioning", False):
+        net_condition = torch.cat((mean.to(condition.dtype), condition), dim=1)
     for position, batch in enumerate(shapes):
-        latents = torch.randn((batch, len(OUTPUT_VARIABLES), *HR_SHAPE), device=sampler.device)
-        sigma = torch.tensor(80.0, dtype=torch.float64, device=sampler.device)
+        latents = torch.randn((batch, channels, *condition.shape[-2:]), device=condition.device)
+        sigma = torch.tensor(80.0, dtype=torch.float64, device=condition.device)
 
         def call(latents: Any = latents, sigma: Any = sigma, batch: int = batch) -> Any:
-            return corrdiff.residual_model(latents, condition.expand(batch, -1, -1, -1), sigma)
+            return corrdiff.residual_model(latents, net_condition.expand(batch, -1, -1, -1), sigma)
 
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            _, seconds = _timed(call, sync)
+            _, seconds = timed(call, sync)
         if position == 0:
             first_diffusion = seconds
             diffusion_flops = counter.get_total_flops() / batch
 
     if gpu:
         torch.cuda.reset_peak_memory_stats(device.device)
-    mean, regression = _timed(lambda: sampler.regression_mean(condition), sync)
+    mean, regression = timed(lambda: sampler.regression_mean(condition), sync)
     diffusion = []
-    when = datetime(2024, 7, 24, 12)
     for start in range(0, samples, batch_size):
         members = range(start, min(samples, start + batch_size))
         seeds = [downscale.sample_seed(seed, when, 0, member) for member in members]
 
         def ensemble(seeds: list[int] = seeds) -> Any:
-            return sampler.denormalise(mean + sampler.residuals(condition, seeds))
+            return sampler.denormalise(sampler.draw(condition, mean, seeds))
 
-        _, seconds = _timed(ensemble, sync)
+        _, seconds = timed(ensemble, sync)
         diffusion.append(seconds)
     return BenchmarkResult(
         size=size,
@@ -258,4 +300,5 @@ def time_ensemble(
         diffusion_flops=diffusion_flops,
         peak_device_bytes=model.peak_memory_bytes(device) if gpu else None,
         peak_host_bytes=model.host_peak_bytes(),
+        network=network,
     )

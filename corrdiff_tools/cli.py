@@ -242,12 +242,14 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="torch.compile both networks: faster calls after a slow first one (minutes on "
         "a CPU); results equal to rounding, not bitwise",
     )
-    bench = parser.add_argument_group("benchmark (no TIME, no downloads)")
+    bench = parser.add_argument_group("benchmark (no TIME, no input data)")
     bench.add_argument(
         "--benchmark",
         action="store_true",
-        help="time the published architecture with random weights and synthetic inputs, "
-        "honouring --samples, --steps, --solver, --batch-size, --device and --compile",
+        help="time CorrDiff Taiwan's published architecture with random weights and synthetic "
+        "inputs (no downloads), or with --model cmip6|PATH that package on random inputs; "
+        "honouring --samples, --steps, --solver, --batch-size, --device, --precision and "
+        "--compile",
     )
     bench.add_argument(
         "--benchmark-size",

@@ -19,7 +19,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +158,7 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class BenchmarkRequest:
-    """``run_corrdiff.py --benchmark``: time the published architecture, write nothing."""
+    """``run_corrdiff.py --benchmark``: time a model on synthetic inputs, write nothing."""
 
     size: str
     samples: int
@@ -169,6 +169,14 @@ class BenchmarkRequest:
     device: str
     peak_tflops: float | None
     precision: str = "auto"
+    #: ``--model``: Taiwan's declaration (its published architecture, random weights), or
+    #: a package model's, whose folder (made local) is ``model_package``.
+    model: Declaration = field(default_factory=_taiwan)
+    model_package: str = ""
+    #: The package as the user gave it, for messages and the table.
+    shown: str = ""
+    #: The sampler the run tool read from a package's ``metadata.json``.
+    package_sampler: SamplerSettings | None = None
 
 
 def sampler_settings(
@@ -544,11 +552,6 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
             f"--benchmark takes no TIME (got {' '.join(args.times)}): it uses synthetic "
             "inputs; drop the time, or drop --benchmark to downscale it"
         )
-    if args.model != TAIWAN_MODEL:
-        raise UsageError(
-            f"--benchmark times CorrDiff Taiwan's published architecture, not --model "
-            f"{args.model}: drop --model"
-        )
     for flag, given in (
         ("--resume", args.resume),
         ("--overwrite", args.overwrite),
@@ -558,7 +561,7 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
     ):
         if given:
             raise UsageError(f"--benchmark writes nothing, so {flag} does not apply: drop it")
-    return BenchmarkRequest(
+    request = BenchmarkRequest(
         size=args.benchmark_size,
         samples=args.samples,
         batch_size=args.batch_size,
@@ -568,6 +571,30 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
         device=args.device,
         peak_tflops=args.peak_tflops,
         precision=args.precision,
+    )
+    if args.model == TAIWAN_MODEL:
+        return request
+    if args.benchmark_size != "full":
+        raise UsageError(
+            f"--benchmark-size {args.benchmark_size} sizes CorrDiff Taiwan's architecture; "
+            f"--model {args.model} is timed as its package is: drop --benchmark-size"
+        )
+    from corrdiff_tools.models import cmip6
+
+    # The package is checked, and fetched or extracted, as a run's is.
+    declared, folder = _declared_model(args)
+    assert folder is not None  # noqa: S101 - a package model has a folder
+    own = _package_sampler(str(folder), declared)
+    shown = f"--model {args.model}"
+    if args.model == CMIP6_MODEL and package_location(args) != cmip6.DEFAULT_PACKAGE:
+        shown += f" --model-package {args.model_package}"
+    return replace(
+        request,
+        sampler=sampler_settings(args, own),
+        model=declared,
+        model_package=str(folder),
+        shown=shown,
+        package_sampler=own,
     )
 
 

@@ -25,7 +25,7 @@ import os
 import time as clock
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +39,10 @@ if TYPE_CHECKING:
     from corrdiff_tools.distributed import Context
     from corrdiff_tools.downscale import Job, Sampler, Timings, Writer
     from corrdiff_tools.model import DeviceInfo
+    from corrdiff_tools.models.declaration import Declaration
     from corrdiff_tools.network import Endpoint, Probe
     from corrdiff_tools.requests import BenchmarkRequest, ProgressFactory, RunRequest
+    from corrdiff_tools.sampling import SamplerSettings
     from corrdiff_tools.sources import InputSource, SourceSpec
     from corrdiff_tools.store import Replacement, StoreLayout, StoreWriter
 
@@ -312,22 +314,35 @@ def make_sampler(request: RunRequest, loaded: Any) -> Sampler:
     validated (variables, grids, and the sampler its ``metadata.json`` asks for): the
     store is laid out from that declaration.
     """
-    from corrdiff_tools import downscale
-
-    if request.is_taiwan:
-        return downscale.CorrDiffSampler(loaded, request.sampler)
-    from corrdiff_tools.models import cmip6, declaration, generic
-
     # What the user gave (a zip, an address), not the cache folder it was made into.
     shown = f"--model {request.package_identity.get('path', request.model_package)}"
-    if request.model.name == cmip6.NAME:
+    return sampler_for(loaded, request.model, request.sampler, shown, request.package_sampler)
+
+
+def sampler_for(
+    loaded: Any,
+    declared: Declaration,
+    settings: SamplerSettings,
+    shown: str,
+    read: SamplerSettings | None,
+) -> Sampler:
+    """:func:`make_sampler` from its parts (``--benchmark`` has no store request).
+
+    ``read`` is the sampler the run tool read from a package's ``metadata.json``.
+    """
+    from corrdiff_tools import downscale
+
+    if declared.is_taiwan:
+        return downscale.CorrDiffSampler(loaded, settings)
+    from corrdiff_tools.models import cmip6, declaration, generic
+
+    if declared.name == cmip6.NAME:
         from corrdiff_tools.models.cmip6_net import Cmip6Sampler
 
-        sampler: generic.GenericSampler = Cmip6Sampler(loaded, request.sampler)
+        sampler: generic.GenericSampler = Cmip6Sampler(loaded, settings)
     else:
-        sampler = generic.GenericSampler(loaded, request.sampler)
-    declaration.check_loaded(request.model, sampler.declaration, shown)
-    read = request.package_sampler
+        sampler = generic.GenericSampler(loaded, settings)
+    declaration.check_loaded(declared, sampler.declaration, shown)
     if read is not None and generic.package_settings(loaded) != read:
         raise RunError(
             f"{shown}: earth2studio read the sampler settings "
@@ -616,23 +631,65 @@ def prefetch(request: RunRequest, source: InputSource, extras: list[str]) -> int
 
 
 def benchmark(request: BenchmarkRequest, import_libraries: Callable[[], None]) -> BenchmarkResult:
-    """``--benchmark``: time a random-weight model of the published shape, write nothing."""
+    """``--benchmark``: time a model on synthetic inputs, write nothing.
+
+    CorrDiff Taiwan: a random-weight model of the published shape. A package model: the
+    package itself (fetched or extracted when the request was validated), loaded, given
+    the run's forward pass and timed on random inputs of its variables and grid.
+    """
     from corrdiff_tools import benchmark as bench
     from corrdiff_tools import model, speed
+    from corrdiff_tools.models import cmip6
 
     device = model.resolve_device(request.device)
-    model.resolve_precision(request.precision, device)  # refuse fp16 on a CPU at once
+    # Refuse fp16 on a CPU at once.
+    model.resolve_precision(request.precision, device, request.model.gpu_precision)
     speed.tune_host_allocator()
     logger.info("device: %s", device.description)
     import_libraries()
     batch_size, _ = model.default_batch_size(request.samples, request.batch_size, device)
-    return bench.run_benchmark(
+    if request.model.is_taiwan:
+        return bench.run_benchmark(
+            device,
+            request.size,
+            samples=request.samples,
+            batch_size=batch_size,
+            sampler_settings=request.sampler,
+            compile_nets=request.compile,
+            seed=request.seed,
+            precision=request.precision,
+        )
+    import torch
+
+    declared = request.model
+
+    def sync() -> None:
+        if device.is_gpu:
+            torch.cuda.synchronize(device.device)
+
+    def load() -> tuple[Any, str]:
+        return model.load_generic(request.model_package, device, request.precision, declared)
+
+    (loaded, dtype), seconds = bench.timed(load, sync)
+    if request.compile:
+        speed.compile_networks(loaded)
+    sampler = sampler_for(loaded, declared, request.sampler, request.shown, request.package_sampler)
+    rows, columns = declared.output_shape
+    kind = "CorrDiffCMIP6" if declared.name == cmip6.NAME else "a generic CorrDiff package"
+    # CorrDiffCMIP6 is timed at its first output lead time: each lead costs the same.
+    first = declared.output_leads[0] if declared.output_leads else 0
+    return bench.time_ensemble(
+        loaded,
         device,
-        request.size,
         samples=request.samples,
         batch_size=batch_size,
         sampler_settings=request.sampler,
-        compile_nets=request.compile,
+        compiled=request.compile,
         seed=request.seed,
-        precision=request.precision,
+        precision=dtype,
+        load=seconds,
+        sampler=sampler,
+        inputs=bench.package_inputs(declared, request.seed),
+        valid_time=datetime(2024, 7, 24, 12) + timedelta(hours=first),
+        network=f"{kind} ({request.shown}), {rows}x{columns} out, its own weights",
     )
