@@ -384,15 +384,11 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
             f"{shown} is a file but not a zip: give the folder, zip or address of a {kind} "
             f"({PACKAGING_HINT})"
         )
-    for flag, given in (
-        ("--model-package", args.model_package != DEFAULT_PACKAGE and not family),
-        ("--prefetch", args.prefetch is not None),
-    ):
-        if given:
-            raise UsageError(
-                f"{flag} is for CorrDiff Taiwan (--model {TAIWAN_MODEL}) so far, not "
-                f"{shown}: drop it"
-            )
+    if args.model_package != DEFAULT_PACKAGE and not family:
+        raise UsageError(
+            f"--model-package is for CorrDiff Taiwan (--model {TAIWAN_MODEL}) and "
+            f"CorrDiffCMIP6 (--model {CMIP6_MODEL}), not {shown}: drop it"
+        )
     # The options first; then a zip is extracted, or an address fetched, once (see
     # corrdiff_tools.models.packages).
     folder = local_package(spec, shown)
@@ -507,9 +503,11 @@ def _check_source_times(
 
 def _check_prefetch(request: RunRequest, typed_source: str) -> None:
     assert request.prefetch is not None  # noqa: S101 - the caller checks
-    if request.source.kind not in ("gfs", "era5"):
+    from corrdiff_tools import sources
+
+    if request.source.kind not in ("gfs", "era5", sources.CMIP6_SOURCE):
         raise UsageError(
-            f"--prefetch downloads from --source gfs or era5, not {typed_source}: "
+            f"--prefetch downloads from --source gfs, era5 or cmip6:..., not {typed_source}: "
             "forecasts and files cannot be prefetched into an analysis file"
         )
     if request.prefetch.exists():

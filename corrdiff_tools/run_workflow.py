@@ -614,19 +614,37 @@ class _SamplesOnly:
 
 
 def prefetch(request: RunRequest, source: InputSource, extras: list[str]) -> int:
-    """``--prefetch FILE``: the inputs of every time into FILE, the model into the cache."""
+    """``--prefetch FILE``: the inputs of every time into FILE, the model into the cache.
+
+    FILE holds every time the model reads (CorrDiffCMIP6: the days around each time, each
+    once) on the model's input grid, each checked as a run checks it, so that
+    ``--source FILE`` later runs offline what the source would have given.
+    """
+    from dataclasses import replace
+
     from corrdiff_tools import model, sources
+    from corrdiff_tools.models import cmip6
 
     assert request.prefetch is not None  # noqa: S101 - the caller checks
+    declared = request.model
+    read_times = declared.input_times(request.times)
+    # One time per read: a model that reads several days per time has them fetched once.
+    single = replace(declared, input_leads=(0,)) if declared.multi_lead else declared
     fields = []
-    for time in request.times:
+    for time in read_times:
         logger.info("fetching %s", times_mod.format_time(time))
-        fields.append(sources.fetch_inputs(source, request.source, time, 0, extras))
+        fields.append(sources.fetch_inputs(source, request.source, time, 0, extras, single))
     request.prefetch.parent.mkdir(parents=True, exist_ok=True)
-    sources.write_input_file(request.prefetch, request.times, fields)
-    logger.info("inputs for %d time(s) written to %s", len(request.times), request.prefetch)
-    directory = model.prepare_package(request.model_package)
-    logger.info("model package ready in %s: offline, pass --model-package %s", directory, directory)
+    sources.write_input_file(request.prefetch, read_times, fields, declared)
+    logger.info("inputs for %d time(s) written to %s", len(read_times), request.prefetch)
+    if request.is_taiwan:
+        directory = model.prepare_package(request.model_package)
+        offline = f"--model-package {directory}"
+    else:  # fetched or extracted when the request was validated
+        directory = Path(request.model_package)
+        named = f"{cmip6.NAME} --model-package " if declared.name == cmip6.NAME else ""
+        offline = f"--model {named}{directory}"
+    logger.info("model package ready in %s: offline, pass %s", directory, offline)
     return 0
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from corrdiff_tools import checks
 from corrdiff_tools import times as times_mod
 from corrdiff_tools.errors import RunError, UsageError
-from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, LR_LAT, LR_LON, TAIWAN
+from corrdiff_tools.store import EXTRA_LOWRES_VARIABLES, TAIWAN
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -360,10 +360,14 @@ def file_identity(
 def lowres_variables(
     spec: SourceSpec, file_variables: Sequence[str] | None = None, model: Declaration = TAIWAN
 ) -> list[str]:
-    """Low-resolution fields a run stores: the inputs, plus ``refc`` where the source has it."""
+    """Low-resolution fields a run stores: the inputs, plus ``refc`` where the source has it.
+
+    ``refc`` is shown beside radar reflectivity (``mrr``): a model without that output
+    (most packages) has it neither fetched nor stored.
+    """
     if spec.kind == "file":
         return list(file_variables or model.inputs)
-    if spec.kind in ("gfs", "gfs-forecast"):
+    if spec.kind in ("gfs", "gfs-forecast") and "mrr" in model.outputs:
         extras = [v for v in EXTRA_LOWRES_VARIABLES if v not in model.inputs]
         return [*model.inputs, *extras]
     return list(model.inputs)
@@ -825,14 +829,15 @@ def write_input_file(
     path: Path,
     times: Sequence[datetime],
     fields: Sequence[dict[str, np.ndarray]],
+    model: Declaration = TAIWAN,
 ) -> None:
     """Write fetched inputs as a DataArray (time, variable, lat, lon) for ``--source PATH``.
 
-    The file is cropped to the model's input box; NetCDF for a ``.nc`` name, else Zarr.
+    The file is on ``model``'s input grid, as fetched; NetCDF for a ``.nc`` name, else Zarr.
     """
     variables = list(fields[0])
     stacked = np.stack([np.stack([f[v] for v in variables]) for f in fields])
-    array = input_dataarray(stacked, times, variables, LR_LAT, LR_LON)
+    array = input_dataarray(stacked, times, variables, model.input_lat, model.input_lon)
     tmp = path.with_name(f".{path.name}.partial")
     if path.suffix == ".nc":
         array.to_netcdf(tmp)

@@ -472,6 +472,65 @@ def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
         np.testing.assert_array_equal(ours[name].values, theirs[name].values)
 
 
+def test_cmip6_prefetch_writes_the_days_once_and_the_run_from_them_is_the_same_store(
+    package: Path, input_file: Path, tmp_path: Path, made: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """--prefetch FILE with --source cmip6:...: each day the run reads, once, on the
+    package's input grid, blanks kept blank; then --source FILE offline gives the store
+    the archive gives, bit for bit."""
+    import importlib.util
+
+    from corrdiff_tools.imports import import_alone
+
+    archive = import_alone("earth2studio.data.cmip6")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: object() if name == "intake_esgf" else real_find_spec(name, *a),
+    )  # fmt: skip
+    monkeypatch.setattr(archive, "CMIP6", _Archive)
+    monkeypatch.setattr(archive, "CMIP6MultiRealm", _Archive.realm)
+    monkeypatch.setattr(_Archive, "built", [])
+    monkeypatch.setattr(_Archive, "asked", [])
+    monkeypatch.setattr(_Archive, "path", input_file)
+    fetched = tmp_path / "days.nc"
+    argv = _argv(package, "cmip6:ssp585:CanESM5:r1i1p2f1", tmp_path / "unused.zarr")
+    argv = [*argv[: argv.index("--output")], "--prefetch", str(fetched)]
+    code, err = _run(capsys, argv)
+    assert code == 0, err
+    assert f"offline, pass --model cmip6 --model-package {package}" in err
+    assert sorted(np.datetime64(t, "h") for t in _Archive.asked) == [
+        np.datetime64(day, "h") for day in DAYS
+    ]  # 4 days for 2 times, each once
+    with xr.open_dataarray(fetched) as array:
+        assert array.dims == ("time", "variable", "lat", "lon")
+        assert list(array["variable"].values) == list(INPUTS)
+        np.testing.assert_array_equal(array["lat"].values, IN_GRID[0])
+        np.testing.assert_array_equal(array["lon"].values, IN_GRID[1])
+        for index in range(len(DAYS)):
+            for name in INPUTS:
+                np.testing.assert_array_equal(
+                    array.sel(variable=name).values[index], _day(index)[name].astype("float32")
+                )
+    output = tmp_path / "offline.zarr"
+    code, err = _run(capsys, _argv(package, fetched, output, "--stats"))
+    assert code == 0, err
+    ours, theirs = xr.open_zarr(output), xr.open_zarr(made)
+    for name in (*OUTPUTS, "lr_t2m", "lr_snc"):
+        np.testing.assert_array_equal(ours[name].values, theirs[name].values)
+    # Blank snow cover over sea stays blank in the file (and is refused nowhere).
+    sea = _day(0)["t2m"] > 285.0
+    blanks = _daily_file(tmp_path / "blanks.nc", {"snc": lambda v: np.where(sea, np.nan, v)})
+    monkeypatch.setattr(_Archive, "path", blanks)
+    argv = _argv(package, "cmip6:ssp585:CanESM5:r1i1p2f1", tmp_path / "unused.zarr")
+    argv = [INITS[0].strftime("%Y-%m-%dT%H:%M"), *argv[2 : argv.index("--output")]]
+    code, err = _run(capsys, [*argv, "--prefetch", str(tmp_path / "blank-days.nc")])
+    assert code == 0, err
+    with xr.open_dataarray(tmp_path / "blank-days.nc") as array:
+        np.testing.assert_array_equal(np.isnan(array.sel(variable="snc").values[0]), sea)
+
+
 def test_cmip6_plots_name_lead_times_before_the_day(made: Path, tmp_path: Path) -> None:
     outdir = tmp_path / "figures"
     argv = [str(made), "--plot-lowres", "--sample", "0", "--time", "1", "--lead-time", "-12",

@@ -296,7 +296,7 @@ BAD = [
     ("incomplete", (), "is not a generic CorrDiff package: it lacks diffusion.mdlus"),
     ("ok", ("--stats", "--threshold", "mrr=40"), "VAR=VALUE with VAR one of t2m, u10m, tp, e.g."),
     ("ok", ("--precision", "fp16"), "--precision fp16 needs a GPU: physicsnemo computes in"),
-    ("ok", ("--model-package", "x"), "--model-package is for CorrDiff Taiwan"),
+    ("ok", ("--model-package", "x"), "--model-package is for CorrDiff Taiwan (--model taiwan) and"),
 ]  # fmt: skip
 
 
@@ -1145,6 +1145,53 @@ def test_a_named_source_off_the_package_grid_is_refused_before_anything_runs(
     assert code == 2 and len(lines) == 1, lines
     assert "--source gfs: its 0.25 degree grid has no lat 40.1 (nearest 40)" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+class _Plausible(_Global):
+    """:class:`_Global` in plausible units (the run checks them): u10m = longitude / 10,
+    v10m = latitude / 10, in m/s."""
+
+    def __call__(self, time: object, variable: object) -> xr.DataArray:
+        return super().__call__(time, variable) / 10.0
+
+
+def test_prefetch_of_a_generic_package_writes_its_inputs_on_its_grid_for_an_offline_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--prefetch FILE with --model PATH --source gfs (earth2studio's GFS seam fed by a
+    stand-in on GFS's global grid): the package's variables at its input points (west of
+    Greenwich, read modulo 360), each time once; then --source FILE runs offline and the
+    store's inputs are those values."""
+    lat, lon = np.arange(40.0, 42.0, 0.25), np.arange(-10.0, -7.0, 0.25)
+    package = synthetic.build_generic_package(
+        tmp_path / "pkg", ("u10m", "v10m"), ("t2m",), synthetic.regular_grid(40.5, -9.5, (8, 8), 0.1),
+        (lat, lon), metadata={"number_of_steps": 3, "sigma_max": 80.0},
+    )  # fmt: skip
+    fetched = tmp_path / "pre.nc"
+    capsys.readouterr()
+    argv = ["2024-07-24T00/2024-07-24T06", "--model", str(package), "--device", "cpu"]
+    code = run_main(
+        [*argv, "--source", "gfs", "--prefetch", str(fetched)],
+        build_source=lambda spec, times: _Plausible(),
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"offline, pass --model {package}" in err
+    with xr.open_dataarray(fetched) as array:
+        assert array.dims == ("time", "variable", "lat", "lon")
+        assert list(array["variable"].values) == ["u10m", "v10m"]
+        assert array.sizes["time"] == 2
+        np.testing.assert_array_equal(array["lat"].values, lat)
+        np.testing.assert_array_equal(array["lon"].values, lon)
+        u10m, v10m = array.sel(variable="u10m").values, array.sel(variable="v10m").values
+    np.testing.assert_allclose(u10m, np.broadcast_to((lon % 360.0) / 10.0, (2, 8, 12)))
+    np.testing.assert_allclose(v10m, np.broadcast_to(lat[:, None] / 10.0, (2, 8, 12)))
+    output = tmp_path / "offline.zarr"
+    code = run_main([*argv, "--source", str(fetched), "--samples", "1", "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    stored = xr.open_zarr(output)
+    np.testing.assert_array_equal(stored["lr_u10m"].values, u10m)
+    assert stored["completed"].values.all()
 
 
 def test_a_file_longitude_a_hair_west_of_360_is_the_package_zero(tmp_path: Path) -> None:
