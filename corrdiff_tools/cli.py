@@ -168,8 +168,9 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--lead-time",
         nargs="+",
         metavar="H",
-        help="lead times in hours: of a forecast, with --source gfs-forecast (default 0); "
-        "with --model cmip6, the hours -12 to 11 around each 12:00 UTC time (default -12)",
+        help="lead times in hours, space- or comma-separated: of a forecast, with --source "
+        "gfs-forecast (default 0); with --model cmip6, the hours -12 to 11 around each "
+        "12:00 UTC time (default -12; --lead-time=-12,0 as in the plot tool)",
     )
     parser.add_argument(
         "--output",
@@ -615,7 +616,10 @@ def build_plot_parser() -> argparse.ArgumentParser:
         "--time", default="all", help="all (default), an ISO time, or an index into the store"
     )
     parser.add_argument(
-        "--lead-time", default="all", help="all (default) or hours, e.g. 6 or 0,6 (forecast stores)"
+        "--lead-time",
+        default="all",
+        help="all (default) or hours, e.g. 6 or 0,6; signed where a store has negative ones "
+        "(--lead-time=-12,0)",
     )
     parser.add_argument(
         "--plot-lowres", action="store_true", help="also draw the low-resolution input"

@@ -324,7 +324,14 @@ def package_location(args: argparse.Namespace) -> str:
 def _lead_times(
     args: argparse.Namespace, source: SourceSpec, times: Sequence[datetime]
 ) -> list[int] | None:
-    """``--lead-time``: a forecast's hours, CorrDiffCMIP6's around its time, or None."""
+    """``--lead-time``: a forecast's hours, CorrDiffCMIP6's around its time, or None.
+
+    Given space-separated (``--lead-time 0 6``) or, as the plot tool takes them,
+    comma-separated (``--lead-time=0,6``); an empty item is refused as not an hour.
+    """
+    typed = None
+    if args.lead_time is not None:
+        typed = [item for given in args.lead_time for item in given.split(",")]
     if args.model == CMIP6_MODEL:
         from corrdiff_tools.models import cmip6
 
@@ -338,14 +345,14 @@ def _lead_times(
         cmip6.check_times(times)
         if source.kind == "cmip6":
             cmip6.check_archive_days(times, source.label)
-        given = args.lead_time or [str(cmip6.OUTPUT_LEADS[0])]
+        given = typed or [str(cmip6.OUTPUT_LEADS[0])]
         return times_mod.parse_window_leads(given, cmip6.OUTPUT_LEADS, "CorrDiffCMIP6")
-    if args.lead_time is not None and not source.is_forecast:
+    if typed is not None and not source.is_forecast:
         raise UsageError(
             f"--lead-time needs --source gfs-forecast (got --source {args.source}); "
             "analyses have no lead time"
         )
-    return times_mod.parse_lead_times(args.lead_time or ["0"]) if source.is_forecast else None
+    return times_mod.parse_lead_times(typed or ["0"]) if source.is_forecast else None
 
 
 def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]:

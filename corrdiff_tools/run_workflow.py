@@ -196,7 +196,7 @@ def _run_ranked(
         for replacement in replacements:
             replacement.discard()
     _store_statistics(request.output, request.statistics, ranks)
-    _summary(request, device, ranks, len(jobs), timings, load_time, clocks)
+    _summary(request, device, ranks, timings, load_time, clocks)
     return 0
 
 
@@ -494,7 +494,6 @@ def _summary(
     request: RunRequest,
     device: DeviceInfo,
     ranks: Context,
-    entries: int,
     timings: Timings,
     load_time: float,
     clocks: StartUp,
@@ -513,12 +512,15 @@ def _summary(
         "write": timings.write,
     }
     other = max(0.0, wall - sum(parts.values()))
+    # Each job is one (time, lead time): say how many of each, not "6 times" for 2 x 3.
+    leads = len(request.lead_times or ())
+    pieces = f"{len(request.times)} time(s)" + (f" x {leads} lead time(s)" if leads else "")
     logger.info(
-        "done: %d sample(s) for %d time(s) in %.1f s since start: start-up %.1f s "
+        "done: %d sample(s) for %s in %.1f s since start: start-up %.1f s "
         "(of which importing earth2studio %.1f s), %s, other %.1f s; peak %s memory "
         "%.2f GiB; wrote %s",
         sum(samples for samples, _, _ in per_rank),
-        entries,
+        pieces,
         wall,
         clocks.startup,
         clocks.imports,

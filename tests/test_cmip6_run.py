@@ -226,8 +226,11 @@ def test_cmip6_runs_in_bf16_on_request_within_its_measured_error(
     the tiny package: max |bf16 - fp32| 0.08 to 0.10 of each output's spread; below 0.3,
     and above 0 (or bf16 was not in effect)."""
     output = tmp_path / "bf16.zarr"
-    code, err = _run(capsys, _argv(package, input_file, output, "--precision", "bf16"))
+    argv = [a for a in _argv(package, input_file, output, "--precision", "bf16") if a != "-q"]
+    code, err = _run(capsys, argv)
     assert code == 0, err
+    # The summary counts (time, lead time) pieces as such, not as 6 "times".
+    assert "done: 12 sample(s) for 2 time(s) x 3 lead time(s) in" in err
     half, full = xr.open_zarr(output), xr.open_zarr(made)
     assert half.attrs["precision"] == "bfloat16" and full.attrs["precision"] == "float32"
     for name in ("t2m", "u10m"):
@@ -321,6 +324,26 @@ def test_cmip6_refuses_what_it_cannot_run_in_one_line(
     assert code == 2, err
     assert expected in _one_line(err)
     assert not output.exists()
+
+
+def test_lead_times_are_read_space_or_comma_separated_as_in_the_plot_tool() -> None:
+    """The plot tool takes --lead-time=-12,0; the run tool took only -12 0 and refused
+    the commas as "not a whole number of hours". Both forms, and mixed, now; an empty
+    item is still refused."""
+    from argparse import Namespace
+
+    from corrdiff_tools import requests
+    from corrdiff_tools.errors import UsageError
+
+    daily = sources.SourceSpec("file", Path("days.nc"))
+    for typed in (["-12", "0", "11"], ["-12,0,11"], ["-12,0", "11"]):
+        args = Namespace(model="cmip6", lead_time=typed, source="days.nc")
+        assert requests._lead_times(args, daily, INITS) == [-12, 0, 11]
+    forecast = sources.SourceSpec("gfs-forecast")
+    args = Namespace(model="taiwan", lead_time=["0,6", "12"], source="gfs-forecast")
+    assert requests._lead_times(args, forecast, [datetime(2024, 7, 24, 12)]) == [0, 6, 12]
+    with pytest.raises(UsageError, match="lead time '' is not a whole number of hours"):
+        requests._lead_times(Namespace(model="cmip6", lead_time=["0,"], source="x"), daily, INITS)
 
 
 def test_cmip6_refuses_a_file_without_the_days_around_a_time(
