@@ -454,13 +454,9 @@ class _Archive:
             return array.sel(time=wanted, variable=list(np.atleast_1d(variable))).load()
 
 
-def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
-    package: Path, input_file: Path, tmp_path: Path, made: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
-    """``--source cmip6:EXPERIMENT:MODEL:VARIANT``: the three tables of earth2studio's
-    example, exact time matching, and its fields by date and name through the real fetch
-    (earth2studio's fetch_data): the same store as from the file."""
+def _serve_archive(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """earth2studio's CMIP6 classes replaced by :class:`_Archive` serving ``path``, and
+    ``intake-esgf`` reported installed: the run's own fetch goes through them."""
     import importlib.util
 
     from corrdiff_tools.imports import import_alone
@@ -475,7 +471,17 @@ def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
     monkeypatch.setattr(archive, "CMIP6MultiRealm", _Archive.realm)
     monkeypatch.setattr(_Archive, "built", [])
     monkeypatch.setattr(_Archive, "asked", [])
-    monkeypatch.setattr(_Archive, "path", input_file)
+    monkeypatch.setattr(_Archive, "path", path)
+
+
+def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
+    package: Path, input_file: Path, tmp_path: Path, made: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """``--source cmip6:EXPERIMENT:MODEL:VARIANT``: the three tables of earth2studio's
+    example, exact time matching, and its fields by date and name through the real fetch
+    (earth2studio's fetch_data): the same store as from the file."""
+    _serve_archive(monkeypatch, input_file)
     output = tmp_path / "archive.zarr"
     code, err = _run(capsys, _argv(package, "cmip6:ssp585:CanESM5:r1i1p2f1", output, "--stats"))
     assert code == 0, err
@@ -502,21 +508,7 @@ def test_cmip6_prefetch_writes_the_days_once_and_the_run_from_them_is_the_same_s
     """--prefetch FILE with --source cmip6:...: each day the run reads, once, on the
     package's input grid, blanks kept blank; then --source FILE offline gives the store
     the archive gives, bit for bit."""
-    import importlib.util
-
-    from corrdiff_tools.imports import import_alone
-
-    archive = import_alone("earth2studio.data.cmip6")
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec",
-        lambda name, *a: object() if name == "intake_esgf" else real_find_spec(name, *a),
-    )  # fmt: skip
-    monkeypatch.setattr(archive, "CMIP6", _Archive)
-    monkeypatch.setattr(archive, "CMIP6MultiRealm", _Archive.realm)
-    monkeypatch.setattr(_Archive, "built", [])
-    monkeypatch.setattr(_Archive, "asked", [])
-    monkeypatch.setattr(_Archive, "path", input_file)
+    _serve_archive(monkeypatch, input_file)
     fetched = tmp_path / "days.nc"
     argv = _argv(package, "cmip6:ssp585:CanESM5:r1i1p2f1", tmp_path / "unused.zarr")
     argv = [*argv[: argv.index("--output")], "--prefetch", str(fetched)]
