@@ -399,11 +399,12 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
     # The options first; then a zip is extracted, or an address fetched, once (see
     # corrdiff_tools.models.packages).
     folder = local_package(spec, shown)
+    if family and not given:  # the default address: name it, the user never typed it
+        shown = f"{shown} ({spec})"
     missing = missing_files(folder)
     if missing:
         raise UsageError(
-            f"{shown} is not a generic CorrDiff package: it lacks {', '.join(missing)} "
-            f"({PACKAGING_HINT})"
+            f"{shown} is not a {kind}: it lacks {', '.join(missing)} ({PACKAGING_HINT})"
         )
     # Absolute: the loader, torchrun's ranks and --resume read it from anywhere.
     folder = folder.resolve()

@@ -790,7 +790,7 @@ def test_a_remote_package_is_fetched_once_then_read_offline(
         code, err = _run(capsys, f"{server.url}/nothing_here", input_file, tmp_path / "x.zarr")
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1, err
-        assert "nothing_here is not a generic CorrDiff package: it has no metadata.json" in err
+        assert "nothing_here is not a complete CorrDiff package: it has no metadata.json" in err
         gone = f"{server.url}/other_package"
     finally:
         server.stop()

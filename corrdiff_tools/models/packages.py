@@ -142,20 +142,67 @@ def _resolve(package: Any, name: str, spec: str, shown: str) -> Path | None:
     try:
         with bar, package.fs.open(f"{package.root.rstrip('/')}/{name}", callback=bar) as file:
             return Path(file.name)
-    except FileNotFoundError:
-        return None
+    except FileNotFoundError as err:
+        # huggingface_hub raises FileNotFoundError for a repository or revision the Hub
+        # does not know too (hf_file_system._raise_file_not_found, chained from the Hub's
+        # error): that is the address, not one missing file, and is said as such.
+        problem = _address_problem(err)
+        if problem is None:
+            return None
+        raise _error_class(spec, shown)(
+            f"the model package {spec} cannot be fetched: {problem}; check the address "
+            f"and its revision, or download the package's files into a folder and pass "
+            f"{_way_out(spec, shown)}"
+        ) from None
     except Exception as err:  # noqa: BLE001 - fsspec's clients raise many types offline
         from corrdiff_tools import network
 
         why = network.unreachable_reason(err) or network.summarise(err)
-        # --model FOLDER; for a family named by --model (cmip6), its --model-package.
-        words = shown.split()
-        family = shown != f"--model {spec}" and len(words) > 1
-        option = f"--model {words[1]} --model-package FOLDER" if family else "--model FOLDER"
         raise RunError(
             f"could not download {name} of the model package {spec} ({why}): download the "
-            f"package's files into a folder and pass {option}"
+            f"package's files into a folder and pass {_way_out(spec, shown)}"
         ) from err
+
+
+#: huggingface_hub errors behind a FileNotFoundError that mean the address is wrong.
+_ADDRESS_ERRORS = {
+    "RepositoryNotFoundError": "the Hub has no such repository (or it is private)",
+    "RevisionNotFoundError": "the Hub has no such revision of it",
+    "HFValidationError": "it is not a valid Hub repository name",
+}
+
+
+def _address_problem(err: FileNotFoundError) -> str | None:
+    """What :data:`_ADDRESS_ERRORS` says of the error ``err`` is chained from, if any.
+
+    By class name (subclasses too, such as a gated repository's): huggingface_hub is
+    not imported for a package that does not need it.
+    """
+    cause = err.__cause__
+    for cls in type(cause).__mro__ if cause is not None else ():
+        if cls.__name__ in _ADDRESS_ERRORS:
+            return _ADDRESS_ERRORS[cls.__name__]
+    return None
+
+
+def _way_out(spec: str, shown: str) -> str:
+    """The offline option: ``--model FOLDER``, or a family's ``--model-package``."""
+    words = shown.split()
+    family = shown != f"--model {spec}" and len(words) > 1
+    return f"--model {words[1]} --model-package FOLDER" if family else "--model FOLDER"
+
+
+def _error_class(spec: str, shown: str) -> type[Exception]:
+    """UsageError (exit 2) for an address the user typed, else RunError (exit 1).
+
+    A default address (CorrDiffCMIP6's) is not the user's to correct.
+    """
+    return UsageError if spec in shown.split() else RunError
+
+
+def _named(spec: str, shown: str) -> str:
+    """``shown``, with the address where the user did not type it (a default package)."""
+    return shown if spec in shown.split() else f"{shown} ({spec})"
 
 
 def _fetched(spec: str, shown: str) -> Path:
@@ -178,9 +225,10 @@ def _fetched(spec: str, shown: str) -> Path:
                 )
             for name in (*REQUIRED_FILES, *CHECKPOINTS):
                 if _resolve(package, name, spec, shown) is None:
-                    raise UsageError(
-                        f"{shown} is not a generic CorrDiff package: it has no {name} "
-                        f"({PACKAGING_HINT})"
+                    raise _error_class(spec, shown)(
+                        f"{_named(spec, shown)} is not a complete CorrDiff package: it has "
+                        f"no {name} ({PACKAGING_HINT}); or download the package's files "
+                        f"into a folder and pass {_way_out(spec, shown)}"
                     )
             for name in OPTIONAL_FILES:
                 _resolve(package, name, spec, shown)
