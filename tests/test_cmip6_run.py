@@ -217,6 +217,7 @@ def test_cmip6_resume_recomputes_what_is_missing_and_refuses_other_settings(
     assert code == 2 and "model_package" in err, err
 
 
+@pytest.mark.slow
 def test_cmip6_runs_in_bf16_on_request_within_its_measured_error(
     made: Path, package: Path, input_file: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -501,6 +502,7 @@ def test_the_cmip6_archive_is_built_as_earth2studio_documents_and_feeds_a_run(
         np.testing.assert_array_equal(ours[name].values, theirs[name].values)
 
 
+@pytest.mark.slow
 def test_cmip6_prefetch_writes_the_days_once_and_the_run_from_them_is_the_same_store(
     package: Path, input_file: Path, tmp_path: Path, made: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

@@ -261,6 +261,7 @@ def test_the_default_package_is_fetched_from_the_hub_at_its_pinned_revision(
     assert int(dataset["completed"].values.sum()) == 1
 
 
+@pytest.mark.slow
 def test_a_second_run_reads_the_cache_with_the_hub_gone(first_run: FirstRun) -> None:
     """With the Hub stopped (its port refuses connections, so any request would fail the
     run, as the unreachable case shows), the same command runs from the cache: exit 0,
