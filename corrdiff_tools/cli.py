@@ -78,6 +78,9 @@ class _Parser(argparse.ArgumentParser):
         return parsed, extras
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("argument --lead-time: expected"):
+            # argparse reads "-12,0" as an option, not as the value it is
+            message += " (a negative lead time reads as an option: write --lead-time=-12,0)"
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 

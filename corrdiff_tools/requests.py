@@ -235,6 +235,19 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
             f"--threshold {args.threshold[0]} only applies with --stats: add --stats, or "
             "set thresholds when plotting (plot_corrdiff.py --stats --threshold ...)"
         )
+    if args.prefetch is not None:  # it writes the inputs file and stops: no store
+        for flag, given in (
+            ("--output", args.output is not None),
+            ("--resume", args.resume),
+            ("--overwrite", args.overwrite),
+            ("--stats", args.stats),
+        ):
+            if given:
+                raise UsageError(
+                    f"--prefetch only downloads (inputs to {args.prefetch}, the model to the "
+                    f"cache) and writes no store, so {flag} does not apply: drop it, and "
+                    "pass it to the run that reads the file"
+                )
     # A zipped package is extracted, a remote one fetched, here (once): its files declare
     # what the source is checked against. Everything that needs no package is checked first.
     declared, folder = _declared_model(args)
@@ -257,7 +270,9 @@ def validate_run(args: argparse.Namespace, command: Sequence[str]) -> RunRequest
             identity["path"] = str(given)  # the zip or the address, not the cache folder
     statistics = parse_thresholds(args.threshold, declared.outputs) if args.stats else None
     # A package's own sampler, with what the options change (a --preset replaces it).
-    own = _package_sampler(package_spec, declared) if declared.name != TAIWAN_MODEL else None
+    own = None
+    if declared.name != TAIWAN_MODEL:
+        own = _package_sampler(package_spec, declared, _model_shown(args))
     sampler = sampler_settings(args, own)
     named = CMIP6_MODEL if declared.name == CMIP6_MODEL else ""
     output = args.output or store.default_output(times, source.is_forecast, named)
@@ -416,7 +431,20 @@ def _declared_model(args: argparse.Namespace) -> tuple[Declaration, Path | None]
     return (cmip6.declare if family else from_package)(folder, shown), folder
 
 
-def _package_sampler(spec: str, declared: Declaration) -> SamplerSettings:
+def _model_shown(args: argparse.Namespace) -> str:
+    """The package model as the user named it, for messages (never the cache folder)."""
+    if args.model == CMIP6_MODEL and package_location(args) != _cmip6_default():
+        return f"--model {CMIP6_MODEL} --model-package {args.model_package}"
+    return f"--model {args.model}"
+
+
+def _cmip6_default() -> str:
+    from corrdiff_tools.models import cmip6
+
+    return cmip6.DEFAULT_PACKAGE
+
+
+def _package_sampler(spec: str, declared: Declaration, shown: str) -> SamplerSettings:
     """The sampler settings a generic package's ``metadata.json`` asks for."""
     import json
 
@@ -431,8 +459,8 @@ def _package_sampler(spec: str, declared: Declaration) -> SamplerSettings:
         # Its own values are checked as the options are (they are named by option).
         sampling.check(settings)
     except (OSError, ValueError, TypeError) as err:
-        shown = str(err).removeprefix("metadata.json: ")
-        raise UsageError(f"--model {spec}: its metadata.json: {shown}") from None
+        why = str(err).removeprefix("metadata.json: ")
+        raise UsageError(f"{shown}: its metadata.json: {why}") from None
     return settings
 
 
@@ -564,9 +592,22 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
         ("--prefetch", args.prefetch is not None),
         ("--output", args.output is not None),
         ("--lead-time", args.lead_time is not None),
+        ("--stats", args.stats),
+        ("--threshold", bool(args.threshold)),
     ):
         if given:
             raise UsageError(f"--benchmark writes nothing, so {flag} does not apply: drop it")
+    from corrdiff_tools.model import DEFAULT_PACKAGE
+
+    for flag, given in (
+        ("--source", args.source != "gfs"),
+        ("--model-package", args.model == TAIWAN_MODEL and args.model_package != DEFAULT_PACKAGE),
+    ):
+        if given:
+            raise UsageError(
+                f"--benchmark times random inputs (and CorrDiff Taiwan's architecture with "
+                f"random weights), so {flag} does not apply: drop it"
+            )
     request = BenchmarkRequest(
         size=args.benchmark_size,
         samples=args.samples,
@@ -585,15 +626,12 @@ def validate_benchmark(args: argparse.Namespace) -> BenchmarkRequest:
             f"--benchmark-size {args.benchmark_size} sizes CorrDiff Taiwan's architecture; "
             f"--model {args.model} is timed as its package is: drop --benchmark-size"
         )
-    from corrdiff_tools.models import cmip6
 
     # The package is checked, and fetched or extracted, as a run's is.
     declared, folder = _declared_model(args)
     assert folder is not None  # noqa: S101 - a package model has a folder
-    own = _package_sampler(str(folder), declared)
-    shown = f"--model {args.model}"
-    if args.model == CMIP6_MODEL and package_location(args) != cmip6.DEFAULT_PACKAGE:
-        shown += f" --model-package {args.model_package}"
+    shown = _model_shown(args)
+    own = _package_sampler(str(folder), declared, shown)
     return replace(
         request,
         sampler=sampler_settings(args, own),

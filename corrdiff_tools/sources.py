@@ -494,7 +494,8 @@ def cache_hint(source: Any) -> str:
         directory = str(source.cache)  # earth2studio sources expose their cache location
     except Exception:  # noqa: BLE001 - a source without one: name the root instead
         directory = "$EARTH2STUDIO_CACHE (default ~/.cache/earth2studio)"
-    return f"delete {directory} and rerun with --resume"
+    # Not "rerun with --resume" alone: a --prefetch refuses --resume (it writes no store).
+    return f"delete {directory} and run again (a run with --resume keeps what it has done)"
 
 
 #: Sources that have delivered in this process (see fetch_fields' retries).

@@ -512,6 +512,22 @@ def test_prefetch_writes_a_file_the_run_can_use(
     assert code == 2 and "--prefetch pre.nc already exists" in err
 
 
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [(("--output", "o.zarr"), "--output"), (("--resume",), "--resume"),
+     (("--overwrite",), "--overwrite"), (("--stats",), "--stats")],
+)  # fmt: skip
+def test_prefetch_refuses_the_options_of_a_store_in_one_line(
+    run_tool: Run, tmp_path: Path, extra: tuple[str, ...], flag: str
+) -> None:
+    """--prefetch writes the inputs file and stops: store options were silently ignored."""
+    code, err = run_tool("2024-07-24T06", "--source", "gfs", "--prefetch", "pre.nc", *extra)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"writes no store, so {flag} does not apply: drop it" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); from corrdiff_tools.cli import run_main\n"

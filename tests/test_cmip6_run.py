@@ -327,7 +327,9 @@ def test_cmip6_refuses_what_it_cannot_run_in_one_line(
     assert not output.exists()
 
 
-def test_lead_times_are_read_space_or_comma_separated_as_in_the_plot_tool() -> None:
+def test_lead_times_are_read_space_or_comma_separated_as_in_the_plot_tool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The plot tool takes --lead-time=-12,0; the run tool took only -12 0 and refused
     the commas as "not a whole number of hours". Both forms, and mixed, now; an empty
     item is still refused."""
@@ -345,6 +347,13 @@ def test_lead_times_are_read_space_or_comma_separated_as_in_the_plot_tool() -> N
     assert requests._lead_times(args, forecast, [datetime(2024, 7, 24, 12)]) == [0, 6, 12]
     with pytest.raises(UsageError, match="lead time '' is not a whole number of hours"):
         requests._lead_times(Namespace(model="cmip6", lead_time=["0,"], source="x"), daily, INITS)
+    # Typed with a space, argparse takes "-12,0" for an option: the line says how to write it.
+    code = run_main(["2037-09-06T12:00", "--model", "cmip6", "--lead-time", "-12,0"])
+    assert code == 2
+    assert _one_line(capsys.readouterr().err).endswith(
+        "argument --lead-time: expected at least one argument (a negative lead time reads "
+        "as an option: write --lead-time=-12,0) (see run_corrdiff.py --help)"
+    )
 
 
 def test_cmip6_refuses_a_file_without_the_days_around_a_time(

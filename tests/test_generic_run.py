@@ -1231,6 +1231,10 @@ def test_metadata_sampler_values_are_refused_as_the_options_are(
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], err
         assert not output.parent.exists()
+    # A zipped package is named as typed, not as the cache folder it was extracted into.
+    zipped = _zipped(_edited(package, tmp_path / "steps", number_of_steps=1), tmp_path / "z.zip")
+    code, err = _run(capsys, zipped, input_file, tmp_path / "out" / "store.zarr")
+    assert code == 2 and f"--model {zipped}: its metadata.json: --steps 1" in err, err
 
 
 def test_a_package_output_named_like_a_taiwan_input_gets_its_own_scale(tmp_path: Path) -> None:

@@ -433,7 +433,8 @@ def test_a_corrupt_download_points_at_the_cache(
     line = one_line(capsys.readouterr().err)
     assert "truncated message" in line
     assert line.endswith(
-        f"if a cached download is corrupt, delete {tmp_path}/cache/gfs and rerun with --resume"
+        f"if a cached download is corrupt, delete {tmp_path}/cache/gfs and run again (a run "
+        "with --resume keeps what it has done)"
     )
 
 
@@ -442,7 +443,9 @@ def test_the_real_gfs_source_names_its_cache_directory(
 ) -> None:
     monkeypatch.setenv("EARTH2STUDIO_CACHE", str(tmp_path))
     hint = sources.cache_hint(sources.build_source(sources.SourceSpec("gfs")))
-    assert hint == f"delete {tmp_path}/gfs and rerun with --resume"
+    assert (
+        hint == f"delete {tmp_path}/gfs and run again (a run with --resume keeps what it has done)"
+    )
 
 
 def test_unreachable_hosts_are_listed_together_before_anything_loads(
