@@ -162,7 +162,7 @@ def _adapt_run(
     samples = ["--samples", str(min(given.samples, MAX_SAMPLES))]
     settings = sampling.resolve(given.preset, given.sampler, {"sigma_max": given.sigma_max})
     steps = ["--steps", WIDE_SIGMA_STEPS if settings.sigma_max > 100 else STEPS]
-    if given.model == "taiwan":
+    if given.model == "taiwan" and not given.benchmark:  # --benchmark: random weights
         out += ["--model-package", str(package)]
     if given.model == "cmip6":
         out += ["--model-package", str(climate[0] if climate is not None else package)]
