@@ -206,6 +206,7 @@ def test_resume_recomputes_what_is_missing_and_refuses_another_package(
     assert not store.StoreWriter(copy).completed()[1, 1]  # nothing computed or written
 
 
+@pytest.mark.slow
 def test_a_generic_package_runs_in_bf16_on_request_and_resumes_only_in_it(
     made: Path, package: Path, input_file: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -1155,6 +1156,7 @@ class _Plausible(_Global):
         return super().__call__(time, variable) / 10.0
 
 
+@pytest.mark.slow
 def test_prefetch_of_a_generic_package_writes_its_inputs_on_its_grid_for_an_offline_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -233,6 +233,7 @@ def failure(
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_the_default_package_is_fetched_from_the_hub_at_its_pinned_revision(
     first_run: FirstRun, package: Path
 ) -> None:
