@@ -7,7 +7,8 @@ Both are built once per session and driven through the real code: earth2studio's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,11 @@ def drawn_files(directory: Path) -> list[Path]:
     from corrdiff_tools.drawn import MANIFEST
 
     return [p for p in directory.iterdir() if p.name != MANIFEST]
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections (bound, never listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

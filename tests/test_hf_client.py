@@ -96,14 +96,6 @@ def daily(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def dead_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that refuses connections (bound, never listening)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 @dataclass
 class Result:
     """What a user sees: the exit code, stderr and how long the command took."""

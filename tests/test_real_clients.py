@@ -16,7 +16,6 @@ aiohttp, which pytest-socket does police.)
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -96,14 +95,6 @@ def fault_proxy(
     )
     yield proxy
     proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def dead_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that refuses connections (bound, never listening)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @dataclass

@@ -60,9 +60,11 @@ import hashlib
 import json
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from services.loopback import Loopback
 
 #: The repository ``corrdiff_tools.models.cmip6.DEFAULT_PACKAGE`` names, and its commit.
 REPO_ID = "nvidia/corrdiff-cmip6-era5"
@@ -115,16 +117,10 @@ class HubServer:
         #: (method, path with query) of every request, in order.
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"service": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
+        self._loopback = Loopback(_Handler, self, "Hub server")
+        self.port = self._loopback.port
         #: What ``HF_ENDPOINT`` is set to.
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="hf-hub-server", daemon=True
-        )
-        self._thread.start()
 
     def __enter__(self) -> HubServer:
         return self
@@ -171,11 +167,7 @@ class HubServer:
         if self._stopped:
             return
         self._stopped = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-        if self._thread.is_alive():
-            raise RuntimeError("the Hub server thread did not stop")
+        self._loopback.stop()
 
     # ------------------------------------------------------------------ the repository
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 import json
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from services.loopback import Loopback
 
 #: The package earth2studio's ``CorrDiffTaiwan.load_default_package`` asks for.
 ORG, TEAM, MODEL, VERSION = "nvidia", "modulus", "corrdiff_inference_package", "1"
@@ -57,15 +59,9 @@ class NGCServer:
         #: (method, path with query) of every request, in order.
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"service": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
+        self._loopback = Loopback(_Handler, self, "NGC server")
+        self.port = self._loopback.port
         self.url = f"http://127.0.0.1:{self.port}/"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="ngc-server", daemon=True
-        )
-        self._thread.start()
 
     def record(self, method: str, path: str) -> None:
         """Note a request (handlers run on their own threads)."""
@@ -79,11 +75,7 @@ class NGCServer:
 
     def stop(self) -> None:
         """Stop serving and close the socket; the serving thread is joined."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-        if self._thread.is_alive():
-            raise RuntimeError("the NGC server thread did not stop")
+        self._loopback.stop()
 
 
 class _Handler(BaseHTTPRequestHandler):
